@@ -1,0 +1,54 @@
+"""wsn's exception hierarchy: every deliberate failure is a WsnError with an exit code.
+
+Exit codes (documented in README.md): 0 ok, 1 bad input/data/file, 2 usage, 3 forgetting
+detected, 130 interrupted.
+"""
+
+from formats.errors import FormatError, WsnError
+
+
+class UsageError(WsnError):
+    """A command line that cannot mean anything (conflicting or malformed options)."""
+
+    exit_code = 2
+
+
+class DataError(WsnError):
+    """Task data is missing, malformed, or does not fit the network."""
+
+
+class CheckpointError(WsnError):
+    """A checkpoint cannot be read, is corrupt, has another version, or does not match the request."""
+
+
+class TaskError(WsnError):
+    """A task request conflicts with the checkpoint (already learned, unknown task, ...)."""
+
+
+class LockError(WsnError):
+    """Another wsn process holds the checkpoint's lock."""
+
+
+class ForgettingDetected(WsnError):
+    """A learned task's outputs or subnetwork changed since it was learned."""
+
+    exit_code = 3
+
+
+class Interrupted(WsnError):
+    """The user stopped the command (SIGINT); the checkpoint is as it was before."""
+
+    exit_code = 130
+
+
+__all__ = [
+    "WsnError",
+    "FormatError",
+    "UsageError",
+    "DataError",
+    "CheckpointError",
+    "TaskError",
+    "LockError",
+    "ForgettingDetected",
+    "Interrupted",
+]
