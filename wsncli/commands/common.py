@@ -1,0 +1,84 @@
+"""What every command shares: stderr console, one-line errors with exit codes, JSON, progress bars."""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import sys
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.text import Text
+
+from wsncli.errors import Interrupted, WsnError
+
+stdout = Console(highlight=False, soft_wrap=True)
+stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def fail(message: str, code: int) -> typer.Exit:
+    """Print `wsn: error: message` as one line on stderr; return the Exit to raise."""
+    line = " ".join(str(message).split())  # one line, whatever the message held
+    stderr.print(Text("wsn: error: ", style="bold red") + Text(line))
+    return typer.Exit(code)
+
+
+def handle_errors(fn: Callable) -> Callable:
+    """Turn WsnError into a one-line message and its exit code; Ctrl-C into exit 130."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except WsnError as exc:
+            raise fail(str(exc), exc.exit_code) from None
+        except KeyboardInterrupt:
+            raise fail("interrupted; files are as they were before the command", Interrupted.exit_code) from None
+
+    return wrapper
+
+
+def _clean(obj):
+    """JSON has no NaN: turn non-finite floats into null."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def print_json(obj) -> None:
+    """One JSON document on stdout and nothing else."""
+    sys.stdout.write(json.dumps(_clean(obj), indent=None, separators=(", ", ": ")) + "\n")
+    sys.stdout.flush()
+
+
+def show_progress(quiet: bool) -> bool:
+    return not quiet and sys.stderr.isatty()
+
+
+@contextmanager
+def progress_bar(enabled: bool) -> Iterator[Progress]:
+    """A Rich progress bar on stderr; a no-op display when disabled (not a TTY, or --quiet)."""
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=stderr,
+        disable=not enabled,
+        transient=True,
+    )
+    with progress:
+        yield progress
+
+
+def pct(x: float | None) -> str:
+    return "-" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{100 * x:.2f}%"
