@@ -1,5 +1,5 @@
 """`python -m wsncli` runs the wsn command line."""
 
-from wsncli.app import main
+from wsncli.cli import main
 
 main()

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.text import Text
 
+from wsncli.cli import INTERRUPTED, command_started
 from wsncli.errors import Interrupted, WsnError
 
 stdout = Console(highlight=False, soft_wrap=True)
@@ -33,11 +34,12 @@ def handle_errors(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
+            command_started()
             return fn(*args, **kwargs)
         except WsnError as exc:
             raise fail(str(exc), exc.exit_code) from None
         except KeyboardInterrupt:
-            raise fail("interrupted; files are as they were before the command", Interrupted.exit_code) from None
+            raise fail(INTERRUPTED, Interrupted.exit_code) from None
 
     return wrapper
 

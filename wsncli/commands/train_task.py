@@ -54,7 +54,8 @@ def train_task_command(
                 )
 
         callbacks = TrainCallbacks(on_epoch_start, lambda _b: progress.advance(bar), on_epoch_end)
-        status = (lambda msg: stderr.print(msg)) if not quiet else None
+        # status lines only on a terminal: a refusal in a script or pipe stays one line on stderr
+        status = (lambda msg: stderr.print(msg)) if show_progress(quiet) else None
         result = learn_task(request, callbacks, status)
     record = result.record
     if json_out:

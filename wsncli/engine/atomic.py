@@ -8,15 +8,23 @@ from typing import BinaryIO, Callable
 
 from wsncli.errors import WsnError
 
+TMP_MARK = ".tmp-"
+
+
+def temp_path(path: Path) -> Path:
+    """Where atomic_write stages `path`: `.<name>.tmp-<pid>` in the same folder."""
+    return path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
+
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], None], error: type[WsnError] = WsnError) -> int:
     """Replace `path` with what `write(f)` writes, all or nothing; returns the new size in bytes.
 
     On any failure (full disk, read-only folder, Ctrl-C) the old file is untouched and the
-    temporary file is removed; OSError becomes `error` with a one-line message.
+    temporary file is removed; OSError becomes `error` with a one-line message. Only a SIGKILL or a
+    power cut can leave the temporary file behind (see remove_stale_temps).
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temp_path(path)
     try:
         with open(tmp, "wb") as f:
             write(f)
@@ -33,6 +41,29 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None], error: type[WsnE
             tmp.unlink()
         except OSError:
             pass
+
+
+def remove_stale_temps(path: Path) -> list[Path]:
+    """Remove temporary files a killed writer of `path` left; call only while holding path's lock
+    (then no other writer is running). Returns what was removed; failures are ignored."""
+    path = Path(path)
+    removed = []
+    try:
+        candidates = list(path.parent.glob(f".{_glob_escape(path.name)}{TMP_MARK}*"))
+    except OSError:
+        return removed
+    for tmp in candidates:
+        if tmp.name[len(path.name) + 1 + len(TMP_MARK):].isdigit():
+            try:
+                tmp.unlink()
+                removed.append(tmp)
+            except OSError:
+                pass
+    return removed
+
+
+def _glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[]" else c for c in name)
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -7,8 +7,10 @@ the same folder, fsync, rename), masks stored as packed bits (1 bit per weight p
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+import stat
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,13 +19,28 @@ import numpy as np
 import torch
 
 from wsncli.engine.atomic import atomic_write
+from wsncli.engine.checkpoint_schema import check_meta, check_plain, check_tensors
 from wsncli.engine.models import ModelConfig, WSNNet, build_model
 from wsncli.errors import CheckpointError, UsageError
 
 FORMAT_NAME = "wsn-checkpoint"
 FORMAT_VERSION = 1
-MAX_CHECKPOINT_BYTES = int(os.environ.get("WSN_MAX_CHECKPOINT_BYTES", 16 * 2**30))
+MAX_CHECKPOINT_BYTES = 16 * 2**30  # default of $WSN_MAX_CHECKPOINT_BYTES
 _ZIP_MAGIC = b"PK\x03\x04"
+
+
+def checkpoint_limit() -> int:
+    """The largest checkpoint wsn reads: $WSN_MAX_CHECKPOINT_BYTES, else MAX_CHECKPOINT_BYTES."""
+    text = os.environ.get("WSN_MAX_CHECKPOINT_BYTES", "").strip()
+    if not text:
+        return MAX_CHECKPOINT_BYTES
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise UsageError(f"WSN_MAX_CHECKPOINT_BYTES must be a positive number of bytes, got {text[:40]!r}")
+    return value
 
 
 @dataclass
@@ -133,29 +150,49 @@ def to_payload(ckpt: Checkpoint) -> dict:
 
 
 def save_checkpoint(ckpt: Checkpoint, path: Path) -> int:
-    """Write atomically (see wsncli.engine.atomic); returns the file's size in bytes."""
-    payload = to_payload(ckpt)
-    return atomic_write(Path(path), lambda f: torch.save(payload, f), CheckpointError)
+    """Write atomically (see wsncli.engine.atomic); returns the file's size in bytes.
+
+    Serialised in memory first: torch.save reports a failed write (full disk) as a RuntimeError,
+    a plain file write reports it as the OSError atomic_write turns into one line.
+    """
+    buffer = io.BytesIO()
+    torch.save(to_payload(ckpt), buffer)
+    data = buffer.getbuffer()
+    return atomic_write(Path(path), lambda f: f.write(data), CheckpointError)
 
 
 # -- load ------------------------------------------------------------------------------------
 def load_checkpoint(path: Path, device: torch.device | None = None) -> Checkpoint:
-    """Read, verify and rebuild a checkpoint; any failure is a one-line CheckpointError naming the file."""
+    """Read, verify and rebuild a checkpoint; any failure is a one-line CheckpointError naming the file.
+
+    The file is untrusted: it is read once into memory (after a size check), checked as a ZIP,
+    unpickled with weights_only=True (no code runs), and every field is validated before use.
+    """
     path = Path(path)
-    payload = _read_payload(path)
-    meta = _check_envelope(path, payload)
-    tensors = payload["tensors"]
-    tampered = [name for name, digest in payload["checksums"]["tensors"].items() if name in tensors and tensor_digest(tensors[name]) != digest]
-    missing_sums = sorted(set(tensors) - set(payload["checksums"]["tensors"]))
+    raw = _read_bytes(path)
+    payload = _unpickle(path, raw)
+    try:
+        meta = _check_envelope(payload)
+        check_tensors(payload["tensors"], payload["checksums"], len(raw))
+        check_meta(meta)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    del raw
+    tensors, sums = payload["tensors"], payload["checksums"]["tensors"]
+    tampered = [name for name, digest in sums.items() if name in tensors and tensor_digest(tensors[name]) != digest]
+    missing_sums = sorted(set(tensors) - set(sums))
     if missing_sums:
-        raise CheckpointError(f"{path}: tensor {missing_sums[0]!r} has no checksum")
+        raise CheckpointError(f"{path}: tensor {missing_sums[0][:80]!r} has no checksum")
     bad_masks = [n for n in tampered if n.startswith("mask/")]
     if bad_masks:
-        raise CheckpointError(f"{path}: mask tensor {bad_masks[0]!r} fails its checksum (file corrupt)")
+        raise CheckpointError(f"{path}: mask tensor {bad_masks[0][:80]!r} fails its checksum (file corrupt)")
     try:
         ckpt = _rebuild(meta, tensors)
-    except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as exc:
-        raise CheckpointError(f"{path}: malformed checkpoint: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: malformed checkpoint: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - validated above; a gap here must still be one line
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: malformed checkpoint: {first}") from None
     ckpt.tampered = tampered
     if device is not None:
         ckpt.model.to(device)
@@ -163,33 +200,52 @@ def load_checkpoint(path: Path, device: torch.device | None = None) -> Checkpoin
     return ckpt
 
 
-def _read_payload(path: Path) -> dict:
+def _read_bytes(path: Path) -> bytes:
+    """The whole file, read once (no second open that could see another file), size checked first."""
+    limit = checkpoint_limit()
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            head = f.read(4)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not block the open
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(fd)
+            if stat.S_ISDIR(st.st_mode):
+                raise IsADirectoryError
+            if not stat.S_ISREG(st.st_mode):
+                raise CheckpointError(f"{path}: not a regular file")
+            if st.st_size > limit:
+                raise CheckpointError(f"{path}: {st.st_size} bytes is over the {limit}-byte checkpoint limit (WSN_MAX_CHECKPOINT_BYTES)")
+            raw = f.read(limit + 1)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such checkpoint") from None
     except IsADirectoryError:
         raise CheckpointError(f"{path}: is a folder, not a checkpoint") from None
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    if size > MAX_CHECKPOINT_BYTES:
-        raise CheckpointError(f"{path}: {size} bytes is over the {MAX_CHECKPOINT_BYTES}-byte checkpoint limit (WSN_MAX_CHECKPOINT_BYTES)")
-    if head != _ZIP_MAGIC:
+    if len(raw) > limit:
+        raise CheckpointError(f"{path}: over the {limit}-byte checkpoint limit (WSN_MAX_CHECKPOINT_BYTES)")
+    if not raw:
+        raise CheckpointError(f"{path}: empty file, not a wsn checkpoint")
+    if raw[:4] != _ZIP_MAGIC:
         raise CheckpointError(f"{path}: not a wsn checkpoint (no torch zip header)")
+    return raw
+
+
+def _unpickle(path: Path, raw: bytes) -> dict:
+    """ZIP structure checks, then torch.load(weights_only=True) from memory."""
     try:
-        with zipfile.ZipFile(path) as zf:  # cheap structural check: declared sizes fit the file
-            declared = sum(info.file_size for info in zf.infolist())
+        with zipfile.ZipFile(io.BytesIO(raw)) as zf:  # declared sizes first: no zip bombs
+            infos = zf.infolist()
+            if any(info.compress_type != zipfile.ZIP_STORED for info in infos):
+                raise CheckpointError(f"{path}: compressed ZIP entries (torch.save never writes them)")
+            declared = sum(info.file_size for info in infos)
+            if declared > len(raw):
+                raise CheckpointError(f"{path}: ZIP entries declare {declared} bytes, more than the file's {len(raw)}")
             bad = zf.testzip()
-        if declared > MAX_CHECKPOINT_BYTES:
-            raise CheckpointError(f"{path}: declared contents of {declared} bytes are over the checkpoint limit")
         if bad is not None:
-            raise CheckpointError(f"{path}: record {bad!r} fails its CRC (file corrupt)")
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+            raise CheckpointError(f"{path}: record {bad[:80]!r} fails its CRC (file corrupt)")
+        payload = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     except CheckpointError:
         raise
-    except Exception as exc:  # torch/zip raise many types for hostile bytes; all mean the same
+    except Exception as exc:  # noqa: BLE001 - torch/zip raise many types for hostile bytes; all mean the same
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: unreadable or corrupt checkpoint ({first[:200]})") from None
     if not isinstance(payload, dict):
@@ -197,51 +253,63 @@ def _read_payload(path: Path) -> dict:
     return payload
 
 
-def _check_envelope(path: Path, payload: dict) -> dict:
-    if payload.get("format") != FORMAT_NAME:
-        raise CheckpointError(f"{path}: not a wsn checkpoint (format {payload.get('format')!r})")
+def _check_envelope(payload: dict) -> dict:
+    fmt = payload.get("format")
+    if not isinstance(fmt, str) or fmt != FORMAT_NAME:
+        raise CheckpointError(f"not a wsn checkpoint (format {_short(fmt)})")
     version = payload.get("version")
-    if version != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: checkpoint format version {version!r} is not supported (this wsn reads version {FORMAT_VERSION})")
-    meta, tensors, sums = payload.get("meta"), payload.get("tensors"), payload.get("checksums")
-    if not isinstance(meta, dict) or not isinstance(tensors, dict) or not isinstance(sums, dict):
-        raise CheckpointError(f"{path}: malformed checkpoint (meta, tensors or checksums missing)")
-    if not isinstance(sums.get("tensors"), dict) or not all(isinstance(v, torch.Tensor) for v in tensors.values()):
-        raise CheckpointError(f"{path}: malformed checkpoint (tensor table)")
-    if hashlib.sha256(canonical_json(meta)).hexdigest() != sums.get("meta"):
-        raise CheckpointError(f"{path}: metadata fails its checksum (file corrupt)")
+    if type(version) is not int or version != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint format version {_short(version)} is not supported (this wsn reads version {FORMAT_VERSION})")
+    meta = payload.get("meta")
+    if not isinstance(meta, dict):
+        raise CheckpointError("malformed checkpoint (meta missing)")
+    check_plain(meta)  # before hashing: json.dumps would recurse, loop or expand shared lists
+    sums = payload.get("checksums")
+    if not isinstance(sums, dict) or hashlib.sha256(canonical_json(meta)).hexdigest() != sums.get("meta"):
+        raise CheckpointError("metadata fails its checksum (file corrupt)")
     return meta
+
+
+def _short(value) -> str:
+    text = repr(value) if isinstance(value, (str, int, float, type(None))) else type(value).__name__
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _expect(tensors: dict, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     if name not in tensors:
-        raise KeyError(f"tensor {name!r} missing")
+        raise CheckpointError(f"tensor {name!r} missing")
     t = tensors[name]
     if tuple(t.shape) != tuple(shape) or t.dtype != dtype:
-        raise ValueError(f"tensor {name!r} is {t.dtype} {tuple(t.shape)}, expected {dtype} {tuple(shape)}")
+        raise CheckpointError(f"tensor {name!r} is {t.dtype} {tuple(t.shape)}, expected {dtype} {tuple(shape)}")
     return t
 
 
 def _rebuild(meta: dict, tensors: dict) -> Checkpoint:
+    """The network and masks from validated meta; every tensor's presence, dtype and shape is
+    checked before memory for it is allocated (shapes come from a network built on the meta device)."""
     try:
         config = ModelConfig.from_dict(meta["model"])
+        with torch.device("meta"):
+            shapes = build_model(config)
+        for name, layer in shapes.subnet_layers().items():
+            for kind in ("weight", "scores"):
+                _expect(tensors, f"layer/{name}/{kind}", tuple(layer.weight.shape), torch.float32)
         model = build_model(config)
     except UsageError as exc:
-        raise ValueError(str(exc)) from None
+        raise CheckpointError(str(exc)) from None
     masks: dict[int, dict[str, torch.Tensor]] = {}
     with torch.no_grad():
         for name, layer in model.subnet_layers().items():
-            layer.weight.copy_(_expect(tensors, f"layer/{name}/weight", tuple(layer.weight.shape), torch.float32))
-            layer.scores.copy_(_expect(tensors, f"layer/{name}/scores", tuple(layer.scores.shape), torch.float32))
+            layer.weight.copy_(tensors[f"layer/{name}/weight"])
+            layer.scores.copy_(tensors[f"layer/{name}/scores"])
         for record in meta["tasks"]:
-            task, n_classes = int(record["task"]), int(record["n_classes"])
-            if n_classes < 1 or n_classes > 100_000:
-                raise ValueError(f"task {task}: n_classes {n_classes} out of range")
+            task, n_classes = record["task"], record["n_classes"]
+            _expect(tensors, f"head/{task}/weight", (n_classes, model.feature_dim), torch.float32)  # before allocating it
             model.add_task(task, n_classes)
             _load_module(model.heads[str(task)], tensors, f"head/{task}/")
             if str(task) in model.task_norms:
                 _load_module(model.task_norms[str(task)], tensors, f"norm/{task}/")
-            if record.get("method", "wsn") == "wsn":
+            if record["method"] == "wsn":
                 masks[task] = {
                     name: unpack_mask(_expect(tensors, f"mask/{task}/{name}", ((layer.weight.numel() + 7) // 8,), torch.uint8), tuple(layer.weight.shape))
                     for name, layer in model.subnet_layers().items()

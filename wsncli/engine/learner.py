@@ -10,9 +10,11 @@ from typing import Callable
 
 import torch
 
+from wsncli.engine.atomic import remove_stale_temps
 from wsncli.engine.checkpoint import Checkpoint, load_checkpoint, new_meta, save_checkpoint
 from wsncli.engine.data import BENCHMARKS, benchmark_info, load_task, resolve_data_root
 from wsncli.engine.evaluate import outputs_digest, predict, set_task_mode, subnet_digest
+from wsncli.engine.checkpoint_schema import MAX_SEED, MAX_TASK_ID
 from wsncli.engine.lock import CheckpointLock
 from wsncli.engine.models import ARCHS, ModelConfig, build_model
 from wsncli.engine.subnet import k_for_capacity
@@ -21,7 +23,6 @@ from wsncli.errors import CheckpointError, DataError, TaskError, UsageError, Wsn
 
 DEFAULT_BENCHMARK = "split-digits"
 DEFAULT_CAPACITY = 0.5
-MAX_TASK_ID = 1_000_000
 
 
 class DeviceError(WsnError):
@@ -94,6 +95,8 @@ def check_request(req: TaskRequest) -> None:
         raise TaskError(f"--epochs must be at least 1, got {req.epochs}")
     if req.batch_size is not None and req.batch_size < 1:
         raise TaskError(f"--batch-size must be at least 1, got {req.batch_size}")
+    if not -MAX_SEED < req.seed < MAX_SEED:
+        raise TaskError(f"--seed must be between {-MAX_SEED + 1} and {MAX_SEED - 1}, got {req.seed}")
     if not (req.lr > 0 and math.isfinite(req.lr)):
         raise TaskError(f"--lr must be a positive number, got {req.lr}")
     if req.benchmark is not None and req.benchmark not in BENCHMARKS:
@@ -146,6 +149,7 @@ def learn_task(
     check_request(req)
     device = resolve_device(req.device)
     with CheckpointLock(req.ckpt):
+        remove_stale_temps(req.ckpt)  # left by a writer that was killed (SIGKILL, power cut)
         created = not req.ckpt.exists()
         data_root = resolve_data_root(req.data_root)
         if created:

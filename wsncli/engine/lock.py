@@ -32,9 +32,15 @@ class CheckpointLock:
             holder = _describe_holder(fd)
             os.close(fd)
             raise LockError(f"{self.ckpt} is in use by {holder}; wait for it to finish") from None
+        except OSError as exc:  # e.g. ENOLCK on a file system without locks
+            os.close(fd)
+            raise LockError(f"{self.path}: cannot lock: {exc.strerror or exc}") from None
         info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv[:6])}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(info).encode(), 0)
+        try:  # the holder's description is a courtesy: a full disk must not fail the command here
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(info).encode(), 0)
+        except OSError:
+            pass
         self._fd = fd
         return self
 
@@ -42,9 +48,9 @@ class CheckpointLock:
         if self._fd is not None:
             try:
                 os.ftruncate(self._fd, 0)
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
             except OSError:
-                pass
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
+                pass  # closing the descriptor releases the lock anyway
             os.close(self._fd)
             self._fd = None
 

@@ -124,12 +124,21 @@ class ConvNet(WSNNet):
             convs.append(SubnetConv2d(c, out, k))
             c, h, w = out, (h - k + 1) // 2, (w - k + 1) // 2
         if h < 1 or w < 1:
-            raise UsageError(f"arch conv needs images of at least 16x16, got {config.input_shape}")
+            side = self.min_side()
+            raise UsageError(f"arch conv needs images of at least {side}x{side}, got {config.input_shape}")
         self.convs = nn.ModuleList(convs)
         sizes = [c * h * w, *self.FC]
         self.fcs = nn.ModuleList(SubnetLinear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
         self.feature_dim = sizes[-1]
         self.drop_conv, self.drop_fc = nn.Dropout(0.2), nn.Dropout(0.5)
+
+    @classmethod
+    def min_side(cls) -> int:
+        """Smallest image side that leaves at least 1x1 after every conv + 2x2 pool (19 for k 4, 3, 2)."""
+        side = 1
+        for k in reversed(cls.KERNELS):
+            side = 2 * side + k - 1
+        return side
 
     def _make_norms(self) -> nn.ModuleList:
         norms = [nn.BatchNorm2d(ch, affine=False) for ch in self.CHANNELS]

@@ -47,6 +47,7 @@ class TopKSelector:
         self.lo: float | None = None
         self.hi: float | None = None
         self.width = 0.0
+        self.ties = True
         self.full_selections = 0  # how often the fallback ran (tests and benchmarks read it)
 
     def reset(self) -> None:
@@ -63,23 +64,26 @@ class TopKSelector:
         threshold = self._threshold_in_band(values, k)
         if threshold is None:
             threshold = self._full_threshold(values, k)
+        elif not self.ties:
+            return values >= threshold  # no tie at the threshold: exactly k entries
         return exact_top_k(values, k, threshold)
 
     def _threshold_in_band(self, values: torch.Tensor, k: int) -> torch.Tensor | None:
         if self.lo is None:
             return None
-        above = int((values > self.hi).sum())
-        if above >= k:
-            return None
-        band = values[(values > self.lo) & (values <= self.hi)]  # (m,)
+        over_lo = values > self.lo  # (n,)
+        in_band = over_lo & (values <= self.hi)
+        band = values[in_band]  # (m,)
+        above = int(over_lo.sum()) - band.numel()  # entries over hi
         need = k - above  # the need-th largest inside the band is the threshold
-        if need > band.numel():
+        if need < 1 or need > band.numel():
             return None
         threshold = torch.kthvalue(band, band.numel() - need + 1).values
         if band.numel() > 64 * _MIN_BAND:
             self.width *= 0.9  # drift has slowed: a narrower band is cheaper
         t = float(threshold)
         self.lo, self.hi = t - self.width / 2, t + self.width / 2
+        self.ties = int((band == threshold).sum()) > 1
         return threshold
 
     def _full_threshold(self, values: torch.Tensor, k: int) -> torch.Tensor:
@@ -119,6 +123,7 @@ class SubnetLayer(nn.Module):
         self.mode = "dense"
         self.k = self.weight.numel()
         self.frozen: torch.Tensor | None = None  # bool, weight shape: weights earlier tasks use
+        self._free_f: torch.Tensor | None = None
         self.fixed_mask: torch.Tensor | None = None
         self._cached_weight: torch.Tensor | None = None
         self._last_mask: torch.Tensor | None = None
@@ -127,6 +132,7 @@ class SubnetLayer(nn.Module):
     def train_subnet(self, k: int, frozen: torch.Tensor | None) -> None:
         self.mode, self.k = "subnet", k
         self.frozen = frozen
+        self._free_f = None if frozen is None else (~frozen).to(self.weight.dtype)  # 1 where trainable
         self.fixed_mask = self._cached_weight = None
         self.selector.reset()
 
@@ -152,8 +158,9 @@ class SubnetLayer(nn.Module):
             return self._cached_weight
         mask = self.current_mask()
         self._last_mask = mask
-        trainable = mask if self.frozen is None else mask & ~self.frozen
-        return _MaskedWeight.apply(self.weight, self.scores, mask.to(self.weight.dtype), trainable.to(self.weight.dtype))
+        mask_f = mask.to(self.weight.dtype)
+        trainable_f = mask_f if self._free_f is None else mask_f * self._free_f
+        return _MaskedWeight.apply(self.weight, self.scores, mask_f, trainable_f)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._apply_weight(x, self.effective_weight())
