@@ -95,6 +95,8 @@ def fixed_width_bits(values: np.ndarray, width: int) -> np.ndarray:
     """Non-negative ints -> uint8 0/1 array, `width` bits per value, MSB first."""
     if width == 0 or values.size == 0:
         return np.zeros(0, dtype=np.uint8)
+    if width <= 8:  # the common case, through uint8 unpackbits
+        return np.unpackbits(values.astype(np.uint8)[:, None], axis=1)[:, 8 - width :].ravel()
     shifts = np.arange(width - 1, -1, -1, dtype=np.int64)
     return ((values.astype(np.int64)[:, None] >> shifts) & 1).astype(np.uint8).ravel()
 
@@ -103,5 +105,10 @@ def fixed_width_values(bits: np.ndarray, width: int, count: int) -> np.ndarray:
     """Inverse of fixed_width_bits: a 0/1 array of count*width bits -> `count` int64 values."""
     if width == 0:
         return np.zeros(count, dtype=np.int64)
+    if width == 1:
+        return bits.astype(np.int64)
+    if width <= 8:  # uint8 matmul: the sum of the weights, 2**width - 1, still fits in a byte
+        weights8 = np.left_shift(np.uint8(1), np.arange(width - 1, -1, -1, dtype=np.uint8))
+        return (bits.reshape(count, width) @ weights8).astype(np.int64)
     weights = np.left_shift(np.int64(1), np.arange(width - 1, -1, -1, dtype=np.int64))
     return bits.reshape(-1, width).astype(np.int64) @ weights

@@ -131,10 +131,12 @@ def _check_layout(header, max_bits: int) -> None:
         if name in names:
             raise FormatError(f"header: layer name {name!r} appears twice")
         names.add(name)
-        if not isinstance(shape, list) or len(shape) > MAX_DIMS or not all(
-                _is_int(d) and 0 <= d <= MAX_LAYER_WEIGHTS for d in shape):
-            raise FormatError(f"header: layer {name!r} shape {shape!r} is not a list of at most "
-                              f"{MAX_DIMS} non-negative integers")
+        if not isinstance(shape, list) or len(shape) > MAX_DIMS:
+            raise FormatError(f"header: layer {name!r} shape must be a list of at most {MAX_DIMS} integers")
+        for d in shape:
+            if not _is_int(d) or not 0 <= d <= MAX_LAYER_WEIGHTS:
+                raise FormatError(f"header: layer {name!r} shape has dimension {d!r}, "
+                                  f"expected an integer in 0..{MAX_LAYER_WEIGHTS}")
         size = _layer_size(shape)
         if size > MAX_LAYER_WEIGHTS:
             raise FormatError(f"header: layer {name!r} has {size} weights, over the limit of {MAX_LAYER_WEIGHTS}")
@@ -317,7 +319,10 @@ def pack(layers: list[LayerMasks], task_ids: list[int], codec: str = "context",
         "codec": codec, "meta": meta, "task_ids": [int(t) for t in task_ids],
         "layers": [{"name": layer.name, "shape": [int(d) for d in layer.shape]} for layer in layers],
         "ones": [], "streams": {}}  # filled in below
-    _check_layout(header, MAX_TOTAL_BITS)
+    try:
+        _check_layout(header, MAX_TOTAL_BITS)
+    except FormatError as exc:  # the same rules as for reading, reported without the "header:" prefix
+        raise FormatError(str(exc).removeprefix("header: ")) from None
     masks = normalized_masks(layers, header["task_ids"])
     per_layer = [encode_layer(codec, layer_masks) for layer_masks in masks]
     body = [chunk for unit in zip(*per_layer) for chunk in unit] if per_layer else []

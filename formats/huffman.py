@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import numpy as np
-from bitarray import bitarray
+from bitarray import bitarray, frozenbitarray
 from bitarray.util import canonical_decode, canonical_huffman, int2ba
 
 from formats.bitio import ByteReader
@@ -32,23 +32,26 @@ class HuffmanTable:
     def max_bits(self) -> int:
         return len(self.count) - 1
 
-    def lengths(self, alphabet: int = 256) -> np.ndarray:
-        """Code length of every symbol 0..alphabet-1 (0 = not in the code)."""
-        out = np.zeros(alphabet, dtype=np.int64)
+    @cached_property
+    def lengths(self) -> np.ndarray:
+        """Code length of every symbol 0..255 (0 = not in the code); read-only."""
+        out = np.zeros(256, dtype=np.int64)
         i = 0
         for bits, n in enumerate(self.count):
             for s in self.symbol[i : i + n]:
                 out[s] = bits
             i += n
+        out.flags.writeable = False
         return out
 
-    def codes(self) -> dict[int, bitarray]:
+    @cached_property
+    def codes(self) -> dict[int, frozenbitarray]:
         """Symbol -> code bits, DEFLATE-style canonical assignment."""
-        out: dict[int, bitarray] = {}
+        out: dict[int, frozenbitarray] = {}
         code = i = 0
         for bits in range(1, len(self.count)):
             for _ in range(self.count[bits]):
-                out[self.symbol[i]] = int2ba(code, length=bits)
+                out[self.symbol[i]] = frozenbitarray(int2ba(code, length=bits))
                 code += 1
                 i += 1
             code <<= 1
@@ -83,25 +86,26 @@ def table_from_lengths(lengths: list[int]) -> HuffmanTable:
 
 def read_table(reader: ByteReader, alphabet: int) -> HuffmanTable:
     """Parse and validate a table written by HuffmanTable.to_bytes."""
+    where = f"{reader.what}: Huffman table"
     max_bits = reader.u8("Huffman table max code length")
     if max_bits > MAX_CODE_BITS:
-        raise FormatError(f"Huffman table: max code length {max_bits} > {MAX_CODE_BITS}")
+        raise FormatError(f"{where}: max code length {max_bits} > {MAX_CODE_BITS}")
     count = (0, *reader.take(max_bits, "Huffman table counts"))
     if max_bits and count[max_bits] == 0:
-        raise FormatError(f"Huffman table: no code has the max length {max_bits}")
+        raise FormatError(f"{where}: no code has the max length {max_bits}")
     kraft = 0
     for bits in range(1, max_bits + 1):
         if count[bits] > (1 << bits):
-            raise FormatError(f"Huffman table: {count[bits]} codes of length {bits} > {1 << bits}")
+            raise FormatError(f"{where}: {count[bits]} codes of length {bits} > {1 << bits}")
         kraft += count[bits] << (max_bits - bits)
     if kraft > (1 << max_bits):
-        raise FormatError("Huffman table: code lengths are over-subscribed (Kraft sum > 1)")
+        raise FormatError(f"{where}: code lengths are over-subscribed (Kraft sum > 1)")
     total = sum(count)
     symbol = tuple(reader.take(total, "Huffman table symbols"))
     if len(set(symbol)) != total:
-        raise FormatError("Huffman table: a symbol is listed twice")
+        raise FormatError(f"{where}: a symbol is listed twice")
     if symbol and max(symbol) >= alphabet:
-        raise FormatError(f"Huffman table: symbol {max(symbol)} outside the alphabet 0..{alphabet - 1}")
+        raise FormatError(f"{where}: symbol {max(symbol)} outside the alphabet 0..{alphabet - 1}")
     return HuffmanTable(count, symbol)
 
 
@@ -109,7 +113,7 @@ def encode_symbols(table: HuffmanTable, symbols: np.ndarray) -> bitarray:
     """Concatenated codes of uint8 `symbols` (bitarray's C encoder)."""
     out = bitarray()
     if symbols.size:
-        out.encode(table.codes(), symbols.astype(np.uint8, copy=False).tobytes())
+        out.encode(table.codes, symbols.astype(np.uint8, copy=False).tobytes())
     return out
 
 
@@ -122,9 +126,10 @@ def decode_symbols(code: bitarray, table: HuffmanTable, n: int, what: str) -> tu
     try:
         symbols = np.fromiter(canonical_decode(code, list(table.count), list(table.symbol)),
                               dtype=np.uint8, count=n)
-    except ValueError as exc:  # an unused code, or the bits ran out before n symbols
-        raise FormatError(f"{what}: Huffman code cannot be decoded into {n} symbols ({exc})") from None
-    return symbols, int(table.lengths()[symbols].sum())
+    except ValueError:  # bitarray or numpy: the bits ran out, or an unassigned code came up
+        raise FormatError(f"{what}: Huffman code ends or uses an unassigned code before "
+                          f"{n} symbols") from None
+    return symbols, int(table.lengths[symbols].sum())
 
 
 @lru_cache(maxsize=None)

@@ -108,11 +108,11 @@ def test_integer_masks_and_shapes_are_accepted():
     ([LayerMasks("a", (2,), [np.array([0.5, 1.0])])], [1], "context", None,
      "layer 'a', task 1: mask must be boolean (got dtype float64)"),
     ([LayerMasks("a", (2,), [])], [1], "context", None, "layer 'a': 0 masks for 1 tasks"),
-    ([], [1, 1], "context", None, "header: task ids are not unique"),
+    ([], [1, 1], "context", None, "task ids are not unique"),
     ([], [True], "context", None, "task ids and shapes must be integers, got True"),
     ([], [], "context", {"x": float("nan")}, "meta must be a dict of plain JSON values (str keys, no NaN)"),
     ([LayerMasks("a", (2,), []), LayerMasks("a", (2,), [])], [], "context", None,
-     "header: layer name 'a' appears twice"),
+     "layer name 'a' appears twice"),
 ])
 def test_pack_rejects_bad_input(layers, task_ids, codec, meta, message):
     with pytest.raises(FormatError) as err:

@@ -105,23 +105,23 @@ def test_golomb_parameter():
 def test_huffman_table_bytes_and_codes():
     table = table_from_frequencies(np.bincount([0, 0, 0, 5, 5, 9], minlength=128))
     assert table.to_bytes().hex(" ") == "02 01 02 00 09 05"
-    assert {s: c.to01() for s, c in table.codes().items()} == {0: "0", 9: "10", 5: "11"}
+    assert {s: c.to01() for s, c in table.codes.items()} == {0: "0", 9: "10", 5: "11"}
     assert table_from_frequencies(np.zeros(128, dtype=int)) == HuffmanTable((0,), ())
 
 
 def test_block8_tables_are_fixed():
     """The context codec's block code is part of the format: lock every table."""
-    lengths = b"".join(block8_table(q).lengths().astype(np.uint8).tobytes() for q in context.BLOCK8_Q)
+    lengths = b"".join(block8_table(q).lengths.astype(np.uint8).tobytes() for q in context.BLOCK8_Q)
     assert hashlib.sha256(lengths).hexdigest() == (
         "83dfd3c6b5ba1e209ee06d0b06fffebc742dc71379300f806ca19d779ab500eb")
-    assert list(block8_table(16).lengths()[[0, 1, 3, 255]]) == [3, 5, 7, 15]
-    assert set(block8_table(32).lengths()) == {8}
+    assert list(block8_table(16).lengths[[0, 1, 3, 255]]) == [3, 5, 7, 15]
+    assert set(block8_table(32).lengths) == {8}
     for q in context.BLOCK8_Q:
         table = block8_table(q)
         assert table.max_bits <= 28
         assert sum(c << (table.max_bits - b) for b, c in enumerate(table.count)) == 1 << table.max_bits
         weight_order = np.argsort(-(q ** np.arange(9.0) * (64 - q) ** (8 - np.arange(9.0))))
-        by_ones = [table.lengths()[[s for s in range(256) if bin(s).count("1") == j]] for j in weight_order]
+        by_ones = [table.lengths[[s for s in range(256) if bin(s).count("1") == j]] for j in weight_order]
         assert all(a.max() <= b.min() for a, b in zip(by_ones, by_ones[1:]))  # likelier: not longer
 
 
@@ -129,7 +129,7 @@ def test_context_block_section_decodes():
     """A hand-made block-code section: 16 bits, q = 24, two blocks."""
     table = block8_table(24)
     sub = bits("00100101 11000000")
-    code = table.codes()[0b00100101] + table.codes()[0b11000000]
+    code = table.codes[0b00100101] + table.codes[0b11000000]
     stream = bytes([5, context.BLOCK8, 24]) + code.tobytes()  # tobytes pads with zero bits
     assert np.array_equal(context.LayerDecoder(16).decode(stream, "s"), sub)
 
