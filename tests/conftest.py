@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -95,6 +96,15 @@ def conv_run() -> SimpleNamespace:
     Returns the model, each task's mask, the full state_dict after each task, the data, and each
     task's test logits right after it was learned.
     """
+    threads = torch.get_num_threads()  # wsn sets 1 thread for small models; this one is big
+    torch.set_num_threads(max(threads, min(4, os.cpu_count() or 1)))
+    try:
+        return _train_conv()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_conv() -> SimpleNamespace:
     from wsncli.engine.evaluate import set_task_mode
     from wsncli.engine.models import ModelConfig, build_model
     from wsncli.engine.train import TrainSettings, train_task
@@ -109,7 +119,7 @@ def conv_run() -> SimpleNamespace:
         frozen = None
         if masks:
             frozen = {n: torch.stack([m[n] for m in masks.values()]).any(0) for n in masks[1]}
-        settings = TrainSettings(task=task, capacity=0.1, epochs=2, batch_size=16, lr=1e-3, seed=0)
+        settings = TrainSettings(task=task, capacity=0.1, epochs=1, batch_size=16, lr=1e-3, seed=0)  # 2 steps: step 1 uses m_{t-1}, all frozen
         result = train_task(model, data[task], settings, frozen, torch.device("cpu"))
         masks[task] = result.masks
         states[task] = copy.deepcopy(model.state_dict())

@@ -25,6 +25,10 @@ class TaskError(WsnError):
     """A task request conflicts with the checkpoint (already learned, unknown task, ...)."""
 
 
+class DeviceError(WsnError):
+    """The requested device (e.g. cuda) is not available."""
+
+
 class LockError(WsnError):
     """Another wsn process holds the checkpoint's lock."""
 
@@ -48,6 +52,7 @@ __all__ = [
     "DataError",
     "CheckpointError",
     "TaskError",
+    "DeviceError",
     "LockError",
     "ForgettingDetected",
     "Interrupted",

@@ -17,7 +17,8 @@ from rich.text import Text
 from wsncli.cli import INTERRUPTED, command_started
 from wsncli.errors import Interrupted, WsnError
 
-stdout = Console(highlight=False, soft_wrap=True)
+# Piped output is not wrapped at 80 columns: tables keep their rows on one line for grep and less.
+stdout = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 
 

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.table import Table
 
+if TYPE_CHECKING:
+    from wsncli.engine.evaluate import EvalReport
+
 from wsncli.commands.common import fail, handle_errors, pct, print_json, progress_bar, show_progress, stdout
-from wsncli.engine.checkpoint import load_checkpoint
-from wsncli.engine.data import resolve_data_root
-from wsncli.engine.evaluate import EvalReport, evaluate_checkpoint
-from wsncli.engine.learner import configure_threads, resolve_device
 
 
 def report_dict(report: EvalReport) -> dict:
@@ -55,6 +54,10 @@ def eval_command(
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
 ) -> None:
     """Re-evaluate learned tasks on their test sets; exit 3 if any task's outputs changed."""
+    from wsncli.engine.checkpoint import load_checkpoint
+    from wsncli.engine.data import resolve_data_root
+    from wsncli.engine.evaluate import EvalReport, evaluate_checkpoint
+    from wsncli.engine.learner import configure_threads, resolve_device
     checkpoint = load_checkpoint(ckpt)
     configure_threads(sum(l.weight.numel() for l in checkpoint.model.subnet_layers().values()), None)
     root = resolve_data_root(data_root)

@@ -10,9 +10,6 @@ from rich.table import Table
 
 import formats
 from wsncli.commands.common import handle_errors, pct, print_json, stdout
-from wsncli.engine.checkpoint import load_checkpoint
-from wsncli.engine.inspection import describe_checkpoint
-from wsncli.engine.packing import read_packed
 
 
 def _kib(n: int | None) -> str:
@@ -69,6 +66,9 @@ def inspect_command(
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
 ) -> None:
     """Show what a checkpoint or a packed-mask file holds, and verify its checksums."""
+    from wsncli.engine.checkpoint import load_checkpoint
+    from wsncli.engine.inspection import describe_checkpoint
+    from wsncli.engine.packing import read_packed
     data = read_packed(path)
     if data[:4] == b"WSNM":
         described = {"path": str(path), **formats.describe(data)}

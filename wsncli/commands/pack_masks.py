@@ -14,9 +14,6 @@ from rich.table import Table
 
 import formats
 from wsncli.commands.common import handle_errors, print_json, stderr, stdout
-from wsncli.engine.atomic import atomic_write
-from wsncli.engine.checkpoint import load_checkpoint
-from wsncli.engine.packing import check_masks_equal, checkpoint_layer_masks, masks_to_arrays, pack_checkpoint_masks, read_packed
 from wsncli.errors import WsnError
 
 _ROWS = [("float32", "float32 masks"), ("bool", "bool bytes"), ("packbits", "packbits"), ("ascii7", "7-bit ASCII bytes"),
@@ -33,13 +30,14 @@ def _render(report: dict, console: Console) -> None:
     table.add_row("bound: each mask alone (entropy)", f"{report['bounds']['independent']:.4f}")
     table.add_row("bound: given earlier masks (3 contexts)", f"{report['bounds']['conditional']:.4f}")
     console.print(table)
-    per_task = Table(title="per task", title_justify="left")
-    for col in ("task", report["codec"], "independent", "conditional"):
-        per_task.add_column(col, justify="right")
-    for row in report.get("per_task", []):
-        per_task.add_row(str(row.get("task")), f"{row.get('bits_per_weight', float('nan')):.4f}",
-                         f"{row.get('independent', float('nan')):.4f}", f"{row.get('conditional', float('nan')):.4f}")
-    console.print(per_task)
+    for key, title in (("per_task", "task"), ("per_layer", "layer")):
+        rows = Table(title=f"per {title}", title_justify="left")
+        for col in (title, "density", report["codec"], "paper Huffman", "entropy alone", "given earlier masks"):
+            rows.add_column(col, justify="right")
+        for row in report.get(key, []):
+            rows.add_row(str(row[title]), f"{row['density']:.3f}", f"{row['bits_per_weight_per_task']:.4f}", f"{row['baselines']['paper_huffman']:.4f}",
+                         f"{row['bounds']['independent']:.4f}", f"{row['bounds']['conditional']:.4f}")
+        console.print(rows)
     console.print(f"{report['bytes']} bytes, {100 * report['saving_vs_packbits']:.1f}% smaller than packbits; decoded and verified bit for bit")
 
 
@@ -51,6 +49,9 @@ def pack_masks_command(
     json_out: Annotated[bool, typer.Option("--json", help="Print the storage report as one JSON object.")] = False,
 ) -> None:
     """Pack every task's mask into a .wsnm file, verify it decodes bit for bit, report the savings."""
+    from wsncli.engine.atomic import atomic_write
+    from wsncli.engine.checkpoint import load_checkpoint
+    from wsncli.engine.packing import check_masks_equal, checkpoint_layer_masks, masks_to_arrays, pack_checkpoint_masks, read_packed
     checkpoint = load_checkpoint(ckpt)
     result = pack_checkpoint_masks(checkpoint, codec, source=Path(ckpt).name)
     to_stdout = output == "-"
@@ -79,6 +80,9 @@ def unpack_masks_command(
     json_out: Annotated[bool, typer.Option("--json", help="Print a summary as one JSON object.")] = False,
 ) -> None:
     """Decode a .wsnm file back into per-task, per-layer masks (and optionally check a checkpoint)."""
+    from wsncli.engine.atomic import atomic_write
+    from wsncli.engine.checkpoint import load_checkpoint
+    from wsncli.engine.packing import check_masks_equal, checkpoint_layer_masks, masks_to_arrays, pack_checkpoint_masks, read_packed
     decoded = formats.unpack(read_packed(packed))
     summary = {"file": str(packed), "codec": decoded.codec, "tasks": list(decoded.task_ids), "layers": [l.name for l in decoded.layers]}
     if ckpt is not None:

@@ -122,7 +122,7 @@ def evaluate_checkpoint(
     from wsncli.engine.data import load_task  # local: keeps this module importable without data
 
     learned = ckpt.learned()
-    chosen = learned if not tasks else tasks
+    chosen = learned if not tasks else list(dict.fromkeys(tasks))  # each task once, in the order asked
     missing = [t for t in chosen if t not in learned]
     if missing:
         raise TaskError(f"task {missing[0]} is not learned in this checkpoint (learned: {', '.join(map(str, learned)) or 'none'})")

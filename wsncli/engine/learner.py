@@ -19,14 +19,10 @@ from wsncli.engine.lock import CheckpointLock
 from wsncli.engine.models import ARCHS, ModelConfig, build_model
 from wsncli.engine.subnet import k_for_capacity
 from wsncli.engine.train import METHODS, TrainCallbacks, TrainResult, TrainSettings, train_task
-from wsncli.errors import CheckpointError, DataError, TaskError, UsageError, WsnError
+from wsncli.errors import CheckpointError, DataError, DeviceError, TaskError, UsageError
 
 DEFAULT_BENCHMARK = "split-digits"
 DEFAULT_CAPACITY = 0.5
-
-
-class DeviceError(WsnError):
-    """The requested device is not available."""
 
 
 @dataclass
@@ -89,7 +85,7 @@ def check_request(req: TaskRequest) -> None:
     """Refuse settings that cannot work, before anything is loaded."""
     if not (1 <= req.task <= MAX_TASK_ID):
         raise TaskError(f"--task must be a positive task id (1..{MAX_TASK_ID}), got {req.task}")
-    if req.capacity is not None and not (0.0 < req.capacity <= 1.0) or (req.capacity is not None and math.isnan(req.capacity)):
+    if req.capacity is not None and not (0.0 < req.capacity <= 1.0):  # also refuses NaN
         raise TaskError(f"--capacity must be in (0, 1], got {req.capacity}")
     if req.epochs is not None and req.epochs < 1:
         raise TaskError(f"--epochs must be at least 1, got {req.epochs}")
@@ -124,6 +120,14 @@ def _check_matches(ckpt: Checkpoint, req: TaskRequest) -> None:
         raise TaskError(f"{req.ckpt}: task {req.task} is already learned (learned {order}. of {len(ckpt.learned())}); each task is learned once")
     if ckpt.tampered:
         raise CheckpointError(f"{req.ckpt}: tensor {ckpt.tampered[0]!r} fails its checksum (corrupt or edited outside wsn); refusing to train on it")
+
+
+def _check_capacity_keeps_weights(model, capacity: float) -> None:
+    """A mask that keeps no weight in some layer can only give chance accuracy: refuse it."""
+    for name, layer in model.subnet_layers().items():
+        n = layer.weight.numel()
+        if k_for_capacity(n, capacity) < 1:
+            raise TaskError(f"--capacity {capacity} keeps no weight of layer {name!r} ({n} weights); use at least {1 / n:.2g}")
 
 
 def _new_checkpoint(req: TaskRequest, data_root: Path | None) -> Checkpoint:
@@ -177,6 +181,7 @@ def learn_task(
             method=meta["method"],
         )
         configure_threads(sum(l.weight.numel() for l in ckpt.model.subnet_layers().values()), req.threads)
+        _check_capacity_keeps_weights(ckpt.model, settings.capacity)
         model = ckpt.model.to(device)
         ckpt.masks = {t: {n: m.to(device) for n, m in lm.items()} for t, lm in ckpt.masks.items()}
         torch.manual_seed(settings.seed * 7919 + req.task)  # the new head's initial weights
