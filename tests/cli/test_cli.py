@@ -60,6 +60,7 @@ REFUSALS = [
     (("--task", 4, "--capacity=-0.1"), ("--capacity must be in (0, 1], got -0.1",)),
     (("--task", 4, "--capacity", "1.5"), ("--capacity must be in (0, 1], got 1.5",)),
     (("--task", 4, "--capacity", "nan"), ("--capacity must be in (0, 1], got nan",)),
+    (("--task", 4, "--capacity", "1e-9"), ("--capacity 1e-09 keeps no weight of layer 'layers.0' (6400 weights)",)),
     (("--task", 4, "--benchmark", "cifar1000"), ("unknown benchmark 'cifar1000'",)),
     (("--task", 4, "--arch", "resnet"), ("unknown architecture 'resnet'",)),
     (("--task", 4, "--method", "ewc"), ("unknown method 'ewc'",)),
