@@ -1,0 +1,218 @@
+"""Mutators for fuzzing the checkpoint loader (used by the test suite and benchmarks/fuzz_loaders.py).
+
+Three levels: raw bytes of the file; the pickle inside the ZIP (re-zipped with valid CRCs, so the
+unpickler and the validators behind it see the damage); and the payload dict (wrong types, missing
+keys, other dtypes and shapes, usually with checksums recomputed). Every mutator takes a
+`random.Random`, so hypothesis can drive it through `st.randoms()` and a script through a seed.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import math
+import random
+import zipfile
+
+import torch
+
+from tests.reliability.payloads import dump_payload, fix_checksums, load_payload
+
+_HOT = 600  # bytes at each end of a file: ZIP headers, the pickle, the central directory
+
+
+def _position(rng: random.Random, n: int) -> int:
+    if n == 0:
+        return 0
+    if rng.random() < 0.6:  # most bytes are tensor data guarded by CRCs; aim at the structure
+        return rng.randrange(min(n, _HOT)) if rng.random() < 0.5 else max(0, n - 1 - rng.randrange(min(n, _HOT)))
+    return rng.randrange(n)
+
+
+def mutate_bytes(data: bytes, rng: random.Random) -> bytes:
+    """Byte flips, truncation, splices, insertions, deletions, overwrites (1 to 3 of them)."""
+    buf = bytearray(data)
+    for _ in range(rng.randint(1, 3)):
+        n = len(buf)
+        op = rng.choice(("flip", "flip", "truncate", "splice", "insert", "delete", "overwrite", "zero"))
+        i = _position(rng, n)
+        if op == "flip" and n:
+            buf[min(i, n - 1)] ^= 1 << rng.randrange(8)
+        elif op == "truncate":
+            del buf[i:]
+        elif op == "splice" and n:
+            j, k = rng.randrange(n), rng.randint(1, 256)
+            buf[i:i] = buf[j:j + k]
+        elif op == "insert":
+            buf[i:i] = bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 16)))
+        elif op == "delete":
+            del buf[i:i + rng.randint(1, 64)]
+        elif op == "overwrite":
+            k = rng.randint(1, 8)
+            buf[i:i + k] = bytes(rng.getrandbits(8) for _ in range(k))
+        elif op == "zero":
+            k = rng.randint(1, 32)
+            buf[i:i + k] = bytes(len(buf[i:i + k]))
+    return bytes(buf)
+
+
+def rezip(data: bytes, change) -> bytes:
+    """The checkpoint with change(name, content) applied to each record, re-zipped with valid CRCs."""
+    src = zipfile.ZipFile(io.BytesIO(data))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as zf:
+        for info in src.infolist():
+            zf.writestr(info.filename, change(info.filename, src.read(info.filename)))
+    return out.getvalue()
+
+
+def mutate_pickle(data: bytes, rng: random.Random) -> bytes:
+    """Damage the pickle (data.pkl) or a small record, keeping the ZIP itself valid."""
+    target = "data.pkl" if rng.random() < 0.8 else rng.choice(("byteorder", ".format_version", "version", "data/7"))
+
+    def change(name: str, content: bytes) -> bytes:
+        return mutate_bytes(content, rng) if name.endswith(target) else content
+
+    return rezip(data, change)
+
+
+# -- payload level ---------------------------------------------------------------------------------
+def _weird(rng: random.Random):
+    return rng.choice([
+        None, True, False, 0, -1, 1, 2, 7, 2**31, 2**63, -(2**63) - 1, 10**30, 0.0, -0.0, 0.5, 1.5, 1e308,
+        float("nan"), float("inf"), -float("inf"), "", "x", "wsn", "finetune", "mlp", "conv", "split-digits", "npz",
+        "pmnist", "0" * 64, "\x00", "/nonexistent", [], [1], [64], [0], [-1], [8, 8], [65536, 65536], ["a"],
+        {}, {"a": 1}, {"task": 1}, torch.zeros(2), torch.tensor(1),
+    ])
+
+
+def _paths(obj, prefix=()):
+    """Every (container path, key) in a nested dict/list, root included."""
+    out = []
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            out.append(prefix + (k,))
+            out.extend(_paths(v, prefix + (k,)))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            out.append(prefix + (i,))
+            out.extend(_paths(v, prefix + (i,)))
+    return out
+
+
+def _parent(obj, path):
+    for key in path[:-1]:
+        obj = obj[key]
+    return obj
+
+
+_DTYPES = (torch.float64, torch.float16, torch.bfloat16, torch.int32, torch.int64, torch.uint8, torch.bool, torch.float32)
+
+
+def _mutate_tensor(t: torch.Tensor, rng: random.Random) -> torch.Tensor:
+    op = rng.choice(("dtype", "flatten", "unsqueeze", "slice", "grow", "transpose", "expand", "scalar", "nan", "empty"))
+    if t.numel() > 100_000 and op not in ("transpose", "expand", "scalar", "empty"):
+        return t  # an expanded view: materialising it would write gigabytes
+    if op == "dtype":
+        return t.to(rng.choice(_DTYPES))
+    if op == "flatten":
+        return t.reshape(-1).clone()
+    if op == "unsqueeze":
+        return t.unsqueeze(0).clone()
+    if op == "slice" and t.dim() and t.shape[0] > 1:
+        return t[: rng.randrange(1, t.shape[0])].clone()
+    if op == "grow" and t.dim():
+        return torch.cat([t, t]).clone()
+    if op == "transpose" and t.dim() == 2:
+        return t.t()
+    if op == "expand":
+        return t.reshape(-1)[:1].expand(rng.choice((2, 1000, 2**30)))
+    if op == "scalar":
+        return torch.tensor(rng.random())
+    if op == "nan" and t.is_floating_point():
+        t = t.clone()
+        t.view(-1)[0] = float("nan")
+        return t
+    if op == "empty":
+        return torch.empty(0, dtype=t.dtype)
+    return t.clone()
+
+
+def mutate_payload(payload: dict, rng: random.Random) -> dict:
+    """1 to 3 structural changes to a deep copy of `payload`; checksums recomputed 85% of the time."""
+    p = copy.deepcopy(payload)
+    for _ in range(rng.randint(1, 3)):
+        kind = rng.choice(("meta-value", "meta-value", "meta-value", "meta-delete", "tensor", "tensor", "tensor-table", "envelope", "checksums"))
+        if kind in ("meta-value", "meta-delete") and isinstance(p.get("meta"), dict):
+            paths = _paths(p["meta"])
+            if paths:
+                path = rng.choice(paths)
+                parent = _parent(p["meta"], path)
+                if kind == "meta-delete":
+                    del parent[path[-1]]
+                else:
+                    parent[path[-1]] = _weird(rng)
+        elif kind == "tensor" and isinstance(p.get("tensors"), dict) and p["tensors"]:
+            name = rng.choice(sorted(p["tensors"]))
+            if isinstance(p["tensors"][name], torch.Tensor):
+                p["tensors"][name] = _mutate_tensor(p["tensors"][name], rng)
+        elif kind == "tensor-table" and isinstance(p.get("tensors"), dict) and p["tensors"]:
+            name = rng.choice(sorted(p["tensors"]))
+            op = rng.choice(("delete", "rename", "extra", "replace"))
+            if op == "delete":
+                del p["tensors"][name]
+            elif op == "rename":
+                p["tensors"][name.replace("1", "2") if "1" in name else name + "x"] = p["tensors"].pop(name)
+            elif op == "extra":
+                p["tensors"][rng.choice(("head/9/weight", "mask/3/layers.0", "junk", name + "/x"))] = torch.zeros(rng.randint(0, 9))
+            else:
+                p["tensors"][name] = _weird(rng)
+        elif kind == "envelope":
+            key = rng.choice(("format", "version", "meta", "tensors", "checksums"))
+            if rng.random() < 0.3:
+                p.pop(key, None)
+            else:
+                p[key] = _weird(rng)
+        elif kind == "checksums" and isinstance(p.get("checksums"), dict):
+            sums = p["checksums"]
+            if rng.random() < 0.5 or not isinstance(sums.get("tensors"), dict) or not sums["tensors"]:
+                sums["meta"] = _weird(rng)
+            else:
+                sums["tensors"][rng.choice(sorted(sums["tensors"], key=str))] = _weird(rng)
+    return fix_checksums(p) if rng.random() < 0.85 else p
+
+
+def mutated_checkpoint(valid: bytes, payload: dict, rng: random.Random, level: str) -> bytes | None:
+    """Mutated file bytes at `level` ('bytes', 'pickle' or 'payload'); None when torch cannot write it."""
+    if level == "bytes":
+        return mutate_bytes(valid, rng)
+    if level == "pickle":
+        return mutate_pickle(valid, rng)
+    try:
+        return dump_payload(mutate_payload(payload, rng))
+    except Exception:  # noqa: BLE001 - torch.save refused the mutated object: nothing to load
+        return None
+
+
+def exercise(path) -> str:
+    """Load `path` and, when it loads, use it as every command would. Returns 'loaded' or the
+    refusal's class name; anything that is not a WsnError propagates (a bug)."""
+    from wsncli.engine.checkpoint import load_checkpoint
+    from wsncli.engine.evaluate import capacity_used, evaluate_checkpoint
+    from wsncli.engine.inspection import describe_checkpoint
+    from wsncli.engine.learner import TaskRequest, _check_matches
+    from wsncli.errors import WsnError
+
+    try:
+        ckpt = load_checkpoint(path)
+    except WsnError as exc:
+        return type(exc).__name__
+    try:
+        describe_checkpoint(ckpt, path)
+        capacity_used(ckpt)
+        _check_matches(ckpt, TaskRequest(ckpt=path, task=5))
+        report = evaluate_checkpoint(ckpt, None, None, torch.device("cpu"))
+        assert all(math.isfinite(t.accuracy) for t in report.tasks)
+    except WsnError:
+        pass
+    return "loaded"
