@@ -90,6 +90,16 @@ def _stream_entries(header: dict) -> list[StreamEntry]:
                         table["crc32"][i]) for i in range(len(groups) * n_layers)]
 
 
+def _bounded_list(header: dict, key: str, limit: int, what: str) -> list:
+    """header[key], which must be a JSON list of at most `limit` entries."""
+    value = header[key]
+    if not isinstance(value, list):
+        raise FormatError(f"header: {key!r} must be a list")
+    if len(value) > limit:
+        raise FormatError(f"header: {len(value)} {what} exceed the limit of {limit}")
+    return value
+
+
 def _check_layout(header, max_bits: int) -> None:
     """Validate codec, tasks, layers and the size limits (everything but the stream table)."""
     if not isinstance(header, dict):
@@ -105,21 +115,13 @@ def _check_layout(header, max_bits: int) -> None:
         raise FormatError(f"header: unknown codec {codec!r} (known: {', '.join(CODECS)})")
     if not isinstance(header.get("meta", {}), dict):
         raise FormatError("header: 'meta' must be a JSON object")
-    task_ids = header["task_ids"]
-    if not isinstance(task_ids, list):
-        raise FormatError("header: 'task_ids' must be a list")
-    if len(task_ids) > MAX_TASKS:
-        raise FormatError(f"header: {len(task_ids)} tasks exceed the limit of {MAX_TASKS}")
+    task_ids = _bounded_list(header, "task_ids", MAX_TASKS, "tasks")
     for t in task_ids:
         if not _is_int(t) or not 0 <= t <= MAX_TASK_ID:
             raise FormatError(f"header: task id {t!r} is not an integer in 0..{MAX_TASK_ID}")
     if len(set(task_ids)) != len(task_ids):
         raise FormatError("header: task ids are not unique")
-    layers = header["layers"]
-    if not isinstance(layers, list):
-        raise FormatError("header: 'layers' must be a list")
-    if len(layers) > MAX_LAYERS:
-        raise FormatError(f"header: {len(layers)} layers exceed the limit of {MAX_LAYERS}")
+    layers = _bounded_list(header, "layers", MAX_LAYERS, "layers")
     names = set()
     total_bits = 0
     for i, layer in enumerate(layers):
