@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager
 import os
 import shutil
 from pathlib import Path
@@ -96,12 +97,21 @@ def conv_run() -> SimpleNamespace:
     Returns the model, each task's mask, the full state_dict after each task, the data, and each
     task's test logits right after it was learned.
     """
-    threads = torch.get_num_threads()  # wsn sets 1 thread for small models; this one is big
-    torch.set_num_threads(max(threads, min(4, os.cpu_count() or 1)))
+    threads = min(4, os.cpu_count() or 1)  # wsn sets 1 thread for small models; this one is big
+    with torch_threads(threads):
+        return SimpleNamespace(**vars(_train_conv()), threads=threads)
+
+
+@contextmanager
+def torch_threads(n: int):
+    """Run with n torch threads. Conv outputs are bit-identical only at the same thread count, and
+    in-process `learn_task` calls change the count, so compare conv outputs inside this."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
     try:
-        return _train_conv()
+        yield
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(before)
 
 
 def _train_conv() -> SimpleNamespace:

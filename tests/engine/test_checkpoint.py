@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import CONV_SHAPE
+from tests.conftest import CONV_SHAPE, torch_threads
 from wsncli.engine.checkpoint import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -97,7 +97,7 @@ def test_conv_checkpoint_round_trip_is_bit_identical(conv_run, tmp_path):
     from wsncli.engine.evaluate import set_task_mode
 
     set_task_mode(loaded.model, loaded.masks[1])
-    with torch.no_grad():
+    with torch.no_grad(), torch_threads(conv_run.threads):
         assert torch.equal(loaded.model(torch.from_numpy(conv_run.data[1].x_test), 1), conv_run.logits[1])
 
 

@@ -187,13 +187,33 @@ def test_straight_through_gradients(kind):
     (out * r).sum().backward()
     mask = layer._last_mask
     grad_w_eff = _reference_grad(apply, x, layer.weight, mask, r)
-    # scores: the mask's gradient passes straight through, grad_w_eff ⊙ weight, for every weight
-    assert torch.equal(layer.scores.grad, grad_w_eff * layer.weight.detach())
+    # scores: the mask is a function of |score|; its gradient grad_w_eff ⊙ weight passes straight
+    # through to |score|, hence ⊙ sign(score) for the score itself, for every weight
+    sign = layer.scores.detach().sign()
+    assert torch.equal(layer.scores.grad, grad_w_eff * layer.weight.detach() * sign)
     # weights: only those in the mask and not frozen train
     assert torch.equal(layer.weight.grad, grad_w_eff * (mask & ~frozen).float())
     assert (layer.weight.grad[frozen] == 0).all()
     assert (layer.weight.grad[~mask] == 0).all()
     assert layer.scores.grad[~mask].abs().sum() > 0  # unselected weights can still win their way in
+
+
+def test_a_score_step_raises_the_rank_of_a_helpful_weight_whatever_the_scores_sign():
+    """Gradient descent on the scores must raise |score| where keeping the weight lowers the loss.
+
+    Here the loss is -sum(w_eff), so every weight with w > 0 helps; both a positive and a negative
+    score of such a weight must move away from zero (a gradient without sign(score) pushes the
+    negative one towards zero, out of the mask).
+    """
+    layer = SubnetLinear(2, 1)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[1.0, 1.0]]))
+        layer.scores.copy_(torch.tensor([[0.5, -0.5]]))
+    layer.train_subnet(2, None)
+    (-layer(torch.ones(1, 2))).sum().backward()
+    with torch.no_grad():
+        stepped = layer.scores - 0.1 * layer.scores.grad
+    assert torch.all(stepped.abs() > 0.5), stepped
 
 
 def test_frozen_weights_do_not_move_under_adam():

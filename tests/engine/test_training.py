@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import image_task
+from tests.conftest import image_task, torch_threads
 from wsncli.engine import learner as learner_mod
 from wsncli.engine.checkpoint import checkpoint_tensors, load_checkpoint
 from wsncli.engine.learner import TaskRequest, learn_task
@@ -52,11 +52,12 @@ def test_conv_task_outputs_are_bit_identical_after_later_tasks(conv_run):
     from wsncli.engine.evaluate import set_task_mode
 
     model = conv_run.model
-    for t in (1, 2, 3):
-        set_task_mode(model, conv_run.masks[t])
-        with torch.no_grad():
-            logits = model(torch.from_numpy(conv_run.data[t].x_test), t)
-        assert torch.equal(logits, conv_run.logits[t]), f"task {t} outputs changed"
+    with torch_threads(conv_run.threads):  # the thread count used at learning
+        for t in (1, 2, 3):
+            set_task_mode(model, conv_run.masks[t])
+            with torch.no_grad():
+                logits = model(torch.from_numpy(conv_run.data[t].x_test), t)
+            assert torch.equal(logits, conv_run.logits[t]), f"task {t} outputs changed"
 
 
 def test_conv_masks_keep_round_c_n_and_later_tasks_reuse_earlier_weights(conv_run):

@@ -97,17 +97,22 @@ class TopKSelector:
 
 
 class _MaskedWeight(torch.autograd.Function):
-    """weight ⊙ mask; straight-through: d/dscore = d/d(mask) = grad ⊙ weight; d/dweight masked."""
+    """weight ⊙ mask(|score|); d/dweight is masked.
+
+    Straight-through: the mask is a step function of |score|, so d(mask)/d|score| is taken as 1 and
+    d/dscore = grad ⊙ weight ⊙ sign(score). Without the sign, a negative score would be pushed the
+    wrong way: out of the mask when the loss wants its weight kept.
+    """
 
     @staticmethod
     def forward(ctx, weight, scores, mask_f, trainable_f):  # all the layer's weight shape
-        ctx.save_for_backward(weight, trainable_f)
+        ctx.save_for_backward(weight, scores, trainable_f)
         return weight * mask_f
 
     @staticmethod
     def backward(ctx, grad):
-        weight, trainable_f = ctx.saved_tensors
-        return grad * trainable_f, grad * weight, None, None
+        weight, scores, trainable_f = ctx.saved_tensors
+        return grad * trainable_f, grad * weight * scores.sign(), None, None
 
 
 class SubnetLayer(nn.Module):
