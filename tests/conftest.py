@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import copy
-from contextlib import contextmanager
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 

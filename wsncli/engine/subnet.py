@@ -112,7 +112,7 @@ class _MaskedWeight(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         weight, scores, trainable_f = ctx.saved_tensors
-        return grad * trainable_f, grad * weight * scores.sign(), None, None
+        return grad * trainable_f, (grad * weight).mul_(scores.sign()), None, None  # one temporary, same bits
 
 
 class SubnetLayer(nn.Module):
