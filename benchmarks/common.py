@@ -13,9 +13,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from wsncli.engine.checkpoint import load_checkpoint  # noqa: E402
-from wsncli.engine.evaluate import evaluate_checkpoint  # noqa: E402
-from wsncli.engine.learner import TaskRequest, learn_task  # noqa: E402
+from wsncli.engine.lifecycle.evaluate import evaluate_checkpoint  # noqa: E402
+from wsncli.engine.lifecycle.learn import TaskRequest, learn_task  # noqa: E402
+from wsncli.engine.store.checkpoint import load_checkpoint  # noqa: E402
 
 
 def machine() -> str:

@@ -41,8 +41,8 @@ def _wsnm_samples(ckpt_path: Path) -> list[bytes]:
     """Valid .wsnm files of the tiny checkpoint, one per codec; [] when formats is not there yet."""
     try:
         import formats
-        from wsncli.engine.checkpoint import load_checkpoint
-        from wsncli.engine.packing import pack_checkpoint_masks
+        from wsncli.engine.lifecycle.pack import pack_checkpoint_masks
+        from wsncli.engine.store.checkpoint import load_checkpoint
     except ImportError as exc:
         print(f"skipping .wsnm: {exc}")
         return []

@@ -11,7 +11,6 @@ paper: fraction of weights used by any task + mask storage (bits per weight per 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
@@ -26,7 +25,7 @@ def one_run(capacity: float, seed: int, args) -> dict:
     import torch
 
     import formats
-    from wsncli.engine.packing import pack_checkpoint_masks
+    from wsncli.engine.lifecycle.pack import pack_checkpoint_masks
 
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:

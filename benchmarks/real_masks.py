@@ -30,8 +30,8 @@ def main() -> None:
         from fetch_data import ensure_mnist
 
         args.data_root = ensure_mnist().parent
-    from wsncli.engine.models import parse_hidden
-    from wsncli.engine.packing import pack_checkpoint_masks
+    from wsncli.engine.lifecycle.pack import pack_checkpoint_masks
+    from wsncli.engine.nn.models import parse_hidden
 
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"# {machine()}")

@@ -24,10 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-
 from common import emit, machine  # noqa: E402
-from wsncli.engine.learner import configure_threads  # noqa: E402
-from wsncli.engine.models import ModelConfig, build_model  # noqa: E402
+
+from wsncli.engine.nn.models import ModelConfig, build_model  # noqa: E402
+from wsncli.engine.runtime import configure_threads  # noqa: E402
 
 CONFIGS = {
     "mlp-100-b10": (ModelConfig("mlp", (784,), (100, 100)), 10),
@@ -95,7 +95,7 @@ def eval_rate(model, x, variant: str, rounds: int) -> float:
 
 def measure_ratios(name: str, device: torch.device, blocks: int, steps: int) -> dict:
     setups = {v: setup(name, v, device) for v in ("dense", "wsn")}
-    for v, (m, o, x, y, b) in setups.items():
+    for m, o, x, y, b in setups.values():
         train_steps(m, o, x, y, b, max(2, steps // 4))  # warm-up
     times = {"dense": [], "wsn": []}
     for _ in range(blocks):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass
-from functools import cached_property, lru_cache
+from functools import cache, cached_property
 
 import numpy as np
 from bitarray import bitarray, frozenbitarray
@@ -132,7 +132,7 @@ def decode_symbols(code: bitarray, table: HuffmanTable, n: int, what: str) -> tu
     return symbols, int(table.lengths[symbols].sum())
 
 
-@lru_cache(maxsize=None)
+@cache
 def block8_table(q: int) -> HuffmanTable:
     """The fixed code for 8-bit blocks of i.i.d. bits with P(1) = q/64 (used by the context codec).
 

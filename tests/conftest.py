@@ -28,7 +28,7 @@ def _no_data_root_env(monkeypatch):
 
 
 def _learn(path: Path, task: int, **kwargs):
-    from wsncli.engine.learner import TaskRequest, learn_task
+    from wsncli.engine.lifecycle.learn import TaskRequest, learn_task
 
     return learn_task(TaskRequest(ckpt=path, task=task, device="cpu", **kwargs))
 
@@ -76,7 +76,7 @@ def finetune_ckpt(finetune_master, tmp_path) -> Path:
 
 def image_task(task: int, n_train: int = 32, n_test: int = 16, shape=CONV_SHAPE, seed: int = 0):
     """A small 2-class image task (TaskData) whose classes differ by a per-task pattern."""
-    from wsncli.engine.data import TaskData
+    from wsncli.engine.data.registry import TaskData
 
     rng = np.random.default_rng(seed * 100 + task)
     pattern = rng.normal(size=shape).astype(np.float32)
@@ -115,9 +115,9 @@ def torch_threads(n: int):
 
 
 def _train_conv() -> SimpleNamespace:
-    from wsncli.engine.evaluate import set_task_mode
-    from wsncli.engine.models import ModelConfig, build_model
-    from wsncli.engine.train import TrainSettings, train_task
+    from wsncli.engine.lifecycle.evaluate import set_task_mode
+    from wsncli.engine.lifecycle.train import TrainSettings, train_task
+    from wsncli.engine.nn.models import ModelConfig, build_model
 
     torch.manual_seed(0)
     model = build_model(ModelConfig("conv", CONV_SHAPE))

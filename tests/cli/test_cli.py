@@ -17,8 +17,8 @@ import torch
 import wsncli
 from tests.cli.helpers import assert_error, assert_ok, explain, json_out, wsn
 from tests.conftest import DIGITS_CAPACITY, DIGITS_EPOCHS, DIGITS_ORDER
-from wsncli.engine.checkpoint import load_checkpoint, tensor_digest
-from wsncli.engine.lock import CheckpointLock
+from wsncli.engine.store.checkpoint import load_checkpoint, tensor_digest
+from wsncli.engine.store.lock import CheckpointLock
 
 LAYERS = {"layers.0": 100 * 64, "layers.1": 100 * 100}  # split-digits MLP 64-100-100
 
@@ -280,7 +280,6 @@ def test_inspect_json_describes_tasks_layers_and_sizes(digits_ckpt):
     assert d["format"] == "wsn-checkpoint" and d["version"] == 1 and d["benchmark"] == "split-digits"
     assert d["learned"] == list(DIGITS_ORDER)
     assert [t["task"] for t in d["tasks"]] == list(DIGITS_ORDER) and [t["order"] for t in d["tasks"]] == [1, 2, 3]
-    seen = {n: 0 for n in LAYERS}
     for t in d["tasks"]:
         c = DIGITS_CAPACITY[t["task"]]
         assert (t["capacity"], t["epochs"], t["batch_size"], t["lr"], t["seed"], t["method"]) == (c, DIGITS_EPOCHS, 32, 1e-3, 0, "wsn")
@@ -356,8 +355,8 @@ except ImportError:
     pass
 else:
     raise SystemExit("the blocker does not work")
-import wsncli.engine.learner, wsncli.engine.evaluate, wsncli.engine.checkpoint, wsncli.engine.inspection
-import wsncli.engine.packing, wsncli.engine.train, wsncli.engine.data
+import wsncli.engine.lifecycle.learn, wsncli.engine.lifecycle.evaluate, wsncli.engine.store.checkpoint, wsncli.engine.lifecycle.inspect
+import wsncli.engine.lifecycle.pack, wsncli.engine.lifecycle.train, wsncli.engine.data.registry
 bad = sorted(m for m in sys.modules if m.split(".")[0] in ("typer", "rich", "click"))
 print("ok" if not bad else f"imported {bad}")
 """

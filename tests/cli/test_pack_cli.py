@@ -10,7 +10,7 @@ import pytest
 
 from tests.cli.helpers import assert_error, assert_ok, json_out, wsn
 from tests.conftest import DIGITS_ORDER
-from wsncli.engine.checkpoint import load_checkpoint
+from wsncli.engine.store.checkpoint import load_checkpoint
 
 formats = pytest.importorskip("formats")
 if not hasattr(formats, "pack"):  # the formats package is written concurrently

@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import CONV_SHAPE, torch_threads
-from wsncli.engine.checkpoint import (
+from wsncli.engine.nn.models import ModelConfig
+from wsncli.engine.store.checkpoint import (
     FORMAT_NAME,
     FORMAT_VERSION,
     Checkpoint,
@@ -23,7 +24,6 @@ from wsncli.engine.checkpoint import (
     tensor_digest,
     unpack_mask,
 )
-from wsncli.engine.models import ModelConfig
 from wsncli.errors import CheckpointError
 
 
@@ -94,7 +94,7 @@ def test_conv_checkpoint_round_trip_is_bit_identical(conv_run, tmp_path):
     _assert_same_checkpoint(original, loaded)
     assert not loaded.tampered
     assert any(k.startswith("norm/1/") and k.endswith("running_var") for k in checkpoint_tensors(loaded))
-    from wsncli.engine.evaluate import set_task_mode
+    from wsncli.engine.lifecycle.evaluate import set_task_mode
 
     set_task_mode(loaded.model, loaded.masks[1])
     with torch.no_grad(), torch_threads(conv_run.threads):
@@ -183,7 +183,8 @@ def test_wrong_tensor_shape_is_a_malformed_checkpoint(digits_ckpt):
         p["checksums"]["tensors"]["layer/layers.0/weight"] = tensor_digest(p["tensors"]["layer/layers.0/weight"])
 
     _rewrite(digits_ckpt, shrink)
-    with pytest.raises(CheckpointError, match=r"malformed checkpoint: tensor 'layer/layers.0/weight' is torch.float32 \(10, 64\), expected torch.float32 \(100, 64\)"):
+    expected = r"malformed checkpoint: tensor 'layer/layers.0/weight' is torch.float32 \(10, 64\), expected torch.float32 \(100, 64\)"
+    with pytest.raises(CheckpointError, match=expected):
         load_checkpoint(digits_ckpt)
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from wsncli.engine import data as D
-from wsncli.engine import datasets as ds
+from wsncli.engine.data import readers as ds
+from wsncli.engine.data import registry as D
 from wsncli.errors import DataError
 
 MNIST_NAMES = D.MNIST_FILES

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from tests.conftest import CONV_SHAPE
-from wsncli.engine.models import ConvNet, MLPNet, ModelConfig, build_model, parse_hidden
-from wsncli.engine.subnet import k_for_capacity
+from wsncli.engine.nn.models import ConvNet, MLPNet, ModelConfig, build_model, parse_hidden
+from wsncli.engine.nn.subnet import k_for_capacity
 from wsncli.errors import UsageError
 
 MLP = ModelConfig("mlp", (64,), (30, 20))

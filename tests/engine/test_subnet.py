@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wsncli.engine.subnet import SubnetConv2d, SubnetLinear, TopKSelector, exact_top_k, k_for_capacity
+from wsncli.engine.nn.subnet import SubnetConv2d, SubnetLinear, TopKSelector, exact_top_k, k_for_capacity
 
 PROPERTY = settings(max_examples=150, deadline=None)
 

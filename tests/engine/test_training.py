@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from tests.conftest import image_task, torch_threads
-from wsncli.engine import learner as learner_mod
-from wsncli.engine.checkpoint import checkpoint_tensors, load_checkpoint
-from wsncli.engine.learner import TaskRequest, learn_task
-from wsncli.engine.models import ModelConfig, build_model
-from wsncli.engine.train import TrainCallbacks, TrainSettings, train_task
+from wsncli.engine.lifecycle import learn as learner_mod
+from wsncli.engine.lifecycle.learn import TaskRequest, learn_task
+from wsncli.engine.lifecycle.train import TrainCallbacks, TrainSettings, train_task
+from wsncli.engine.nn.models import ModelConfig, build_model
+from wsncli.engine.store.checkpoint import checkpoint_tensors, load_checkpoint
 from wsncli.errors import WsnError
 
 CPU = torch.device("cpu")
@@ -49,7 +49,7 @@ def test_conv_old_heads_and_batchnorm_statistics_are_unchanged(conv_run):
 
 
 def test_conv_task_outputs_are_bit_identical_after_later_tasks(conv_run):
-    from wsncli.engine.evaluate import set_task_mode
+    from wsncli.engine.lifecycle.evaluate import set_task_mode
 
     model = conv_run.model
     with torch_threads(conv_run.threads):  # the thread count used at learning
@@ -75,7 +75,7 @@ def test_conv_masks_keep_round_c_n_and_later_tasks_reuse_earlier_weights(conv_ru
 def test_checkpoint_weights_under_m_t_are_bit_identical_after_later_tasks(digits_run):
     final = load_checkpoint(digits_run.path)
     assert final.learned() == list(digits_run.order)
-    for i, t in enumerate(digits_run.order[:-1]):
+    for t in digits_run.order[:-1]:
         then = load_checkpoint(digits_run.after[t])
         used = then.used_weights()  # M after task t
         for name, layer in final.model.subnet_layers().items():
@@ -123,7 +123,7 @@ def test_each_task_gets_a_fresh_adam_without_weight_decay(tmp_path, monkeypatch)
 
 
 def test_trainable_parameters_are_the_trunk_and_only_the_current_head(conv_run):
-    from wsncli.engine.train import _trainable_parameters
+    from wsncli.engine.lifecycle.train import _trainable_parameters
 
     params = {id(p) for p in _trainable_parameters(conv_run.model, 2, "wsn")}
     assert all(id(p) in params for p in conv_run.model.heads["2"].parameters())

@@ -105,7 +105,7 @@ def wait_for_lock_holder(lock: Path, proc: subprocess.Popen, timeout: float = TI
 
 
 def learned(path: Path) -> list[int]:
-    from wsncli.engine.checkpoint import load_checkpoint
+    from wsncli.engine.store.checkpoint import load_checkpoint
 
     return load_checkpoint(path).learned()
 

@@ -16,7 +16,7 @@ import zipfile
 
 import torch
 
-from tests.reliability.payloads import dump_payload, fix_checksums, load_payload
+from tests.reliability.payloads import dump_payload, fix_checksums
 
 _HOT = 600  # bytes at each end of a file: ZIP headers, the pickle, the central directory
 
@@ -197,10 +197,10 @@ def mutated_checkpoint(valid: bytes, payload: dict, rng: random.Random, level: s
 def exercise(path) -> str:
     """Load `path` and, when it loads, use it as every command would. Returns 'loaded' or the
     refusal's class name; anything that is not a WsnError propagates (a bug)."""
-    from wsncli.engine.checkpoint import load_checkpoint
-    from wsncli.engine.evaluate import capacity_used, evaluate_checkpoint
-    from wsncli.engine.inspection import describe_checkpoint
-    from wsncli.engine.learner import TaskRequest, _check_matches
+    from wsncli.engine.lifecycle.evaluate import capacity_used, evaluate_checkpoint
+    from wsncli.engine.lifecycle.inspect import describe_checkpoint
+    from wsncli.engine.lifecycle.learn import TaskRequest, _check_matches
+    from wsncli.engine.store.checkpoint import load_checkpoint
     from wsncli.errors import WsnError
 
     try:

@@ -12,7 +12,7 @@ import torch
 
 def make_tiny_checkpoint(path: Path, tasks=(1, 2), hidden=(8,)) -> Path:
     """split-digits, MLP 64-8, tasks learned for one epoch, in-process (threads restored after)."""
-    from wsncli.engine.learner import TaskRequest, learn_task
+    from wsncli.engine.lifecycle.learn import TaskRequest, learn_task
 
     threads = torch.get_num_threads()
     try:
@@ -29,8 +29,8 @@ def load_payload(data: bytes) -> dict:
 
 def fix_checksums(payload: dict) -> dict:
     """Recompute the checksums a writer would (so a mutation reaches the checks behind them)."""
-    from wsncli.engine.checkpoint import canonical_json, tensor_digest
-    from wsncli.engine.checkpoint_schema import check_plain
+    from wsncli.engine.store.checkpoint import canonical_json, tensor_digest
+    from wsncli.engine.store.schema import check_plain
     from wsncli.errors import CheckpointError
 
     if isinstance(payload.get("checksums"), dict) and isinstance(payload.get("meta"), dict):

@@ -55,7 +55,8 @@ BAD = {
     "too-few-labels": (_with("y_train", lambda y: y[:-1]), "x_train has 40 samples but y_train has 39 labels"),
     "float-labels": (_with("y_train", lambda y: y.astype(np.float32)), "labels must be integers"),
     "missing-array": (lambda: {k: v for k, v in _task(2, (2, 3)).items() if k != "y_test"}, "lacks array(s) y_test"),
-    "val-nan": (lambda: {**_task(2, (2, 3)), "x_val": np.full((4, N_FEATURES), np.nan, np.float32), "y_val": np.array([2, 3, 2, 3])}, "x_val contains 64 NaN values"),
+    "val-nan": (lambda: {**_task(2, (2, 3)), "x_val": np.full((4, N_FEATURES), np.nan, np.float32), "y_val": np.array([2, 3, 2, 3])},
+                "x_val contains 64 NaN values"),
 }
 
 
@@ -87,7 +88,7 @@ def npz_task1(tmp_path_factory):
 @pytest.fixture
 def no_training(monkeypatch):
     """Training must never start on bad data: make it an error if it does."""
-    import wsncli.engine.learner as learner
+    import wsncli.engine.lifecycle.learn as learner
 
     def refuse(*args, **kwargs):
         raise AssertionError("training started on bad data")

@@ -17,8 +17,8 @@ N_KILLS = 8
 
 def _forget_free(path) -> None:
     """Every learned task's subnetwork and test outputs are exactly those recorded at learning."""
-    from wsncli.engine.checkpoint import load_checkpoint
-    from wsncli.engine.evaluate import evaluate_checkpoint
+    from wsncli.engine.lifecycle.evaluate import evaluate_checkpoint
+    from wsncli.engine.store.checkpoint import load_checkpoint
 
     report = evaluate_checkpoint(load_checkpoint(path), None, None, torch.device("cpu"))
     assert report.forget_free and [t.task for t in report.tasks] == learned(path), report
@@ -60,7 +60,7 @@ def test_sigkill_at_random_moments_leaves_old_or_new_checkpoint(base_ckpt, after
 SAVE_FAULTS = {
     # SIGKILL with half of the new checkpoint written to the temporary file
     "mid-write": """
-import wsncli.engine.checkpoint as C
+import wsncli.engine.store.checkpoint as C
 real = C.atomic_write
 def atomic_write(path, write, error):
     class Half:
@@ -75,7 +75,7 @@ C.atomic_write = atomic_write
     # SIGKILL with the new file complete and fsynced but not yet renamed
     "before-rename": "os.replace = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)\n",
     # SIGKILL right after the rename, before the folder is fsynced
-    "after-rename": "import wsncli.engine.atomic as A\nA._fsync_dir = lambda folder: os.kill(os.getpid(), signal.SIGKILL)\n",
+    "after-rename": "import wsncli.engine.store.atomic as A\nA._fsync_dir = lambda folder: os.kill(os.getpid(), signal.SIGKILL)\n",
 }
 EXPECTED = {"mid-write": "before", "before-rename": "before", "after-rename": "after"}
 

@@ -94,7 +94,7 @@ def test_corrupt_files_are_one_line_errors(tiny, tmp_path, command):
 
 
 def _load(tmp_path, data: bytes, name="x.pt"):
-    from wsncli.engine.checkpoint import load_checkpoint
+    from wsncli.engine.store.checkpoint import load_checkpoint
 
     path = tmp_path / name
     path.write_bytes(data)
@@ -227,7 +227,7 @@ def _hang(signum, frame):
 
 def test_fifo_and_folder_do_not_hang(tmp_path):
     """A named pipe would block open() for ever (no writer comes); a folder is not a file."""
-    from wsncli.engine.checkpoint import load_checkpoint
+    from wsncli.engine.store.checkpoint import load_checkpoint
 
     fifo = tmp_path / "fifo.pt"
     os.mkfifo(fifo)

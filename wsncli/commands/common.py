@@ -6,16 +6,16 @@ import functools
 import json
 import math
 import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.text import Text
 
-from wsncli.cli import INTERRUPTED, command_started
 from wsncli.errors import Interrupted, WsnError
+from wsncli.interrupts import INTERRUPTED, command_started
 
 # Piped output is not wrapped at 80 columns: tables keep their rows on one line for grep and less.
 stdout = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from wsncli.engine.evaluate import EvalReport
+    from wsncli.engine.lifecycle.evaluate import EvalReport
 
 from wsncli.commands.common import fail, handle_errors, pct, print_json, progress_bar, show_progress, stdout
 
@@ -54,10 +54,10 @@ def eval_command(
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
 ) -> None:
     """Re-evaluate learned tasks on their test sets; exit 3 if any task's outputs changed."""
-    from wsncli.engine.checkpoint import load_checkpoint
-    from wsncli.engine.data import resolve_data_root
-    from wsncli.engine.evaluate import EvalReport, evaluate_checkpoint
-    from wsncli.engine.learner import configure_threads, resolve_device
+    from wsncli.engine.data.registry import resolve_data_root
+    from wsncli.engine.lifecycle.evaluate import evaluate_checkpoint
+    from wsncli.engine.runtime import configure_threads, resolve_device
+    from wsncli.engine.store.checkpoint import load_checkpoint
     checkpoint = load_checkpoint(ckpt)
     configure_threads(sum(l.weight.numel() for l in checkpoint.model.subnet_layers().values()), None)
     root = resolve_data_root(data_root)

@@ -66,9 +66,9 @@ def inspect_command(
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
 ) -> None:
     """Show what a checkpoint or a packed-mask file holds, and verify its checksums."""
-    from wsncli.engine.checkpoint import load_checkpoint
-    from wsncli.engine.inspection import describe_checkpoint
-    from wsncli.engine.packing import read_packed
+    from wsncli.engine.lifecycle.inspect import describe_checkpoint
+    from wsncli.engine.lifecycle.pack import read_packed
+    from wsncli.engine.store.checkpoint import load_checkpoint
     data = read_packed(path)
     if data[:4] == b"WSNM":
         described = {"path": str(path), **formats.describe(data)}

@@ -49,9 +49,9 @@ def pack_masks_command(
     json_out: Annotated[bool, typer.Option("--json", help="Print the storage report as one JSON object.")] = False,
 ) -> None:
     """Pack every task's mask into a .wsnm file, verify it decodes bit for bit, report the savings."""
-    from wsncli.engine.atomic import atomic_write
-    from wsncli.engine.checkpoint import load_checkpoint
-    from wsncli.engine.packing import check_masks_equal, checkpoint_layer_masks, masks_to_arrays, pack_checkpoint_masks, read_packed
+    from wsncli.engine.lifecycle.pack import pack_checkpoint_masks
+    from wsncli.engine.store.atomic import atomic_write
+    from wsncli.engine.store.checkpoint import load_checkpoint
     checkpoint = load_checkpoint(ckpt)
     result = pack_checkpoint_masks(checkpoint, codec, source=Path(ckpt).name)
     to_stdout = output == "-"
@@ -80,9 +80,9 @@ def unpack_masks_command(
     json_out: Annotated[bool, typer.Option("--json", help="Print a summary as one JSON object.")] = False,
 ) -> None:
     """Decode a .wsnm file back into per-task, per-layer masks (and optionally check a checkpoint)."""
-    from wsncli.engine.atomic import atomic_write
-    from wsncli.engine.checkpoint import load_checkpoint
-    from wsncli.engine.packing import check_masks_equal, checkpoint_layer_masks, masks_to_arrays, pack_checkpoint_masks, read_packed
+    from wsncli.engine.lifecycle.pack import check_masks_equal, checkpoint_layer_masks, masks_to_arrays, read_packed
+    from wsncli.engine.store.atomic import atomic_write
+    from wsncli.engine.store.checkpoint import load_checkpoint
     decoded = formats.unpack(read_packed(packed))
     summary = {"file": str(packed), "codec": decoded.codec, "tasks": list(decoded.task_ids), "layers": [l.name for l in decoded.layers]}
     if ckpt is not None:

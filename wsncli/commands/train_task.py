@@ -31,9 +31,9 @@ def train_task_command(
     json_out: Annotated[bool, typer.Option("--json", help="Print the task's record as one JSON object on stdout.")] = False,
 ) -> None:
     """Learn task TASK into CKPT, freezing every weight earlier tasks use."""
-    from wsncli.engine.learner import TaskRequest, learn_task
-    from wsncli.engine.models import parse_hidden
-    from wsncli.engine.train import EpochStats, TrainCallbacks
+    from wsncli.engine.lifecycle.learn import TaskRequest, learn_task
+    from wsncli.engine.lifecycle.train import EpochStats, TrainCallbacks
+    from wsncli.engine.nn.models import parse_hidden
     request = TaskRequest(
         ckpt=ckpt, task=task, benchmark=benchmark, arch=arch, hidden=parse_hidden(hidden) if hidden else None,
         capacity=capacity, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,

@@ -1,0 +1,1 @@
+"""The torch engine of wsn: no typer or rich here; progress goes out through callbacks."""

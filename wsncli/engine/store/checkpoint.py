@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from wsncli.engine.atomic import atomic_write
-from wsncli.engine.checkpoint_schema import check_meta, check_plain, check_tensors
-from wsncli.engine.models import ModelConfig, WSNNet, build_model
+from wsncli.engine.nn.models import ModelConfig, WSNNet, build_model
+from wsncli.engine.store.atomic import atomic_write
+from wsncli.engine.store.schema import check_meta, check_plain, check_tensors
 from wsncli.errors import CheckpointError, UsageError
 
 FORMAT_NAME = "wsn-checkpoint"
@@ -151,7 +151,7 @@ def to_payload(ckpt: Checkpoint) -> dict:
 
 
 def save_checkpoint(ckpt: Checkpoint, path: Path) -> int:
-    """Write atomically (see wsncli.engine.atomic); returns the file's size in bytes.
+    """Write atomically (see wsncli.engine.store.atomic); returns the file's size in bytes.
 
     Serialised in memory first: torch.save reports a failed write (full disk) as a RuntimeError,
     a plain file write reports it as the OSError atomic_write turns into one line.

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from wsncli.engine.data import TaskData
-from wsncli.engine.models import WSNNet
+from wsncli.engine.data.registry import TaskData
+from wsncli.engine.nn.models import WSNNet
 from wsncli.errors import WsnError
-
-METHODS = ("wsn", "finetune")
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wsncli.engine import datasets as ds
+from wsncli.engine.data import readers as ds
 from wsncli.errors import DataError
 
 BENCHMARKS: tuple[str, ...] = (

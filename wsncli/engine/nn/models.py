@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wsncli.engine.subnet import SubnetConv2d, SubnetLayer, SubnetLinear, k_for_capacity
+from wsncli.engine.nn.subnet import SubnetConv2d, SubnetLayer, SubnetLinear, k_for_capacity
 from wsncli.errors import UsageError
 
 ARCHS = ("mlp", "conv")
@@ -27,7 +27,7 @@ class ModelConfig:
         return {"arch": self.arch, "input_shape": list(self.input_shape), "hidden": list(self.hidden)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
+    def from_dict(cls, d: dict) -> ModelConfig:
         return cls(d["arch"], tuple(int(v) for v in d["input_shape"]), tuple(int(v) for v in d["hidden"]))
 
 

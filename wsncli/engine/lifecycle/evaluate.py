@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
 
-from wsncli.engine.models import WSNNet
+from wsncli.engine.nn.models import WSNNet
 from wsncli.errors import TaskError
 
 
@@ -119,7 +119,7 @@ def evaluate_checkpoint(
     on_task(task, index, total) is called before each task. Nothing is copied from the past except
     the accuracy and digests recorded at learning, which are compared, never reported as "now".
     """
-    from wsncli.engine.data import load_task  # local: keeps this module importable without data
+    from wsncli.engine.data.registry import load_task  # local: keeps this module importable without data
 
     learned = ckpt.learned()
     chosen = learned if not tasks else list(dict.fromkeys(tasks))  # each task once, in the order asked

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 import formats
-from wsncli.engine.checkpoint import Checkpoint
+from wsncli.engine.store.checkpoint import Checkpoint
 from wsncli.errors import TaskError, WsnError
 
 

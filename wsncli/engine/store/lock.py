@@ -12,7 +12,6 @@ from pathlib import Path
 
 from wsncli.errors import LockError
 
-
 _ATTEMPTS = 40  # x 25 ms: how long a blocked process waits for the holder's note (or its exit)
 
 
@@ -24,7 +23,7 @@ class CheckpointLock:
         self.path = self.ckpt.with_name(self.ckpt.name + ".lock")
         self._fd: int | None = None
 
-    def __enter__(self) -> "CheckpointLock":
+    def __enter__(self) -> CheckpointLock:
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:

@@ -13,17 +13,11 @@ import re
 
 import torch
 
-from wsncli.engine.data import BENCHMARKS
-from wsncli.engine.models import ARCHS
+from wsncli.engine.data.registry import BENCHMARKS
+from wsncli.engine.limits import MAX_CLASSES, MAX_DEPTH, MAX_INPUTS, MAX_NODES, MAX_SEED, MAX_STR, MAX_TASK_ID, METHODS
+from wsncli.engine.nn.models import ARCHS
 from wsncli.errors import CheckpointError
 
-MAX_TASK_ID = 1_000_000
-MAX_CLASSES = 100_000
-MAX_INPUTS = 1 << 24  # values per input sample
-MAX_SEED = 2**32  # |seed| below this: seed-derived torch seeds stay in range
-MAX_NODES = 1_000_000  # containers + scalars in meta
-MAX_DEPTH = 32
-MAX_STR = 1 << 16  # characters of one string in meta
 TENSOR_DTYPES = (torch.float32, torch.int64, torch.uint8)
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _INT64 = 2**63
@@ -120,8 +114,6 @@ _MISSING = object()
 
 def check_meta(meta: dict) -> None:
     """Every field of `meta` wsn reads, and every task record (docs/CHECKPOINT.md section 3)."""
-    from wsncli.engine.train import METHODS  # local: train imports models and data
-
     check_plain(meta)
     _str(meta, "benchmark", "meta", BENCHMARKS)
     _int(meta, "n_tasks", "meta", 1, MAX_TASK_ID, optional=True)

@@ -4,22 +4,23 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
-from wsncli.engine.atomic import remove_stale_temps
-from wsncli.engine.checkpoint import Checkpoint, load_checkpoint, new_meta, save_checkpoint
-from wsncli.engine.data import BENCHMARKS, benchmark_info, load_task, resolve_data_root
-from wsncli.engine.evaluate import outputs_digest, predict, set_task_mode, subnet_digest
-from wsncli.engine.checkpoint_schema import MAX_SEED, MAX_TASK_ID
-from wsncli.engine.lock import CheckpointLock
-from wsncli.engine.models import ARCHS, ModelConfig, build_model
-from wsncli.engine.subnet import k_for_capacity
-from wsncli.engine.train import METHODS, TrainCallbacks, TrainResult, TrainSettings, train_task
-from wsncli.errors import CheckpointError, DataError, DeviceError, TaskError, UsageError
+from wsncli.engine.data.registry import BENCHMARKS, benchmark_info, load_task, resolve_data_root
+from wsncli.engine.lifecycle.evaluate import outputs_digest, predict, set_task_mode, subnet_digest
+from wsncli.engine.lifecycle.train import TrainCallbacks, TrainResult, TrainSettings, train_task
+from wsncli.engine.limits import MAX_SEED, MAX_TASK_ID, METHODS
+from wsncli.engine.nn.models import ARCHS, ModelConfig, build_model
+from wsncli.engine.nn.subnet import k_for_capacity
+from wsncli.engine.runtime import configure_threads, resolve_device
+from wsncli.engine.store.atomic import remove_stale_temps
+from wsncli.engine.store.checkpoint import Checkpoint, load_checkpoint, new_meta, save_checkpoint
+from wsncli.engine.store.lock import CheckpointLock
+from wsncli.errors import CheckpointError, DataError, TaskError
 
 DEFAULT_BENCHMARK = "split-digits"
 DEFAULT_CAPACITY = 0.5
@@ -53,32 +54,6 @@ class LearnResult:
     checkpoint_bytes: int
     train: TrainResult
     learned: list[int] = field(default_factory=list)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu":
-        return torch.device("cpu")
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise DeviceError("--device cuda: no CUDA device is available (torch.cuda.is_available() is False)")
-        return torch.device("cuda")
-    raise UsageError(f"--device must be auto, cpu or cuda, got {name!r}")
-
-
-SMALL_MODEL_WEIGHTS = 2_000_000
-
-
-def configure_threads(n_weights: int, threads: int | None) -> int:
-    """CPU threads for torch: as asked, else 1 for small models (thread hand-offs cost more than
-    they save there, and hurt badly on a busy machine), else torch's default. Returns the count."""
-    if threads is None:
-        threads = 1 if n_weights < SMALL_MODEL_WEIGHTS else torch.get_num_threads()
-    if threads < 1:
-        raise UsageError(f"--threads must be at least 1, got {threads}")
-    torch.set_num_threads(threads)
-    return threads
 
 
 def check_request(req: TaskRequest) -> None:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from wsncli.engine.checkpoint import FORMAT_NAME, FORMAT_VERSION, Checkpoint, checkpoint_tensors
-from wsncli.engine.evaluate import capacity_used
+from wsncli.engine.lifecycle.evaluate import capacity_used
+from wsncli.engine.store.checkpoint import FORMAT_NAME, FORMAT_VERSION, Checkpoint, checkpoint_tensors
 
 _SETTINGS = ("capacity", "epochs", "batch_size", "lr", "seed", "method", "device", "best_epoch", "train_seconds", "learned_at")
 

@@ -1,0 +1,1 @@
+"""Task data: the benchmark registry, file readers, deterministic splits and validation."""

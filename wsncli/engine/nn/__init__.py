@@ -1,0 +1,1 @@
+"""Networks: masked (subnetwork) layers, top-c selection and the architectures built from them."""
