@@ -121,6 +121,16 @@ def test_config_round_trip_and_validation():
         build_model(ModelConfig("conv", (64,)))
 
 
+def test_width_is_stored_only_when_set_and_old_configs_load():
+    old = {"arch": "conv", "input_shape": [1, 20, 20], "hidden": [100, 100]}  # written before widths
+    assert ModelConfig.from_dict(old) == CONV and CONV.width is None
+    assert CONV.to_dict() == old  # no "width" key: unchanged checkpoint meta
+    wide = ModelConfig("resnet18", (3, 32, 32), width=8)
+    assert wide.to_dict() == {"arch": "resnet18", "input_shape": [3, 32, 32], "hidden": [100, 100], "width": 8}
+    assert ModelConfig.from_dict(wide.to_dict()) == wide
+    assert ModelConfig.from_dict({**old, "width": None}).width is None
+
+
 def test_conv_minimum_image_size_is_what_the_message_says():
     side = ConvNet.min_side()
     build_model(ModelConfig("conv", (1, side, side)))  # fits

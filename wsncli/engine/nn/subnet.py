@@ -185,14 +185,19 @@ class SubnetLinear(SubnetLayer):
 
 
 class SubnetConv2d(SubnetLayer):
-    """Conv2d without bias, weight (out, in, k, k), stride 1, no padding, with a score per weight."""
+    """Conv2d without bias, weight (out, in, k, k), square stride and zero padding, a score per weight."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0) -> None:
         super().__init__()
         shape = (out_channels, in_channels, kernel_size, kernel_size)
         self.weight = nn.Parameter(torch.empty(shape))
         self.scores = nn.Parameter(torch.empty(shape))
+        self.stride, self.padding = stride, padding
         self._init_parameters()
 
+    def out_side(self, side: int) -> int:
+        """Output height (or width) for an input of that side."""
+        return (side + 2 * self.padding - self.weight.shape[-1]) // self.stride + 1
+
     def _apply_weight(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, w)  # (B, C, H, W) -> (B, out, H-k+1, W-k+1)
+        return F.conv2d(x, w, stride=self.stride, padding=self.padding)  # (B, C, H, W) -> (B, out, H', W')

@@ -1,0 +1,97 @@
+"""What every WSN network shares: its config, masked trunk layers, a dense head and BatchNorm per task."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from wsncli.engine.nn.subnet import SubnetLayer, k_for_capacity
+from wsncli.errors import UsageError
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The shape-defining settings of a network (stored in the checkpoint, must match on resume).
+
+    `hidden` is read by mlp only; `width` (nf) by resnet18 only, None meaning the arch's default.
+    """
+
+    arch: str
+    input_shape: tuple[int, ...]
+    hidden: tuple[int, ...] = field(default=(100, 100))
+    width: int | None = None
+
+    def to_dict(self) -> dict:
+        d = {"arch": self.arch, "input_shape": list(self.input_shape), "hidden": list(self.hidden)}
+        if self.width is not None:  # absent in checkpoints written before widths existed
+            d["width"] = self.width
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        width = d.get("width")
+        return cls(
+            d["arch"],
+            tuple(int(v) for v in d["input_shape"]),
+            tuple(int(v) for v in d["hidden"]),
+            None if width is None else int(width),
+        )
+
+
+def image_input(config: ModelConfig, min_side: int) -> tuple[int, int, int]:
+    """(C, H, W) of config's inputs; refuses other ranks and images smaller than min_side."""
+    if len(config.input_shape) != 3:
+        raise UsageError(f"arch {config.arch} needs image inputs (C, H, W), got shape {config.input_shape}")
+    c, h, w = config.input_shape
+    if h < min_side or w < min_side:
+        raise UsageError(f"arch {config.arch} needs images of at least {min_side}x{min_side}, got {config.input_shape}")
+    return c, h, w
+
+
+class WSNNet(nn.Module):
+    """Base: `trunk(x, task)` -> features; heads and per-task BatchNorm keyed by task id."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.heads = nn.ModuleDict()
+        self.task_norms = nn.ModuleDict()
+        self.feature_dim = 0
+
+    def subnet_layers(self) -> dict[str, SubnetLayer]:
+        """Masked layers by stable name, in forward order."""
+        return {name: m for name, m in self.named_modules() if isinstance(m, SubnetLayer)}
+
+    def add_task(self, task: int, n_classes: int) -> None:
+        """Create task's head (and BatchNorm when the net has any); old tasks are untouched."""
+        self.heads[str(task)] = nn.Linear(self.feature_dim, n_classes)
+        norms = self._make_norms()
+        if norms is not None:
+            self.task_norms[str(task)] = norms
+
+    def _make_norms(self) -> nn.ModuleList | None:
+        return None
+
+    def trunk(self, x: torch.Tensor, task: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, task: int) -> torch.Tensor:
+        return self.heads[str(task)](self.trunk(x, task))  # (B, n_classes)
+
+    # modes over all masked layers ------------------------------------------------------------
+    def train_subnet(self, capacity: float, frozen: dict[str, torch.Tensor] | None) -> None:
+        for name, layer in self.subnet_layers().items():
+            layer.train_subnet(k_for_capacity(layer.weight.numel(), capacity), None if frozen is None else frozen[name])
+
+    def use_masks(self, masks: dict[str, torch.Tensor]) -> None:
+        for name, layer in self.subnet_layers().items():
+            layer.use_mask(masks[name])
+
+    def dense(self) -> None:
+        for layer in self.subnet_layers().values():
+            layer.dense()
+
+    def current_masks(self) -> dict[str, torch.Tensor]:
+        return {name: layer.current_mask().clone() for name, layer in self.subnet_layers().items()}
