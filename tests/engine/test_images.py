@@ -228,6 +228,14 @@ def test_images_of_another_size_are_refused_without_image_size(tmp_path):
         f"image-folder: {odd} is 2x6 but the task's images are 4x3 (like {first}); pass --image-size N to resize them all to NxN")
 
 
+def test_an_image_that_changes_size_after_the_header_scan_is_refused(tmp_path, monkeypatch):
+    make_task(tmp_path, classes=("a",))
+    monkeypatch.setattr(I, "_scan", lambda *_args: (3, (5, 5)))  # as if every file was 5x5 when scanned
+    f = tmp_path / "task1" / "train" / "a" / "0.png"
+    assert refusal(I.image_folder_task, tmp_path, 1) == (
+        f"image-folder: {f} is 4x3 but the task's images are 5x5 (as it was when scanned); pass --image-size N to resize them all to NxN")
+
+
 def test_image_size_resizes_every_image_bilinear(tmp_path):
     make_task(tmp_path, classes=("a",))
     save(tmp_path / "task1" / "test" / "a" / "5.png", rgb(5, 6, 2))
@@ -385,6 +393,7 @@ def test_a_corrupt_cache_file_is_ignored_and_rewritten(tmp_path, monkeypatch, ho
     (path,) = (tmp_path / "cache").iterdir()
     _corrupt(path, how)
     d = I.image_folder_task(tmp_path, 1)
+    assert d.x_train.dtype == d.x_test.dtype == np.uint8
     np.testing.assert_array_equal(d.x_train, good.x_train)
     np.testing.assert_array_equal(d.x_test, good.x_test)
     with zipfile.ZipFile(path) as zf:  # rewritten as store_cached writes it
@@ -392,6 +401,7 @@ def test_a_corrupt_cache_file_is_ignored_and_rewritten(tmp_path, monkeypatch, ho
         assert all(i.compress_type == zipfile.ZIP_STORED for i in zf.infolist())
     with np.load(path) as z:
         np.testing.assert_array_equal(z["y_train"], good.y_train)
+        assert z["x_train"].dtype == np.uint8
         np.testing.assert_array_equal(z["x_train"], good.x_train)
     forbid_open(monkeypatch)
     I.image_folder_task(tmp_path, 1)  # the rewritten file is a hit
@@ -505,9 +515,11 @@ def jpeg_pixels(path: Path) -> np.ndarray:
 WNIDS = ["n03000000", "n01000000", "n04000000", "n02000000"]
 
 
-def test_tinyimagenet_task_takes_its_slice_of_wnids_in_file_order(tmp_path):
+def test_tinyimagenet_task_takes_its_slice_of_wnids_in_file_order(tmp_path, count_opens):
     top = make_tiny(tmp_path, WNIDS)
     d = I.tinyimagenet_task(top, 2, n_tasks=2)
+    wanted = {f"val_{j}.JPEG" for j in range(4, 8)} | {f"{w}_{i}.JPEG" for w in ("n04000000", "n02000000") for i in range(3)}
+    assert {Path(p).name for p in count_opens} == wanted  # only the task's classes are opened
     assert d.classes == ("n04000000", "n02000000") and d.source == f"{top} (task 2 of 2)"
     assert d.x_train.shape == (6, 3, 64, 64) and d.x_test.shape == (4, 3, 64, 64) and d.x_train.dtype == np.uint8
     assert d.y_train.tolist() == [0, 0, 0, 1, 1, 1]
@@ -528,6 +540,9 @@ def test_tinyimagenet_grayscale_jpegs_become_rgb_and_image_size_resizes(tmp_path
     np.testing.assert_array_equal(d.x_train[0, 0], d.x_train[0, 2])
     small = I.tinyimagenet_task(top, 1, n_tasks=2, image_size=8)
     assert small.x_train.shape == (3, 3, 8, 8) and small.x_test.shape == (2, 3, 8, 8)
+    for i in (1, 2):
+        save(top / "train" / WNIDS[0] / "images" / f"{WNIDS[0]}_{i}.JPEG", gray(5 + i, 64, 64))
+    assert I.tinyimagenet_task(top, 1, n_tasks=2).image_shape == (3, 64, 64)  # always RGB, even when all are gray
 
 
 def test_tinyimagenet_with_the_real_200_classes(tmp_path, monkeypatch):

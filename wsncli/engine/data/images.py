@@ -164,13 +164,13 @@ def _check_settings(name: str, image_size: int | None, channels: int | None) -> 
         raise DataError(f"{name}: channels must be 1 or 3, got {channels!r}")
 
 
-def _entries(folder: Path) -> list[os.DirEntry]:
+def _entries(name: str, folder: Path) -> list[os.DirEntry]:
     """The entries of `folder` that are not hidden, sorted by name."""
     try:
         with os.scandir(folder) as it:
             return sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
     except OSError as exc:
-        raise DataError(f"cannot read {folder}: {exc.strerror or exc}") from None
+        raise DataError(f"{name}: cannot read {folder}: {exc.strerror or exc}") from None
 
 
 def _task_folders(root: Path) -> dict[int, Path]:
@@ -178,7 +178,7 @@ def _task_folders(root: Path) -> dict[int, Path]:
     if not root.is_dir():
         raise DataError(f"{name}: {root} is not a folder")
     found: dict[int, Path] = {}
-    for entry in _entries(root):
+    for entry in _entries(name, root):
         m = _TASK_DIR.fullmatch(entry.name)
         if not m or not entry.is_dir():
             continue
@@ -194,7 +194,7 @@ def _task_folders(root: Path) -> dict[int, Path]:
 
 
 def _class_folders(name: str, split_dir: Path) -> dict[str, Path]:
-    classes = {e.name: split_dir / e.name for e in _entries(split_dir) if e.is_dir()}
+    classes = {e.name: split_dir / e.name for e in _entries(name, split_dir) if e.is_dir()}
     if not classes:
         raise DataError(f"{name}: {split_dir} has no class folders")
     return classes
@@ -203,7 +203,7 @@ def _class_folders(name: str, split_dir: Path) -> dict[str, Path]:
 def _image_files(name: str, folder: Path) -> list[tuple[Path, int, int]]:
     """(path, size, mtime_ns) of the images in `folder` (not hidden, an image suffix), sorted; never empty."""
     out = []
-    for entry in _entries(folder):
+    for entry in _entries(name, folder):
         if os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES and entry.is_file():
             st = entry.stat()
             out.append((folder / entry.name, st.st_size, st.st_mtime_ns))
@@ -365,7 +365,8 @@ def _scan(Image, listing: _Listing, image_size: int | None, channels: int | None
 
 
 def _size_message(name: str, path: Path, got: tuple[int, int], want: tuple[int, int], first: Path | None) -> str:
-    return (f"{name}: {path} is {got[0]}x{got[1]} but the task's images are {want[0]}x{want[1]} (like {first}); "
+    like = f"like {first}" if first is not None else "as it was when scanned"
+    return (f"{name}: {path} is {got[0]}x{got[1]} but the task's images are {want[0]}x{want[1]} ({like}); "
             "pass --image-size N to resize them all to NxN")
 
 
