@@ -76,6 +76,7 @@ def finetune_ckpt(finetune_master, tmp_path) -> Path:
 
 def image_task(task: int, n_train: int = 32, n_test: int = 16, shape=CONV_SHAPE, seed: int = 0):
     """A small 2-class image task (TaskData) whose classes differ by a per-task pattern."""
+    from wsncli.engine.data.preprocess import scaled
     from wsncli.engine.data.registry import TaskData
 
     rng = np.random.default_rng(seed * 100 + task)
@@ -87,7 +88,7 @@ def image_task(task: int, n_train: int = 32, n_test: int = 16, shape=CONV_SHAPE,
         return x.astype(np.float32), y
 
     (xtr, ytr), (xva, yva), (xte, yte) = split(n_train), split(8), split(n_test)
-    return TaskData("npz", task, (0, 1), xtr, ytr, xva, yva, xte, yte)
+    return TaskData("npz", task, (0, 1), xtr, ytr, xva, yva, xte, yte, scaled(1.0))
 
 
 @pytest.fixture(scope="session")
@@ -115,7 +116,7 @@ def torch_threads(n: int):
 
 
 def _train_conv() -> SimpleNamespace:
-    from wsncli.engine.lifecycle.evaluate import set_task_mode
+    from wsncli.engine.lifecycle.outputs import set_task_mode
     from wsncli.engine.lifecycle.train import TrainSettings, train_task
     from wsncli.engine.nn.models import ModelConfig, build_model
 

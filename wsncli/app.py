@@ -1,24 +1,57 @@
-"""The `wsn` command line: one Typer app, one module per subcommand."""
+"""The `wsn` command line: one Typer app, one module per subcommand, one-line usage errors (exit 2)."""
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
 import typer
+from typer.core import TyperGroup
 
 from wsncli import __version__
 from wsncli.commands.evaluate import eval_command
 from wsncli.commands.inspect_file import inspect_command
-from wsncli.commands.pack_masks import pack_masks_command, unpack_masks_command
+from wsncli.commands.pack_masks import pack_masks_command
 from wsncli.commands.train_task import train_task_command
+from wsncli.commands.unpack_masks import unpack_masks_command
+
+
+def _error_line(exc: typer.TyperException) -> str:
+    message = " ".join(exc.format_message().replace("Value error, ", "").split())
+    ctx = getattr(exc, "ctx", None)
+    if exc.exit_code != 2:
+        return f"wsn: error: {message}"
+    return f"wsn: error: {message} (see '{ctx.command_path if ctx is not None else 'wsn'} -h')"
+
+
+class WsnGroup(TyperGroup):
+    """The parser's errors as wsn's: a usage error is one line `wsn: error: ...` and exit 2, checked before
+    any command runs; the same in the console script and under typer.testing.CliRunner."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            code = super().main(args=args, prog_name=prog_name or "wsn", complete_var=complete_var, standalone_mode=False, **extra)
+        except typer.TyperException as exc:  # usage errors (exit 2) and the parser's other refusals
+            typer.echo(_error_line(exc), err=True)
+            code = exc.exit_code
+        except typer.Abort:
+            typer.echo("wsn: error: interrupted", err=True)
+            code = 130
+        code = code if isinstance(code, int) else 0
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
 
 app = typer.Typer(
     name="wsn",
+    cls=WsnGroup,
     help="Forget-free continual learning with Winning SubNetworks: one task per command, proven zero forgetting, compressed masks.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120},
 )
 
 

@@ -37,7 +37,7 @@ def test_train_task_creates_then_extends_a_checkpoint(tmp_path):
     assert_ok(second)
     assert "learned task 2 (2 of 2" in second.stdout
     assert second.stderr.count("epoch 1:") == 1  # per-epoch lines go to stderr
-    assert load_checkpoint(ckpt).task_record(2)["capacity"] == 0.2  # the checkpoint's default
+    assert load_checkpoint(ckpt).task_record(2).capacity == 0.2  # the checkpoint's default
 
 
 def _refused(ckpt: Path, *args, needles=(), code=1):

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from tests.conftest import image_task, torch_threads
-from wsncli.engine.lifecycle.evaluate import set_task_mode
+from wsncli.engine.lifecycle.outputs import set_task_mode
 from wsncli.engine.lifecycle.train import TrainSettings, train_task
 from wsncli.engine.nn.models import ARCHS, ModelConfig, ResNet18, build_model, count_parameters
 from wsncli.engine.nn.subnet import SubnetConv2d, SubnetLayer

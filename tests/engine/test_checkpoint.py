@@ -1,100 +1,105 @@
-"""The checkpoint: bit-exact round trip, packed masks, weights_only loading, versions, corruption."""
+"""The checkpoint: version-2 layout (safetensors), bit-exact round trips, version 1 still loads,
+refusals by name, signatures, and never writing a file the loader would refuse."""
 
 from __future__ import annotations
 
+import json
 import math
+import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
+import formats
+from tests.ckpt_tools import edit_arrays, edit_meta, read_parts, write_parts
 from tests.conftest import CONV_SHAPE, torch_threads
+from wsncli.engine.data.preprocess import scaled
 from wsncli.engine.nn.models import ModelConfig
-from wsncli.engine.store.checkpoint import (
-    FORMAT_NAME,
-    FORMAT_VERSION,
-    Checkpoint,
-    checkpoint_tensors,
-    load_checkpoint,
-    new_meta,
-    pack_mask,
-    save_checkpoint,
-    tensor_digest,
-    unpack_mask,
-)
+from wsncli.engine.store.checkpoint import Checkpoint, checkpoint_arrays, load_checkpoint, save_checkpoint
+from wsncli.engine.store.container import FORMAT_NAME, FORMAT_VERSION, tensor_digest
+from wsncli.engine.store.paths import plan_output
+from wsncli.engine.store.schema import CheckpointMeta, TaskRecord, from_model_config
 from wsncli.errors import CheckpointError
 
+GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "checkpoints"
+DIGEST = "0" * 64
 
-def _payload(path):
-    return torch.load(path, map_location="cpu", weights_only=True)
+
+def _save(ckpt: Checkpoint, path: Path) -> int:
+    return save_checkpoint(ckpt, plan_output(path, what="checkpoint", allow_stream=False))
 
 
-def _assert_same_checkpoint(a: Checkpoint, b: Checkpoint) -> None:
-    ta, tb = checkpoint_tensors(a), checkpoint_tensors(b)
+def _assert_same(a: Checkpoint, b: Checkpoint) -> None:
+    ta, tb = checkpoint_arrays(a), checkpoint_arrays(b)
     assert ta.keys() == tb.keys()
     for key in ta:
-        assert ta[key].dtype == tb[key].dtype and torch.equal(ta[key], tb[key]), key
+        assert ta[key].dtype == tb[key].dtype and np.array_equal(ta[key], tb[key]), key
     assert a.masks.keys() == b.masks.keys()
     for task in a.masks:
         for name in a.masks[task]:
-            assert torch.equal(a.masks[task][name], b.masks[task][name]), (task, name)
+            assert torch.equal(a.masks[task][name].cpu(), b.masks[task][name]), (task, name)
     assert a.meta == b.meta
 
 
-# ---- mask bits ------------------------------------------------------------------------------------
+def _conv_checkpoint(conv_run) -> Checkpoint:
+    meta = CheckpointMeta(benchmark="npz", model=from_model_config(ModelConfig("conv", CONV_SHAPE)), seed=0, method="wsn")
+    meta.tasks = [TaskRecord(task=t, order=t, n_classes=2, classes=[0, 1], method="wsn", capacity=0.1, accuracy=0.5, n_test=16,
+                             outputs_digest=DIGEST, subnet_digest=DIGEST, data_digest=DIGEST,
+                             preprocess=None, digest_version=1) for t in (1, 2, 3)]
+    return Checkpoint(meta=meta, model=conv_run.model, masks=conv_run.masks)
 
 
-def test_pack_mask_golden_bytes():
-    """numpy packbits order: first weight in the high bit, flat C order, last byte zero-padded."""
-    mask = torch.tensor([[1, 0, 0, 0, 0, 0, 0, 1, 1], [0, 1, 0, 0, 0, 0, 0, 0, 1]], dtype=torch.bool)  # 18 bits
-    packed = pack_mask(mask)
-    assert packed.dtype == torch.uint8
-    assert packed.tolist() == [0b10000001, 0b10100000, 0b01000000]
-    assert torch.equal(unpack_mask(packed, (2, 9)), mask)
+# ---- layout ----------------------------------------------------------------------------------------
 
 
-@settings(max_examples=100, deadline=None)
-@given(shape=st.lists(st.integers(1, 9), min_size=1, max_size=4), seed=st.integers(0, 2**31), p=st.floats(0, 1))
-def test_pack_unpack_round_trip(shape, seed, p):
-    mask = torch.from_numpy(np.random.default_rng(seed).random(shape) < p)
-    packed = pack_mask(mask)
-    assert packed.numel() == math.ceil(mask.numel() / 8)
-    assert torch.equal(unpack_mask(packed, tuple(shape)), mask)
+def test_version_2_is_a_safetensors_file_with_wsn_metadata(digits_ckpt):
+    raw = digits_ckpt.read_bytes()
+    (n,) = struct.unpack_from("<Q", raw)
+    header = json.loads(raw[8:8 + n])
+    md = header["__metadata__"]
+    assert md["format"] == FORMAT_NAME == "wsn-checkpoint" and md["version"] == str(FORMAT_VERSION) == "2"
+    assert set(md) == {"format", "version", "meta", "meta_sha256", "checksums"}
+    meta = json.loads(md["meta"])
+    assert [r["task"] for r in meta["tasks"]] == [2, 1, 3]
+    names = set(header) - {"__metadata__"}
+    for t in (1, 2, 3):
+        assert {f"head/{t}/weight", f"head/{t}/bias", f"prep/{t}/mean", f"prep/{t}/std", f"pred/{t}"} <= names
+    assert {"layer/layers.0/weight", "layer/layers.0/scores", "layer/layers.1/weight", "layer/layers.1/scores", "masks"} <= names
+    assert not any(k.startswith("mask/") for k in names)  # version 1's packbits tensors are gone
+    sums = json.loads(md["checksums"])
+    _, arrays = read_parts(digits_ckpt)
+    assert set(sums) == names and all(sums[k] == tensor_digest(arrays[k]) for k in names)
 
 
-def test_tensor_digest_covers_dtype_shape_and_bytes():
-    t = torch.arange(6, dtype=torch.float32)
-    assert tensor_digest(t) == tensor_digest(t.clone())
-    assert tensor_digest(t) != tensor_digest(t.reshape(2, 3))
-    assert tensor_digest(t) != tensor_digest(t.double())
-    u = t.clone()
-    u[3] = 3.0000002
-    assert tensor_digest(t) != tensor_digest(u)
+def test_masks_tensor_is_a_wsnm_file_never_larger_than_packbits(digits_ckpt):
+    _, arrays = read_parts(digits_ckpt)
+    blob = arrays["masks"].tobytes()
+    packed = formats.unpack(blob)
+    assert packed.task_ids == [2, 1, 3] and [l.name for l in packed.layers] == ["layers.0", "layers.1"]
+    ckpt = load_checkpoint(digits_ckpt)
+    for layer in packed.layers:
+        for t, mask in zip(packed.task_ids, layer.masks):
+            assert np.array_equal(mask, ckpt.masks[t][layer.name].numpy().reshape(-1))
+    packbits = sum(math.ceil(l.masks[0].size / 8) for l in packed.layers) * 3
+    assert len(blob) <= packbits + 2048  # + the .wsnm header: the codec is the smallest one
+    assert ckpt.mask_codec == packed.codec
 
 
-# ---- round trips ------------------------------------------------------------------------------------
+# ---- round trips -----------------------------------------------------------------------------------
 
 
 def test_conv_checkpoint_round_trip_is_bit_identical(conv_run, tmp_path):
     """Weights, scores, heads, per-task BatchNorm statistics and masks survive save + load."""
-    meta = new_meta("npz", None, ModelConfig("conv", CONV_SHAPE), 0, "wsn", None)
-    digest = "0" * 64  # the schema wants the fields eval reads; their values do not matter here
-    meta["tasks"] = [
-        {"task": t, "order": t, "n_classes": 2, "method": "wsn", "capacity": 0.1, "accuracy": 0.5,
-         "outputs_digest": digest, "subnet_digest": digest, "data_digest": digest}
-        for t in (1, 2, 3)
-    ]
-    original = Checkpoint(meta=meta, model=conv_run.model, masks=conv_run.masks)
+    original = _conv_checkpoint(conv_run)
     path = tmp_path / "conv.pt"
-    size = save_checkpoint(original, path)
-    assert size == path.stat().st_size
+    assert _save(original, path) == path.stat().st_size
     loaded = load_checkpoint(path)
-    _assert_same_checkpoint(original, loaded)
-    assert not loaded.tampered
-    assert any(k.startswith("norm/1/") and k.endswith("running_var") for k in checkpoint_tensors(loaded))
-    from wsncli.engine.lifecycle.evaluate import set_task_mode
+    _assert_same(original, loaded)
+    assert not loaded.tampered and loaded.version == 2
+    assert any(k.startswith("norm/1/") and k.endswith("running_var") for k in checkpoint_arrays(loaded))
+    from wsncli.engine.lifecycle.outputs import set_task_mode
 
     set_task_mode(loaded.model, loaded.masks[1])
     with torch.no_grad(), torch_threads(conv_run.threads):
@@ -104,87 +109,105 @@ def test_conv_checkpoint_round_trip_is_bit_identical(conv_run, tmp_path):
 def test_digits_checkpoint_survives_load_save_load(digits_ckpt, tmp_path):
     first = load_checkpoint(digits_ckpt)
     again = tmp_path / "again.pt"
-    save_checkpoint(first, again)
-    _assert_same_checkpoint(first, load_checkpoint(again))
-    # and the stored tensors are exactly the ones wsn wrote
-    a, b = _payload(digits_ckpt)["tensors"], _payload(again)["tensors"]
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    _save(first, again)
+    _assert_same(first, load_checkpoint(again))
+    assert again.read_bytes() == digits_ckpt.read_bytes()  # deterministic bytes
 
 
-def test_masks_are_stored_as_packed_bits(digits_ckpt):
-    payload = _payload(digits_ckpt)  # weights_only=True: no code runs on load
-    assert payload["format"] == FORMAT_NAME and payload["version"] == FORMAT_VERSION
-    tensors = payload["tensors"]
-    layers = {"layers.0": 100 * 64, "layers.1": 100 * 100}
-    learned = [r["task"] for r in payload["meta"]["tasks"]]
-    mask_bytes = 0
-    for task in learned:
-        for name, n in layers.items():
-            packed = tensors[f"mask/{task}/{name}"]
-            assert packed.dtype == torch.uint8 and packed.shape == (math.ceil(n / 8),)
-            mask_bytes += packed.numel()
-    assert mask_bytes * 8 <= sum(layers.values()) * len(learned) + 7 * len(layers) * len(learned)  # <= 1 bit/weight/task
-    assert not any(k.startswith("mask/") and v.dtype != torch.uint8 for k, v in tensors.items())
-    assert set(payload["checksums"]["tensors"]) == set(tensors)
+@pytest.mark.parametrize("name", ["v1-digits-wsn.pt", "v1-digits-finetune.pt"])
+def test_golden_version_1_checkpoints_still_load(name):
+    ckpt = load_checkpoint(GOLDEN / name)
+    assert ckpt.version == 1 and ckpt.mask_codec == "packbits"
+    assert all(r.digest_version == 1 and r.preprocess is None for r in ckpt.tasks)
+    if "finetune" in name:
+        assert ckpt.learned() == [1] and ckpt.masks == {} and ckpt.tasks[0].capacity is None
+    else:
+        assert ckpt.learned() == [2, 1]
+        k = [round(0.3 * 20 * 64), round(0.3 * 20 * 20)]
+        assert [int(ckpt.masks[2][n].sum()) for n in ("layers.0", "layers.1")] == k
+        assert [l.name for l in ckpt.meta.layers] == ["layers.0", "layers.1"]
 
 
-# ---- versions and corruption -------------------------------------------------------------------------
+def test_a_version_1_checkpoint_is_written_back_as_version_2(tmp_path):
+    path = tmp_path / "old.pt"
+    path.write_bytes((GOLDEN / "v1-digits-wsn.pt").read_bytes())
+    old = load_checkpoint(path)
+    _save(old, path)
+    new = load_checkpoint(path)
+    assert new.version == 2 and new.learned() == [2, 1]
+    _assert_same(old, new)
 
 
-def _rewrite(path, change):
-    payload = _payload(path)
-    change(payload)
-    torch.save(payload, path)
+# ---- refusals by name -------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    ("key", "value", "message"),
+    ("field", "value", "message"),
     [
-        ("version", 2, "checkpoint format version 2 is not supported (this wsn reads version 1)"),
-        ("version", "1", "checkpoint format version '1' is not supported"),
+        ("version", "3", "format version '3' is not supported"),
         ("format", "other-checkpoint", "not a wsn checkpoint (format 'other-checkpoint')"),
     ],
 )
-def test_other_version_or_format_is_refused_by_name(digits_ckpt, key, value, message):
-    _rewrite(digits_ckpt, lambda p: p.__setitem__(key, value))
+def test_other_version_or_format_is_refused_by_name(digits_ckpt, field, value, message):
+    metadata, arrays = read_parts(digits_ckpt)
+    write_parts(digits_ckpt, {**metadata, field: value}, arrays)
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(digits_ckpt)
     assert message in str(info.value) and str(digits_ckpt) in str(info.value)
 
 
 def test_edited_metadata_fails_its_checksum(digits_ckpt):
-    _rewrite(digits_ckpt, lambda p: p["meta"]["tasks"][0].__setitem__("accuracy", 1.0))
+    edit_meta(digits_ckpt, lambda m: m["tasks"][0].__setitem__("accuracy", 1.0), recompute=False)
     with pytest.raises(CheckpointError, match="metadata fails its checksum"):
         load_checkpoint(digits_ckpt)
 
 
-def test_edited_mask_is_refused_but_edited_weight_is_only_flagged(digits_ckpt):
-    def flip_mask_bit(p):
-        p["tensors"]["mask/1/layers.0"][0] ^= 1
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda m: m["tasks"][0].__setitem__("batch_size", 2**70), "Expected `int` <= 16777216"),
+        (lambda m: m["tasks"][0].__setitem__("accuracy", 1.5), "Expected `float` <= 1.0"),
+        (lambda m: m["tasks"][1].__setitem__("order", 7), "order is 7, expected 2"),
+        (lambda m: m["tasks"][1].__setitem__("task", 2), "task 2 is learned twice"),
+        (lambda m: m["tasks"][0].__setitem__("surprise", 1), "unknown field `surprise`"),
+        (lambda m: m["model"].__setitem__("arch", "transformer"), "meta.model.arch must be one of"),
+        (lambda m: m["tasks"][0].__setitem__("classes", [5, 4]), "classes must be sorted and distinct"),
+        (lambda m: m["tasks"][0].__setitem__("capacity", None), "capacity must be a fraction"),
+        (lambda m: m["model"].__setitem__("hidden", [65536, 65536]), "over the limit of"),
+    ],
+    ids=["int-range", "fraction", "order", "duplicate", "unknown", "arch", "classes", "capacity", "too-big"],
+)
+def test_metadata_is_checked_against_the_schema_even_with_valid_checksums(digits_ckpt, change, message):
+    edit_meta(digits_ckpt, change)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(digits_ckpt)
+    assert message in str(info.value), str(info.value)
+    assert "\n" not in str(info.value)
 
+
+def test_edited_masks_are_refused_but_an_edited_weight_is_only_flagged(digits_ckpt, tmp_path):
     original = digits_ckpt.read_bytes()
-    _rewrite(digits_ckpt, flip_mask_bit)
-    with pytest.raises(CheckpointError, match=r"mask tensor 'mask/1/layers.0' fails its checksum"):
+
+    def flip(arrays):
+        arrays["masks"][len(arrays["masks"]) // 2] ^= 1
+
+    edit_arrays(digits_ckpt, flip, recompute=False)
+    with pytest.raises(CheckpointError, match="the masks tensor fails its checksum"):
         load_checkpoint(digits_ckpt)
     digits_ckpt.write_bytes(original)
-    _rewrite(digits_ckpt, lambda p: p["tensors"]["layer/layers.1/scores"].add_(1.0))
-    assert load_checkpoint(digits_ckpt).tampered == ["layer/layers.1/scores"]
+    edit_arrays(digits_ckpt, lambda a: a["layer/layers.1/scores"].__iadd__(1.0), recompute=False)
+    assert load_checkpoint(digits_ckpt).tampered == ["tensor 'layer/layers.1/scores' fails its checksum"]
 
 
-def test_tensor_without_checksum_is_refused(digits_ckpt):
-    _rewrite(digits_ckpt, lambda p: p["checksums"]["tensors"].pop("head/1/weight"))
-    with pytest.raises(CheckpointError, match="tensor 'head/1/weight' has no checksum"):
-        load_checkpoint(digits_ckpt)
+def test_tensors_of_a_removed_task_record_are_reported(digits_ckpt):
+    edit_meta(digits_ckpt, lambda m: m.__setitem__("tasks", m["tasks"][:2]))
+    with pytest.raises(CheckpointError, match="not a valid packed-mask file for these 2 task records"):
+        load_checkpoint(digits_ckpt)  # the masks still hold the removed task 3
 
 
 def test_wrong_tensor_shape_is_a_malformed_checkpoint(digits_ckpt):
-    def shrink(p):
-        p["tensors"]["layer/layers.0/weight"] = p["tensors"]["layer/layers.0/weight"][:10].clone()
-        p["checksums"]["tensors"]["layer/layers.0/weight"] = tensor_digest(p["tensors"]["layer/layers.0/weight"])
-
-    _rewrite(digits_ckpt, shrink)
-    expected = r"malformed checkpoint: tensor 'layer/layers.0/weight' is torch.float32 \(10, 64\), expected torch.float32 \(100, 64\)"
-    with pytest.raises(CheckpointError, match=expected):
+    edit_arrays(digits_ckpt, lambda a: a.__setitem__("head/1/weight", a["head/1/weight"][:1].copy()))
+    with pytest.raises(CheckpointError, match=r"tensor 'head/1/weight' is float32 \(1, 100\), expected float32 \(2, 100\)"):
         load_checkpoint(digits_ckpt)
 
 
@@ -192,25 +215,75 @@ def test_wrong_tensor_shape_is_a_malformed_checkpoint(digits_ckpt):
     ("make", "message"),
     [
         (lambda p: p.unlink(), "no such checkpoint"),
-        (lambda p: p.write_bytes(b"hello, not a checkpoint"), "not a wsn checkpoint (no torch zip header)"),
-        (lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]), "corrupt"),
-        (lambda p: torch.save([1, 2, 3], p), "top level is list"),
+        (lambda p: p.write_bytes(b"hello, not a checkpoint"), "not a wsn checkpoint"),
+        (lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]), "describe"),
+        (lambda p: p.write_bytes(b""), "empty file"),
+        (lambda p: p.write_bytes(struct.pack("<Q", 1 << 40) + b"{}"), "over the limit"),
     ],
-    ids=["missing", "not-zip", "truncated", "not-a-dict"],
+    ids=["missing", "text", "truncated", "empty", "huge-header"],
 )
 def test_unreadable_files_are_one_line_checkpoint_errors(digits_ckpt, make, message):
     make(digits_ckpt)
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(digits_ckpt)
-    assert message in str(info.value)
-    assert "\n" not in str(info.value)
+    assert message in str(info.value) and "\n" not in str(info.value)
 
 
 def test_used_weights_is_the_union_of_the_masks(digits_ckpt):
     ckpt = load_checkpoint(digits_ckpt)
     union = ckpt.used_weights()
     for name in union:
-        expected = ckpt.masks[2][name] | ckpt.masks[1][name] | ckpt.masks[3][name]
-        assert torch.equal(union[name], expected)
-    only_first = ckpt.used_weights([2])
-    assert torch.equal(only_first["layers.1"], ckpt.masks[2]["layers.1"])
+        assert torch.equal(union[name], ckpt.masks[2][name] | ckpt.masks[1][name] | ckpt.masks[3][name])
+    assert torch.equal(ckpt.used_weights([2])["layers.1"], ckpt.masks[2]["layers.1"])
+
+
+# ---- signatures ---------------------------------------------------------------------------------------
+
+
+def test_signed_checkpoints_verify_and_refuse_edits_or_missing_signatures(digits_ckpt, tmp_path, monkeypatch):
+    ckpt = load_checkpoint(digits_ckpt)
+    monkeypatch.setenv("WSN_CHECKPOINT_KEY", "s3cret")
+    signed = tmp_path / "signed.pt"
+    _save(ckpt, signed)
+    assert load_checkpoint(signed).signature == "verified"
+    with pytest.raises(CheckpointError, match="is not signed, but WSN_CHECKPOINT_KEY is set"):
+        load_checkpoint(digits_ckpt)
+    edit_meta(signed, lambda m: m["tasks"][0].__setitem__("accuracy", 0.25))  # checksums recomputed, HMAC kept
+    with pytest.raises(CheckpointError, match="fails its HMAC signature"):
+        load_checkpoint(signed)
+    monkeypatch.setenv("WSN_CHECKPOINT_KEY", "other")
+    _save(ckpt, signed)
+    monkeypatch.setenv("WSN_CHECKPOINT_KEY", "s3cret")
+    with pytest.raises(CheckpointError, match="fails its HMAC signature"):
+        load_checkpoint(signed)
+    monkeypatch.delenv("WSN_CHECKPOINT_KEY")
+    assert load_checkpoint(signed).signature == "unverified"
+
+
+# ---- never save what cannot be read back ------------------------------------------------------------
+
+
+def test_non_finite_weights_are_never_saved(digits_ckpt, tmp_path):
+    ckpt = load_checkpoint(digits_ckpt)
+    with torch.no_grad():
+        ckpt.model.subnet_layers()["layers.0"].weight[0, 0] = float("nan")
+    with pytest.raises(CheckpointError, match="holds NaN or infinite values"):
+        _save(ckpt, tmp_path / "broken.pt")
+    assert not (tmp_path / "broken.pt").exists()
+
+
+def test_a_record_the_loader_would_refuse_is_never_written(digits_ckpt):
+    before = digits_ckpt.read_bytes()
+    ckpt = load_checkpoint(digits_ckpt)
+    ckpt.tasks[0].batch_size = 2**70  # what --batch-size 2^70 recorded in wsn 0.1
+    with pytest.raises(CheckpointError, match="would not load back"):
+        _save(ckpt, digits_ckpt)
+    assert digits_ckpt.read_bytes() == before
+
+
+def test_transform_arrays_are_stored_and_checked(digits_ckpt, tmp_path):
+    ckpt = load_checkpoint(digits_ckpt)
+    assert ckpt.preps[1].same_as(scaled(16.0, divide=True))
+    edit_arrays(digits_ckpt, lambda a: a.__setitem__("prep/1/std", np.zeros(1, np.float32)))
+    with pytest.raises(CheckpointError, match="non-finite values or std <= 0"):
+        load_checkpoint(digits_ckpt)

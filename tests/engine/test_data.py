@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from wsncli.engine.data import loaders as L
 from wsncli.engine.data import readers as ds
 from wsncli.engine.data import registry as D
 from wsncli.errors import DataError
@@ -97,7 +98,8 @@ def data_error(fn, *args, **kwargs) -> str:
 
 
 def test_registry_and_defaults():
-    assert D.BENCHMARKS == ("split-digits", "pmnist", "split-mnist", "split-fashion", "split-cifar10", "split-cifar100", "npz")
+    assert D.BENCHMARKS == ("split-digits", "pmnist", "split-mnist", "split-fashion", "split-cifar10", "split-cifar100",
+                            "split-tinyimagenet", "npz", "image-folder")
     digits = D.benchmark_info("split-digits")
     assert (digits.n_tasks, digits.task_ids, digits.input_shape, digits.default_arch) == (5, (1, 2, 3, 4, 5), (64,), "mlp")
     pm = D.benchmark_info("pmnist")
@@ -206,7 +208,7 @@ def test_split_mnist_plain_idx_in_root_maps_labels(tmp_path):
 def test_fashion_found_in_debian_folder_without_data_root(tmp_path, monkeypatch):
     debian = tmp_path / "usr-share-datasets-fashion-mnist"
     make_mnist(debian, n_train=200)
-    monkeypatch.setattr(D, "DEBIAN_FASHION", debian)
+    monkeypatch.setattr(L, "DEBIAN_FASHION", debian)
     d = D.load_task("split-fashion", 3)
     assert d.classes == (4, 5) and d.input_shape == (1, 28, 28) and len(d.y_train) + len(d.y_val) == 40
     # <root>/fashion-mnist/ wins over the Debian folder
@@ -261,7 +263,7 @@ def test_cifar10_layout_shapes_and_per_channel_normalisation(tmp_path):
     assert len(d.y_train) + len(d.y_val) == 5 * 4 and len(d.y_test) == 4
     rows = np.flatnonzero(np.isin(test[b"labels"], (2, 3)))
     img = test[b"data"][rows[0]].reshape(3, 32, 32)  # channel-major: R plane, G plane, B plane
-    (mr, mg, mb), (sr, sg, sb) = D._CIFAR10_NORM
+    (mr, mg, mb), (sr, sg, sb) = L.CIFAR10_NORM
     np.testing.assert_allclose(d.x_test[0, 0], (img[0] / 255 - mr) / sr, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(d.x_test[0, 2], (img[2] / 255 - mb) / sb, rtol=1e-5, atol=1e-5)
     assert d.y_test.tolist() == [0, 1, 0, 1]
@@ -325,8 +327,8 @@ def test_npz_tasks_label_mapping_and_inputs_as_given(tmp_path):
     p1 = npz_task(tmp_path, "task1.npz", labels=(3, 7, 11))
     npz_task(tmp_path, "task_2.npz", labels=(-1, 40), seed=1)
     info = D.benchmark_info("npz", tmp_path)
-    assert info.task_ids == (1, 2) and info.input_shape == (6,) and info.default_arch == "mlp"
-    d = D.load_task("npz", 1, tmp_path)
+    assert info.task_ids == (1, 2) and info.input_shape is None and info.default_arch == "mlp" and info.standardize
+    d = D.load_task("npz", 1, tmp_path, standardize_inputs=False)
     assert d.classes == (3, 7, 11) and d.n_classes == 3
     with np.load(p1) as z:
         np.testing.assert_array_equal(d.x_test, z["x_test"])
@@ -344,9 +346,10 @@ def test_npz_val_arrays_and_uint8_images(tmp_path):
     imgs = np.random.default_rng(0).integers(0, 256, size=(30, 1, 4, 4), dtype=np.uint8)
     npz_task(tmp_path, "task1.npz", shape=(1, 4, 4), labels=(0, 1), x_train=imgs, y_train=np.arange(30) % 2,
              x_test=imgs[:10], y_test=np.arange(10) % 2, x_val=imgs[:4], y_val=np.array([1, 0, 1, 0]))
-    d = D.load_task("npz", 1, tmp_path)
+    d = D.load_task("npz", 1, tmp_path, standardize_inputs=False)
     assert d.input_shape == (1, 4, 4) and len(d.y_train) == 30 and d.y_val.tolist() == [1, 0, 1, 0]
-    assert d.x_train.dtype == np.float32 and np.allclose(d.x_train, imgs / 255)
+    assert d.x_train.dtype == np.float32 and np.array_equal(d.x_train, (imgs.astype(np.float32) / np.float32(255)))
+    assert d.raw_train.dtype == np.uint8  # kept as stored until it becomes network inputs
 
 
 def test_npz_ambiguous_and_missing_files(tmp_path):
@@ -379,15 +382,12 @@ def test_npz_bad_data_is_a_data_error(tmp_path, override, needle):
     assert needle in msg and "task1.npz" in msg
 
 
-def test_npz_later_task_with_other_shape_and_pickled_arrays(tmp_path):
-    npz_task(tmp_path, "task1.npz", shape=(6,))
-    npz_task(tmp_path, "task2.npz", shape=(8,))
-    assert "input shape" in data_error(D.load_task, "npz", 2, tmp_path)
+def test_npz_pickled_arrays_and_non_npz_files(tmp_path):
     np.savez(tmp_path / "task3.npz", x_train=np.array([{"a": 1}] * 3, dtype=object), y_train=np.zeros(3),
              x_test=np.zeros((1, 6)), y_test=np.zeros(1))
-    assert "task3.npz" in data_error(D.load_task, "npz", 3, tmp_path)
-    (tmp_path / "task4.npz").write_bytes(b"not a zip")
-    assert "not a readable npz" in data_error(D.load_task, "npz", 4, tmp_path)
+    assert "task3.npz: member 'x_train.npy' holds Python objects (pickles), which wsn never loads" in data_error(D.load_task, "npz", 3, tmp_path)
+    (tmp_path / "task4.npz").write_bytes(b"x,y\n1,2\n")  # a text file named .npz
+    assert "task4.npz: not an npz file (numpy's zip of arrays, written by np.savez)" in data_error(D.load_task, "npz", 4, tmp_path)
 
 
 def test_digest_changes_with_test_data(tmp_path):

@@ -3,6 +3,7 @@ optimizer per task, scores initialised once, best epoch restored, CPU runs repro
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -11,7 +12,7 @@ from wsncli.engine.lifecycle import learn as learner_mod
 from wsncli.engine.lifecycle.learn import TaskRequest, learn_task
 from wsncli.engine.lifecycle.train import TrainCallbacks, TrainSettings, train_task
 from wsncli.engine.nn.models import ModelConfig, build_model
-from wsncli.engine.store.checkpoint import checkpoint_tensors, load_checkpoint
+from wsncli.engine.store.checkpoint import checkpoint_arrays, load_checkpoint
 from wsncli.errors import WsnError
 
 CPU = torch.device("cpu")
@@ -49,7 +50,7 @@ def test_conv_old_heads_and_batchnorm_statistics_are_unchanged(conv_run):
 
 
 def test_conv_task_outputs_are_bit_identical_after_later_tasks(conv_run):
-    from wsncli.engine.lifecycle.evaluate import set_task_mode
+    from wsncli.engine.lifecycle.outputs import set_task_mode
 
     model = conv_run.model
     with torch_threads(conv_run.threads):  # the thread count used at learning
@@ -94,7 +95,7 @@ def test_checkpoint_masks_keep_exactly_round_c_n_per_layer(digits_run):
         for name, layer in ckpt.model.subnet_layers().items():
             n = layer.weight.numel()
             assert int(ckpt.masks[t][name].sum()) == round(c * n), (t, name)
-            assert ckpt.task_record(t)["kept_per_layer"][name] == round(c * n)
+            assert ckpt.task_record(t).kept_per_layer[name] == round(c * n)
 
 
 # ---- optimizer and scores ------------------------------------------------------------------------
@@ -122,14 +123,14 @@ def test_each_task_gets_a_fresh_adam_without_weight_decay(tmp_path, monkeypatch)
         assert all(g["weight_decay"] == 0 and g["lr"] == 1e-3 for g in opt.param_groups)
 
 
-def test_trainable_parameters_are_the_trunk_and_only_the_current_head(conv_run):
-    from wsncli.engine.lifecycle.train import _trainable_parameters
+def testtrainable_parameters_are_the_trunk_and_only_the_current_head(conv_run):
+    from wsncli.engine.lifecycle.train import trainable_parameters
 
-    params = {id(p) for p in _trainable_parameters(conv_run.model, 2, "wsn")}
+    params = {id(p) for p in trainable_parameters(conv_run.model, 2, "wsn")}
     assert all(id(p) in params for p in conv_run.model.heads["2"].parameters())
     assert not any(id(p) in params for p in conv_run.model.heads["1"].parameters())
     assert all(id(l.scores) in params and id(l.weight) in params for l in conv_run.model.subnet_layers().values())
-    dense = {id(p) for p in _trainable_parameters(conv_run.model, 2, "finetune")}
+    dense = {id(p) for p in trainable_parameters(conv_run.model, 2, "finetune")}
     assert not any(id(l.scores) in dense for l in conv_run.model.subnet_layers().values())
 
 
@@ -205,9 +206,9 @@ def test_cpu_training_is_bit_reproducible(tmp_path):
     a, b = tmp_path / "a.pt", tmp_path / "b.pt"
     for path in (a, b):
         learn_task(TaskRequest(ckpt=path, task=1, epochs=2, device="cpu", seed=3))
-    ta, tb = checkpoint_tensors(load_checkpoint(a)), checkpoint_tensors(load_checkpoint(b))
+    ta, tb = checkpoint_arrays(load_checkpoint(a)), checkpoint_arrays(load_checkpoint(b))
     assert ta.keys() == tb.keys()
-    assert all(torch.equal(ta[k], tb[k]) for k in ta)
+    assert all(np.array_equal(ta[k], tb[k]) for k in ta)
     c = tmp_path / "c.pt"
     learn_task(TaskRequest(ckpt=c, task=1, epochs=2, device="cpu", seed=4))
-    assert not torch.equal(checkpoint_tensors(load_checkpoint(c))["layer/layers.0/weight"], ta["layer/layers.0/weight"])
+    assert not np.array_equal(checkpoint_arrays(load_checkpoint(c))["layer/layers.0/weight"], ta["layer/layers.0/weight"])

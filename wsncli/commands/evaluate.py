@@ -1,84 +1,114 @@
-"""`wsn eval`: re-measure every learned task and prove that none of them changed."""
+"""`wsn eval`: re-measure every learned task, show the accuracy matrix, prove that none of them changed."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Literal, Optional
 
 import typer
 from rich.table import Table
 
+from wsncli.commands.console import fail, handle_errors, pct, print_json, progress_bar, show_progress, stdout, warn
+from wsncli.engine.limits import DEVICES, MAX_TASK_ID
+
 if TYPE_CHECKING:
     from wsncli.engine.lifecycle.evaluate import EvalReport
 
-from wsncli.commands.common import fail, handle_errors, pct, print_json, progress_bar, show_progress, stdout
+_WHY = {"proven": "yes", "outputs-differ": "yes (subnetwork identical; {n} predictions differ: near-ties on this machine)",
+        "data-changed": "subnetwork unchanged; test data differs from learning (accuracy not comparable)",
+        "changed": "NO: subnetwork changed"}
 
 
-def report_dict(report: EvalReport) -> dict:
-    return {
-        "tasks": [
-            {
-                "task": t.task, "accuracy": t.accuracy, "accuracy_at_learning": t.accuracy_at_learning,
-                "unchanged": t.unchanged, "outputs_match": t.outputs_match, "subnet_match": t.subnet_match,
-                "data_match": t.data_match, "n_test": t.n_test,
-            }
-            for t in report.tasks
-        ],
-        "acc": report.acc,
-        "bwt": report.bwt,
-        "forget_free": report.forget_free,
-        "capacity_used": report.capacity_used,
-        "tampered": report.tampered,
-    }
+def eval_doc(ckpt: Path, report: EvalReport):
+    from wsncli.commands.schemas import EvalDoc, EvalTask, Matrix, schema_id
+
+    tasks = [EvalTask(task=t.task, order=t.order, status=t.status, accuracy=t.accuracy, accuracy_at_learning=t.accuracy_at_learning,
+                      change=t.accuracy - t.accuracy_at_learning if t.data_match else None, n_test=t.n_test, subnet_match=t.subnet_match,
+                      data_match=t.data_match, outputs_match=t.outputs_match, differing_outputs=t.differing_outputs) for t in report.tasks]
+    m = report.matrix
+    return EvalDoc(schema=schema_id("eval"), checkpoint=str(ckpt), tasks=tasks, acc=report.acc, bwt=report.bwt,
+                   bwt_task_ids=[t.task for t in report.bwt_tasks], forget_free=report.forget_free, outputs_match=report.outputs_match,
+                   changed=report.changed, outputs_differ=report.with_status("outputs-differ"), data_changed=report.with_status("data-changed"),
+                   capacity_used=report.capacity_used, tampered=report.tampered, signature=report.signature,
+                   matrix=Matrix(task_ids=m.tasks, rows=m.rows, now=m.now))
 
 
-def _table(report: EvalReport) -> Table:
-    table = Table(title="wsn eval", title_justify="left")
-    for col in ("task", "accuracy now", "at learning", "change", "unchanged"):
-        table.add_column(col, justify="right" if col != "unchanged" else "left")
+def _task_table(report: EvalReport) -> Table:
+    table = Table(title="wsn eval: every task re-measured on its own test set", title_justify="left")
+    for col in ("order", "task", "accuracy now", "at learning", "change", "unchanged"):
+        table.add_column(col, justify="left" if col == "unchanged" else "right")
     for t in report.tasks:
-        why = "yes" if t.unchanged else ("NO: subnetwork changed" if not t.subnet_match else "NO: outputs changed")
-        if t.unchanged and not t.data_match:
-            why = "yes (subnetwork; test data differs from learning)"
-        table.add_row(str(t.task), pct(t.accuracy), pct(t.accuracy_at_learning), f"{100 * (t.accuracy - t.accuracy_at_learning):+.2f}", why)
+        change = f"{100 * (t.accuracy - t.accuracy_at_learning):+.2f}" if t.data_match else "n/a"
+        table.add_row(str(t.order), str(t.task), pct(t.accuracy), pct(t.accuracy_at_learning), change,
+                      _WHY[t.status].format(n=t.differing_outputs if t.differing_outputs is not None else "some"))
     return table
+
+
+def _matrix_table(report: EvalReport) -> Table:
+    m = report.matrix
+    table = Table(title="accuracy matrix: row = after learning that task, column = task measured (%)", title_justify="left")
+    table.add_column("after")
+    for t in m.tasks:
+        table.add_column(f"task {t}", justify="right")
+    for task, row in zip(m.tasks, m.rows):
+        table.add_row(f"task {task}", *("" if v is None else f"{100 * v:.2f}" for v in row))
+    table.add_row("[bold]now (eval)[/]", *("-" if v is None else f"[bold]{100 * v:.2f}[/]" for v in m.now))
+    return table
+
+
+def _summary(report: EvalReport) -> str:
+    bwt = "n/a" if report.bwt is None else f"{100 * report.bwt:+.2f} pts over {len(report.bwt_tasks)} task(s)"
+    proven = [t.task for t in report.tasks if t.status in ("proven", "outputs-differ")]
+    data = report.with_status("data-changed")
+    verdict = "NO" if not report.forget_free else "proven" if not data else (
+        f"proven for task(s) {', '.join(map(str, proven)) or 'none'}; task(s) {', '.join(map(str, data))}: subnetwork unchanged only")
+    capacity = f"  capacity used {pct(report.capacity_used)}" if report.capacity_used is not None else ""
+    return f"ACC {pct(report.acc)}  BWT {bwt}{capacity}  forget-free: {verdict} ({len(report.tasks)} tasks re-measured)"
 
 
 @handle_errors
 def eval_command(
     ckpt: Annotated[Path, typer.Option("--ckpt", "-c", help="Checkpoint to evaluate.")],
-    task: Annotated[Optional[list[int]], typer.Option("--task", "-t", help="Task(s) to evaluate (repeatable; default: all learned).")] = None,
-    data_root: Annotated[Optional[Path], typer.Option(envvar="WSN_DATA_ROOT", help="Folder with the datasets (env WSN_DATA_ROOT).")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    task: Annotated[Optional[list[int]], typer.Option("--task", "-t", min=1, max=MAX_TASK_ID, help="Task(s) to evaluate (repeatable; default: all).")] = None,
+    data_root: Annotated[Optional[Path], typer.Option(envvar="WSN_DATA_ROOT", help="Folder with the datasets (env WSN_DATA_ROOT; default: recorded).")] = None,
+    device: Annotated[Literal[DEVICES], typer.Option(help="Where to evaluate.")] = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
 ) -> None:
-    """Re-evaluate learned tasks on their test sets; exit 3 if any task's outputs changed."""
+    """Re-evaluate learned tasks on their test sets; exit 3 if any task's subnetwork changed."""
     from wsncli.engine.data.registry import resolve_data_root
     from wsncli.engine.lifecycle.evaluate import evaluate_checkpoint
     from wsncli.engine.runtime import configure_threads, resolve_device
     from wsncli.engine.store.checkpoint import load_checkpoint
+
+    dev = resolve_device(device)
     checkpoint = load_checkpoint(ckpt)
     configure_threads(sum(l.weight.numel() for l in checkpoint.model.subnet_layers().values()), None)
     root = resolve_data_root(data_root)
-    if root is None and checkpoint.meta.get("data_root"):
-        root = Path(checkpoint.meta["data_root"])
+    if root is None and checkpoint.meta.data_root:
+        root = Path(checkpoint.meta.data_root)
     with progress_bar(show_progress(quiet)) as progress:
         bar = progress.add_task("evaluating", total=len(task or checkpoint.learned()))
 
         def on_task(t: int, i: int, n: int) -> None:
             progress.update(bar, completed=i, description=f"task {t}")
 
-        report = evaluate_checkpoint(checkpoint, task, root, resolve_device(device), on_task)
+        report = evaluate_checkpoint(checkpoint, task, root, dev, on_task)
     if json_out:
-        print_json(report_dict(report))
+        print_json(eval_doc(ckpt, report))
     else:
-        stdout.print(_table(report))
-        stdout.print(
-            f"ACC {pct(report.acc)}  BWT {100 * report.bwt:+.2f} pts  capacity used {pct(report.capacity_used)}  "
-            f"forget-free: {'proven' if report.forget_free else 'NO'} ({len(report.tasks)} tasks re-measured)"
-        )
+        stdout.print(_task_table(report))
+        if len(report.matrix.tasks) > 1:
+            stdout.print(_matrix_table(report))
+        stdout.print(_summary(report))
+    differ = report.with_status("outputs-differ")
+    if differ and report.forget_free:
+        counts = ", ".join(f"task {t.task}: {t.differing_outputs if t.differing_outputs is not None else 'some'} of {t.n_test}"
+                           for t in report.tasks if t.status == "outputs-differ")
+        warn(f"predictions differ although the subnetworks are bit-identical ({counts}); near-ties computed differently on this "
+             "machine, thread count or device, not forgetting")
     if not report.forget_free:
-        raise fail(f"forgetting detected: task(s) {', '.join(map(str, report.changed))} changed since learned", 3)
+        raise fail(f"forgetting detected: the subnetwork of task(s) {', '.join(map(str, report.changed))} changed since learned", 3)
     if report.tampered:
-        raise fail(f"{ckpt}: tensor {report.tampered[0]!r} fails its checksum (edited outside wsn or corrupt); learned tasks are unaffected", 1)
+        raise fail(f"{ckpt}: {report.tampered[0]} (edited outside wsn or corrupt){'; and more' if len(report.tampered) > 1 else ''}; "
+                   "learned tasks are unaffected", 1)

@@ -1,4 +1,4 @@
-"""`wsn inspect`: what a checkpoint or a `.wsnm` packed-mask file holds."""
+"""`wsn inspect`: what a checkpoint or a `.wsnm` packed-mask file holds (no torch for either)."""
 
 from __future__ import annotations
 
@@ -8,76 +8,103 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-import formats
-from wsncli.commands.common import handle_errors, pct, print_json, stdout
+from wsncli.commands.console import handle_errors, pct, print_json, stdout, warn
 
 
 def _kib(n: int | None) -> str:
     return "-" if n is None else f"{n / 1024:.1f} KiB"
 
 
-def _render_checkpoint(d: dict) -> None:
-    m = d["model"]
-    stdout.print(f"[bold]{d['path']}[/]: {d['format']} v{d['version']}, benchmark {d['benchmark']}, "
-                 f"{m['arch']} {m['input_shape']} hidden {m['hidden']}, method {d['method']}, seed {d['seed']}")
-    tasks = Table(title=f"tasks in learning order ({len(d['tasks'])})", title_justify="left")
+def checkpoint_doc(d):
+    from wsncli.commands.schemas import InspectCheckpointDoc, InspectLayer, InspectTask, schema_id
+    from wsncli.engine.store.container import FORMAT_NAME
+
+    meta = d.file.meta
+    tasks = []
+    for s in d.tasks:
+        r = s.record
+        tasks.append(InspectTask(
+            task=r.task, order=r.order, n_classes=r.n_classes, accuracy_at_learning=r.accuracy, capacity=r.capacity, epochs=r.epochs,
+            batch_size=r.batch_size, lr=r.lr, seed=r.seed, method=r.method, device=r.device, best_epoch=r.best_epoch,
+            train_seconds=r.train_seconds, learned_at=r.learned_at, standardized=bool(r.preprocess and r.preprocess.standardized),
+            mask_density=s.mask_density, reuse_of_earlier=s.reuse_of_earlier, new_weights=s.new_weights,
+            layers={n: {"density": v[0], "reused": float(v[1])} for n, v in s.layers.items()}))
+    layers = [InspectLayer(layer=l.name, shape=list(l.shape), weights=l.weights, used=l.used, free=l.free, used_fraction=l.used / l.weights)
+              for l in d.layers]
+    model = {"arch": meta.model.arch, "input_shape": list(meta.model.input_shape), "hidden": list(meta.model.hidden), "width": meta.model.width}
+    return InspectCheckpointDoc(
+        schema=schema_id("inspect"), checkpoint=d.path, format=FORMAT_NAME, version=d.version, benchmark=meta.benchmark, model=model,
+        method=meta.method, seed=meta.seed, wsn_version=meta.wsn_version, signature=d.file.signature, task_ids=[r.task for r in meta.tasks],
+        capacity_used=d.capacity_used, mask_codec=d.file.mask_codec, tasks=tasks, layers=layers, size=d.size, tampered=list(d.file.tampered))
+
+
+def _render_checkpoint(doc) -> None:
+    m = doc.model
+    shape = "x".join(map(str, m["input_shape"]))
+    net = f"{m['arch']} {shape}" + (f" hidden {'-'.join(map(str, m['hidden']))}" if m["arch"] == "mlp" else "")
+    stdout.print(f"[bold]{doc.checkpoint}[/]: {doc.format} v{doc.version}, benchmark {doc.benchmark}, {net}, method {doc.method}, "
+                 f"seed {doc.seed}, signature {doc.signature}")
+    tasks = Table(title=f"tasks in learning order ({len(doc.tasks)})", title_justify="left")
     for col in ("order", "task", "capacity", "epochs", "batch", "lr", "acc at learning", "mask density", "reuse of earlier", "new weights"):
         tasks.add_column(col, justify="right")
-    for t in d["tasks"]:
-        tasks.add_row(str(t["order"]), str(t["task"]), str(t["capacity"]), str(t["epochs"]), str(t["batch_size"]), str(t["lr"]),
-                      pct(t["accuracy_at_learning"]), pct(t.get("mask_density")), pct(t.get("reuse_of_earlier")), str(t.get("new_weights", "-")))
+    for t in doc.tasks:
+        tasks.add_row(str(t.order), str(t.task), "-" if t.capacity is None else str(t.capacity), str(t.epochs), str(t.batch_size), f"{t.lr:g}",
+                      pct(t.accuracy_at_learning), pct(t.mask_density), pct(t.reuse_of_earlier), "-" if t.new_weights is None else str(t.new_weights))
     stdout.print(tasks)
-    layers = Table(title=f"capacity per layer (used by any task: {pct(d['capacity_used'])})", title_justify="left")
+    used = "every weight (dense baseline)" if doc.capacity_used is None else pct(doc.capacity_used)
+    layers = Table(title=f"capacity per layer (used by any task: {used})", title_justify="left")
     for col in ("layer", "shape", "weights", "used", "free", "used %"):
         layers.add_column(col, justify="right" if col != "layer" else "left")
-    for l in d["layers"]:
-        layers.add_row(l["layer"], "x".join(map(str, l["shape"])), str(l["weights"]), str(l["used"]), str(l["free"]), pct(l["used_fraction"]))
+    for l in doc.layers:
+        layers.add_row(l.layer, "x".join(map(str, l.shape)), str(l.weights), str(l.used), str(l.free), pct(l.used_fraction))
     stdout.print(layers)
-    size = Table(title="checkpoint size", title_justify="left")
+    size = Table(title=f"checkpoint size (masks coded as {doc.mask_codec or '-'})", title_justify="left")
     size.add_column("part")
     size.add_column("bytes", justify="right")
-    for key, value in d["size"].items():
+    for key, value in doc.size.items():
         size.add_row(key.replace("_", " "), _kib(value))
     stdout.print(size)
-    if d["tampered"]:
-        stdout.print(f"[red]warning:[/] {len(d['tampered'])} tensor(s) fail their checksum: {', '.join(d['tampered'][:5])}")
+    if doc.tampered:
+        warn(f"{len(doc.tampered)} problem(s): {'; '.join(doc.tampered[:3])}")
 
 
-def _render_packed(d: dict) -> None:
-    stdout.print(f"[bold]{d.get('path')}[/]: .wsnm v{d.get('version')}, codec {d.get('codec')}, tasks {d.get('task_ids')}, "
-                 f"checksums {'ok' if d.get('checksums_ok') else 'FAILED'}")
-    for key, value in d.items():
-        if key not in ("path", "version", "codec", "task_ids", "checksums_ok") and not isinstance(value, (list, dict)):
-            stdout.print(f"  {key}: {value}")
-    layers = d.get("layers") or []
-    if layers and isinstance(layers[0], dict):
-        table = Table(title="layers", title_justify="left")
-        cols = [k for k in layers[0] if not isinstance(layers[0][k], (list, dict))]
-        for col in cols:
-            table.add_column(str(col))
-        for layer in layers:
-            table.add_row(*(str(layer.get(c)) for c in cols))
-        stdout.print(table)
+def packed_doc(path: Path, d: dict):
+    from wsncli.commands.schemas import InspectMasksDoc, schema_id
+
+    keys = ("version", "codec", "task_ids", "weights", "bytes", "header_bytes", "payload_bytes", "bits_per_weight_per_task",
+            "layers", "streams", "meta", "checksums_ok")
+    return InspectMasksDoc(schema=schema_id("inspect"), file=str(path), **{k: d[k] for k in keys})
+
+
+def _render_packed(doc) -> None:
+    stdout.print(f"[bold]{doc.file}[/]: .wsnm v{doc.version}, codec {doc.codec}, tasks {doc.task_ids}, "
+                 f"checksums {'ok' if doc.checksums_ok else 'FAILED'}")
+    stdout.print(f"  {doc.bytes} bytes ({doc.header_bytes} header, {doc.payload_bytes} coded masks): "
+                 f"{doc.bits_per_weight_per_task:.4f} bits per weight per task over {doc.weights} weights")
+    table = Table(title="layers", title_justify="left")
+    for col in ("name", "shape", "weights"):
+        table.add_column(col)
+    for layer in doc.layers:
+        table.add_row(str(layer["name"]), "x".join(map(str, layer["shape"])), str(layer["weights"]))
+    stdout.print(table)
 
 
 @handle_errors
 def inspect_command(
-    path: Annotated[Path, typer.Argument(help="A checkpoint (.pt) or a packed-mask file (.wsnm).")],
+    path: Annotated[Path, typer.Argument(help="A checkpoint or a packed-mask file (.wsnm).")],
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
 ) -> None:
     """Show what a checkpoint or a packed-mask file holds, and verify its checksums."""
     from wsncli.engine.lifecycle.inspect import describe_checkpoint
-    from wsncli.engine.lifecycle.pack import read_packed
-    from wsncli.engine.store.checkpoint import load_checkpoint
-    data = read_packed(path)
-    if data[:4] == b"WSNM":
-        described = {"path": str(path), **formats.describe(data)}
-        render = _render_packed
+    from wsncli.engine.lifecycle.unpack import describe_file, file_kind, read_packed_file
+    from wsncli.engine.store.reader import read_checkpoint_data
+
+    data = read_packed_file(path, accept_checkpoints=True)
+    if file_kind(data) == "packed-masks":
+        doc, render = packed_doc(path, describe_file(path, data)), _render_packed
     else:
-        del data
-        described = describe_checkpoint(load_checkpoint(path), path)
-        render = _render_checkpoint
+        doc, render = checkpoint_doc(describe_checkpoint(read_checkpoint_data(path, data), path)), _render_checkpoint
     if json_out:
-        print_json(described)
+        print_json(doc)
     else:
-        render(described)
+        render(doc)

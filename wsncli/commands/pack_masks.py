@@ -1,20 +1,17 @@
-"""`wsn pack-masks` and `wsn unpack-masks`: the checkpoint's masks to and from a `.wsnm` file."""
+"""`wsn pack-masks`: every task's mask from a checkpoint into a `.wsnm` file, with a storage report."""
 
 from __future__ import annotations
 
-import io
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal
 
-import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
 
-import formats
-from wsncli.commands.common import handle_errors, print_json, stderr, stdout
-from wsncli.errors import WsnError
+from wsncli.commands.console import handle_errors, print_json, stderr, stdout
+from wsncli.engine.limits import PACK_CODECS
 
 _ROWS = [("float32", "float32 masks"), ("bool", "bool bytes"), ("packbits", "packbits"), ("ascii7", "7-bit ASCII bytes"),
          ("ascii7_huffman", "7-bit ASCII + Huffman (article)"), ("paper_huffman", "7 tasks/weight + Huffman (paper)")]
@@ -26,7 +23,8 @@ def _render(report: dict, console: Console) -> None:
     table.add_column("bits / weight / task", justify="right")
     for key, label in _ROWS:
         table.add_row(label, f"{report['baselines'][key]:.4f}")
-    table.add_row(f"[bold]{report['codec']} (this file)[/]", f"[bold]{report['bits_per_weight_per_task']:.4f}[/]")
+    chosen = report["codec"] + (" (chosen by auto)" if report.get("requested_codec") == "auto" else "")
+    table.add_row(f"[bold]{chosen}, this file[/]", f"[bold]{report['bits_per_weight_per_task']:.4f}[/]")
     table.add_row("bound: each mask alone (entropy)", f"{report['bounds']['independent']:.4f}")
     table.add_row("bound: given earlier masks (3 contexts)", f"{report['bounds']['conditional']:.4f}")
     console.print(table)
@@ -45,60 +43,36 @@ def _render(report: dict, console: Console) -> None:
 def pack_masks_command(
     ckpt: Annotated[Path, typer.Option("--ckpt", "-c", help="Checkpoint whose task masks to pack.")],
     output: Annotated[str, typer.Option("--output", "-o", help="Output .wsnm file, or - for stdout (the report then goes to stderr).")],
-    codec: Annotated[str, typer.Option(help="context (default), ascii7, ascii7-huffman, paper-huffman or packbits.")] = "context",
+    codec: Annotated[Literal[PACK_CODECS], typer.Option(help="auto picks the smallest.")] = "auto",
+    force: Annotated[bool, typer.Option(help="Overwrite an existing file that is not a .wsnm file.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the storage report as one JSON object.")] = False,
 ) -> None:
     """Pack every task's mask into a .wsnm file, verify it decodes bit for bit, report the savings."""
+    from wsncli.commands.schemas import PackDoc, schema_id
     from wsncli.engine.lifecycle.pack import pack_checkpoint_masks
-    from wsncli.engine.store.atomic import atomic_write
-    from wsncli.engine.store.checkpoint import load_checkpoint
-    checkpoint = load_checkpoint(ckpt)
-    result = pack_checkpoint_masks(checkpoint, codec, source=Path(ckpt).name)
+    from wsncli.engine.lifecycle.unpack import file_kind
+    from wsncli.engine.store.paths import file_prefix, plan_output, write_output
+    from wsncli.engine.store.reader import read_checkpoint_file
+
     to_stdout = output == "-"
+    target = None
+    if not to_stdout:  # checked before any work: never the checkpoint itself, never a file of another kind
+        target = plan_output(Path(output), what="packed-mask file", inputs=[ckpt], force=force,
+                             is_own_kind=lambda p: file_kind(file_prefix(p, 16)) == "packed-masks")
+    result = pack_checkpoint_masks(read_checkpoint_file(ckpt), codec, source=Path(ckpt).name)
     if to_stdout:
         sys.stdout.buffer.write(result.data)
         sys.stdout.buffer.flush()
     else:
-        atomic_write(Path(output), lambda f: f.write(result.data))
-    console = stderr if to_stdout else stdout
+        write_output(target, result.data)
     if json_out:
+        doc = PackDoc(schema=schema_id("pack-masks"), checkpoint=str(ckpt), output=output, codec=result.codec, requested_codec=codec,
+                      bytes=len(result.data), report=result.report)
         if to_stdout:
-            import json
+            import msgspec
 
-            sys.stderr.write(json.dumps(result.report) + "\n")
+            sys.stderr.write(msgspec.json.encode(doc).decode() + "\n")
         else:
-            print_json(result.report)
+            print_json(doc)
     else:
-        _render(result.report, console)
-
-
-@handle_errors
-def unpack_masks_command(
-    packed: Annotated[Path, typer.Argument(help="A .wsnm file.")],
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the masks as .npz (keys task<T>/<layer>, bool arrays of the layer's shape).")] = None,
-    ckpt: Annotated[Optional[Path], typer.Option("--ckpt", "-c", help="Check the masks bit for bit against this checkpoint.")] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print a summary as one JSON object.")] = False,
-) -> None:
-    """Decode a .wsnm file back into per-task, per-layer masks (and optionally check a checkpoint)."""
-    from wsncli.engine.lifecycle.pack import check_masks_equal, checkpoint_layer_masks, masks_to_arrays, read_packed
-    from wsncli.engine.store.atomic import atomic_write
-    from wsncli.engine.store.checkpoint import load_checkpoint
-    decoded = formats.unpack(read_packed(packed))
-    summary = {"file": str(packed), "codec": decoded.codec, "tasks": list(decoded.task_ids), "layers": [l.name for l in decoded.layers]}
-    if ckpt is not None:
-        checkpoint = load_checkpoint(ckpt)
-        check_masks_equal(checkpoint_layer_masks(checkpoint), [t for t in checkpoint.learned() if t in checkpoint.masks], decoded)
-        summary["matches_checkpoint"] = str(ckpt)
-    if output is not None:
-        buffer = io.BytesIO()
-        np.savez_compressed(buffer, **masks_to_arrays(decoded))
-        atomic_write(output, lambda f: f.write(buffer.getvalue()), WsnError)
-        summary["output"] = str(output)
-    if json_out:
-        print_json(summary)
-        return
-    stdout.print(f"{packed}: {len(decoded.task_ids)} tasks ({', '.join(map(str, decoded.task_ids))}), {len(decoded.layers)} layers, codec {decoded.codec}; decoded")
-    if ckpt is not None:
-        stdout.print(f"identical bit for bit to the masks in {ckpt}")
-    if output is not None:
-        stdout.print(f"wrote {output}")
+        _render(result.report, stderr if to_stdout else stdout)

@@ -1,13 +1,15 @@
 """File readers for wsn's benchmarks: MNIST-style IDX, CIFAR python-pickle batches, npz, digits.
 
-Nothing here executes code from a file: npz loads with `allow_pickle=False` and CIFAR batches go
-through a restricted unpickler that only rebuilds numpy arrays. Parsed arrays are cached per process
+Nothing here executes code from a file: npz loads with `allow_pickle=False` (after every member's
+declared size is checked against the file and a limit) and CIFAR batches go through a restricted
+unpickler that only rebuilds numpy arrays. Parsed arrays are cached per process
 (keyed on path, mtime and size) and returned read-only, so callers must copy before changing them.
 """
 
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import pickle
 import re
@@ -20,6 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from wsncli.errors import DataError
+
+MAX_DATA_BYTES = 8 << 30  # default of $WSN_MAX_DATA_BYTES: what one data file may expand to
+MAX_NPZ_MEMBERS = 64
+BOMB_MIN_BYTES = 64 << 20  # a compressed member larger than this ...
+BOMB_RATIO = 200  # ... that expands more than this many times is refused as a zip bomb
 
 # IDX type byte -> big-endian numpy dtype (http://yann.lecun.com/exdb/mnist/ "THE IDX FILE FORMAT").
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -155,29 +162,82 @@ def _read_pickle_dict(path: str, _mtime: int, _size: int) -> dict[str, object]:
 
 
 def read_npz(path: Path) -> dict[str, np.ndarray]:
-    """Every array in an npz file (pickled object arrays refused), read-only."""
+    """Every array in an npz file (pickled object arrays refused), read-only; sizes checked first."""
     return _read_npz(*_stat_key(path))
+
+
+def data_limit() -> int:
+    """The most bytes one data file may expand to: $WSN_MAX_DATA_BYTES, else MAX_DATA_BYTES."""
+    text = os.environ.get("WSN_MAX_DATA_BYTES", "").strip()
+    if not text:
+        return MAX_DATA_BYTES
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise DataError(f"WSN_MAX_DATA_BYTES must be a positive number of bytes, got {text[:40]!r}")
+    return value
+
+
+def _npz_members(path: str, zf: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
+    """Check every member's declared size, its compression ratio and its .npy header before any
+    array is allocated: a header or zip entry that promises more than the file holds is refused."""
+    infos = zf.infolist()
+    if len(infos) > MAX_NPZ_MEMBERS:
+        raise DataError(f"{path}: {len(infos)} arrays, over the limit of {MAX_NPZ_MEMBERS}")
+    limit, total = data_limit(), 0
+    for info in infos:
+        total += info.file_size
+        if total > limit:
+            raise DataError(f"{path}: its arrays expand to over {limit} bytes (limit WSN_MAX_DATA_BYTES)")
+        if info.compress_type != zipfile.ZIP_STORED and info.file_size > BOMB_MIN_BYTES and \
+                info.file_size > BOMB_RATIO * max(info.compress_size, 1):
+            raise DataError(f"{path}: member {info.filename[:60]!r} expands {info.file_size // max(info.compress_size, 1)}-fold "
+                            f"({info.file_size} bytes from {info.compress_size}): refused as a zip bomb")
+        with zf.open(info) as fh:
+            try:
+                version = np.lib.format.read_magic(fh)
+                reader = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+                if reader is None:
+                    raise ValueError(f"npy format version {version} is not supported")
+                shape, _fortran, dtype = reader(fh, max_header_size=10000)
+            except ValueError as exc:
+                raise DataError(f"{path}: member {info.filename[:60]!r} is not a .npy array ({exc})") from None
+        if dtype.hasobject:
+            raise DataError(f"{path}: member {info.filename[:60]!r} holds Python objects (pickles), which wsn never loads")
+        declared = math.prod(shape) * dtype.itemsize
+        if declared > info.file_size:
+            raise DataError(f"{path}: member {info.filename[:60]!r} declares {shape} {dtype} ({declared} bytes) "
+                            f"but holds only {info.file_size} bytes")
+    return infos
 
 
 @lru_cache(maxsize=8)
 def _read_npz(path: str, _mtime: int, _size: int) -> dict[str, np.ndarray]:
     try:
-        loaded = np.load(path, allow_pickle=False)
-        if not isinstance(loaded, np.lib.npyio.NpzFile):
-            raise ValueError("an .npy array, not an npz archive")
-        with loaded as z:
-            return {name: _frozen(np.asarray(z[name])) for name in z.files}
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError, zlib.error) as exc:
-        raise DataError(f"{path}: not a readable npz file ({exc})") from None
+        with zipfile.ZipFile(path) as zf:
+            infos = _npz_members(path, zf)
+            out = {}
+            for info in infos:
+                name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+                with zf.open(info) as fh:
+                    out[name] = _frozen(np.lib.format.read_array(fh, allow_pickle=False))
+            return out
+    except zipfile.BadZipFile:
+        raise DataError(f"{path}: not an npz file (numpy's zip of arrays, written by np.savez)") from None
+    except (OSError, ValueError, EOFError, KeyError, zlib.error, MemoryError) as exc:
+        raise DataError(f"{path}: not a readable npz file ({type(exc).__name__}: {str(exc)[:120]})") from None
+
+
+DIGITS_FILE = Path(__file__).with_name("digits.npz")
 
 
 @lru_cache(maxsize=1)
 def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's bundled 8x8 digits: (x float64 (1797, 64) in 0..16, y int64 (1797,)), read-only."""
-    from sklearn.datasets import load_digits  # lazy: sklearn is slow to import
-
-    d = load_digits()
-    return _frozen(np.asarray(d.data, dtype=np.float64)), _frozen(np.asarray(d.target, dtype=np.int64))
+    """The bundled 8x8 digits (UCI, 1,797 images): (x uint8 (1797, 64) in 0..16, y int64 (1797,))."""
+    with np.load(DIGITS_FILE, allow_pickle=False) as z:
+        return _frozen(np.asarray(z["x"], np.uint8)), _frozen(np.asarray(z["y"], np.int64))
 
 
 def env_data_root() -> Path | None:
@@ -251,13 +311,3 @@ def npz_arrays(path: Path) -> dict[str, np.ndarray]:
     if arrays["x_train"].ndim < 2:
         raise DataError(f"npz: {path}: x_train must be (N, features...) but has shape {arrays['x_train'].shape}")
     return arrays
-
-
-def npz_inputs(where: str, key: str, x: np.ndarray) -> np.ndarray:
-    """Inputs as a new float32 array: floats as given, uint8 scaled by 1/255, other integers cast."""
-    if x.dtype == np.uint8:
-        return x.astype(np.float32) / np.float32(255.0)
-    if np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer) or x.dtype == np.bool_:
-        with np.errstate(over="ignore"):
-            return x.astype(np.float32)
-    raise DataError(f"{where}: {key} has dtype {x.dtype}; inputs must be real numbers")

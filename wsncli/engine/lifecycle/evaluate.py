@@ -1,152 +1,181 @@
-"""Evaluation and the forget-free proof: accuracy, output digests, subnetwork digests."""
+"""Evaluation and the forget-free proof.
+
+Each task is re-measured on its own test set with its own mask, head, BatchNorm and input transform;
+nothing is copied from the past except what was recorded at learning, which is compared:
+- the subnetwork digest decides: identical parameters give an identical function, so a changed
+  digest means the task changed (`changed`, exit 3);
+- with the same subnetwork and the same test data, predictions should be identical too; where some
+  differ (the last bit of a near-tie on another machine, thread count or device), the task is
+  `outputs-differ`: a warning, not forgetting;
+- when the test data differs from the data at learning (its digest), the accuracies are not
+  comparable: the task is `data-changed`, left out of BWT, and only its subnetwork is proven;
+- records that contradict each other (a recorded accuracy its own recorded predictions do not give,
+  tensors of a task with no record) are reported as tampered.
+The checksums and these cross-checks detect accidents and careless edits, not an adversary who can
+rewrite the file and its checksums; for that, sign checkpoints ($WSN_CHECKPOINT_KEY, HMAC-SHA256).
+"""
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from wsncli.engine.nn.models import WSNNet
+from wsncli.engine.lifecycle.outputs import outputs_digest, predict, set_task_mode, subnet_digest
+from wsncli.engine.lifecycle.record import recorded_task_data
+from wsncli.engine.store.checkpoint import Checkpoint
 from wsncli.errors import TaskError
 
-
-def set_task_mode(model: WSNNet, masks: dict[str, torch.Tensor] | None) -> None:
-    """Inference mode for one task: its stored mask (cached masked weights) or dense (baseline)."""
-    if masks is None:
-        model.dense()
-    else:
-        model.use_masks(masks)
-    model.eval()
+PROVEN, OUTPUTS_DIFFER, DATA_CHANGED, CHANGED = "proven", "outputs-differ", "data-changed", "changed"
 
 
-@torch.no_grad()
-def predict(model: WSNNet, x: np.ndarray, task: int, device: torch.device, batch: int = 2048) -> np.ndarray:
-    """Predicted head labels (N,) int64 for inputs x (N, *input_shape); model must be in task mode."""
-    out = []
-    for i in range(0, x.shape[0], batch):
-        xb = torch.from_numpy(np.ascontiguousarray(x[i : i + batch])).to(device)
-        out.append(model(xb, task).argmax(1).cpu())  # (b,)
-    return torch.cat(out).numpy().astype(np.int64) if out else np.zeros(0, np.int64)
-
-
-def outputs_digest(predictions: np.ndarray) -> str:
-    """sha256 of the predicted labels as little-endian int64."""
-    return hashlib.sha256(predictions.astype("<i8").tobytes()).hexdigest()
-
-
-def subnet_digest(model: WSNNet, task: int, masks: dict[str, torch.Tensor] | None) -> str:
-    """sha256 over everything task's outputs depend on: the masked weights (values under the mask,
-    in flat order), the mask bits, the task's head and BatchNorm statistics. Device-independent."""
-    h = hashlib.sha256()
-    for name, layer in model.subnet_layers().items():
-        w = layer.weight.detach().cpu()
-        if masks is None:
-            h.update(w.contiguous().numpy().tobytes())
-        else:
-            m = masks[name].cpu()
-            h.update(np.packbits(m.numpy().reshape(-1)).tobytes())
-            h.update(w[m].contiguous().numpy().tobytes())
-    for key, value in sorted(model.heads[str(task)].state_dict().items()):
-        h.update(key.encode() + value.detach().cpu().contiguous().numpy().tobytes())
-    if str(task) in model.task_norms:
-        for key, value in sorted(model.task_norms[str(task)].state_dict().items()):
-            h.update(key.encode() + value.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-# -- the whole checkpoint ----------------------------------------------------------------------
 @dataclass(frozen=True)
 class TaskEval:
     """One task re-measured now, beside what was recorded when it was learned."""
 
     task: int
+    order: int
     accuracy: float
     accuracy_at_learning: float
     n_test: int
-    outputs_match: bool  # predictions on the test set are identical to those at learning
-    subnet_match: bool  # masked weights, mask, head and BatchNorm are bit-identical
+    subnet_match: bool  # masked weights, mask, head, BatchNorm (and transform) are bit-identical
     data_match: bool  # the test set is the one used at learning
+    outputs_match: bool | None  # predictions identical to those at learning (None: data differs)
+    differing_outputs: int | None  # how many test predictions differ (None: unknown or not comparable)
 
     @property
-    def unchanged(self) -> bool:
-        return self.subnet_match and (self.outputs_match or not self.data_match)
+    def status(self) -> str:
+        if not self.subnet_match:
+            return CHANGED
+        if not self.data_match:
+            return DATA_CHANGED
+        return PROVEN if self.outputs_match else OUTPUTS_DIFFER
+
+
+@dataclass
+class AccuracyMatrix:
+    """R[i][j]: accuracy of task `tasks[j]` after learning `tasks[i]` (learning order; None: not measured).
+    `now` is the row eval measured (None for tasks not evaluated)."""
+
+    tasks: list[int]
+    rows: list[list[float | None]]
+    now: list[float | None]
 
 
 @dataclass
 class EvalReport:
     tasks: list[TaskEval] = field(default_factory=list)
-    capacity_used: float = 0.0
+    matrix: AccuracyMatrix | None = None
+    last_task: int | None = None  # the last task of the learning sequence (left out of BWT)
+    capacity_used: float | None = None
     tampered: list[str] = field(default_factory=list)
+    signature: str = "unsigned"
 
     @property
-    def acc(self) -> float:
-        return float(np.mean([t.accuracy for t in self.tasks])) if self.tasks else float("nan")
+    def acc(self) -> float | None:
+        return float(np.mean([t.accuracy for t in self.tasks])) if self.tasks else None
 
     @property
-    def bwt(self) -> float:
-        return float(np.mean([t.accuracy - t.accuracy_at_learning for t in self.tasks])) if self.tasks else float("nan")
+    def bwt_tasks(self) -> list[TaskEval]:
+        """Tasks BWT averages over: learned before the last one, with unchanged test data."""
+        return [t for t in self.tasks if t.task != self.last_task and t.data_match]
+
+    @property
+    def bwt(self) -> float | None:
+        """1/(T-1) * sum over i < T of (R[T][i] - R[i][i]) (None when no task qualifies)."""
+        tasks = self.bwt_tasks
+        return float(np.mean([t.accuracy - t.accuracy_at_learning for t in tasks])) if tasks else None
 
     @property
     def forget_free(self) -> bool:
-        return all(t.unchanged for t in self.tasks)
+        return all(t.subnet_match for t in self.tasks)
+
+    @property
+    def outputs_match(self) -> bool:
+        return all(t.outputs_match is not False for t in self.tasks)
+
+    def with_status(self, status: str) -> list[int]:
+        return [t.task for t in self.tasks if t.status == status]
 
     @property
     def changed(self) -> list[int]:
-        return [t.task for t in self.tasks if not t.unchanged]
+        return self.with_status(CHANGED)
 
 
-def capacity_used(ckpt) -> float:
-    """|M_T| / |θ|: the fraction of the masked layers' weights that any learned task uses."""
-    if ckpt.meta["method"] != "wsn":
-        return 1.0 if ckpt.learned() else 0.0
+def capacity_used(ckpt: Checkpoint) -> float | None:
+    """|M_T| / |θ|: the fraction of the masked layers' weights any learned task uses (None: finetune)."""
+    if ckpt.meta.method != "wsn":
+        return None
     union = ckpt.used_weights()
     total = sum(m.numel() for m in union.values())
     return sum(int(m.sum()) for m in union.values()) / total if total else 0.0
 
 
+def _record_contradictions(ckpt: Checkpoint, task: int, predictions: np.ndarray, y_test: np.ndarray, data_match: bool) -> list[str]:
+    """What a task's record says that its own recorded predictions contradict."""
+    record, stored = ckpt.task_record(task), ckpt.predictions.get(task)
+    found = []
+    if stored is not None:
+        if outputs_digest(stored) != record.outputs_digest:
+            found.append(f"task {task}: the recorded predictions do not match the recorded outputs digest")
+        elif data_match and len(stored) == len(y_test) and float((stored == y_test).mean()) != record.accuracy:
+            found.append(f"task {task}: the recorded accuracy {record.accuracy:.4f} contradicts its recorded predictions "
+                         f"({float((stored == y_test).mean()):.4f})")
+    elif data_match and outputs_digest(predictions) == record.outputs_digest and float((predictions == y_test).mean()) != record.accuracy:
+        found.append(f"task {task}: the recorded accuracy {record.accuracy:.4f} contradicts its recorded outputs")
+    return found
+
+
 def evaluate_checkpoint(
-    ckpt,
+    ckpt: Checkpoint,
     tasks: list[int] | None,
     data_root,
     device: torch.device,
     on_task: Callable[[int, int, int], None] | None = None,
 ) -> EvalReport:
-    """Re-evaluate `tasks` (default: all learned) on their own test sets with their own mask and head.
-
-    on_task(task, index, total) is called before each task. Nothing is copied from the past except
-    the accuracy and digests recorded at learning, which are compared, never reported as "now".
-    """
-    from wsncli.engine.data.registry import load_task  # local: keeps this module importable without data
-
+    """Re-evaluate `tasks` (default: all learned) on their own test sets; on_task(task, i, total)
+    is called before each."""
     learned = ckpt.learned()
     chosen = learned if not tasks else list(dict.fromkeys(tasks))  # each task once, in the order asked
     missing = [t for t in chosen if t not in learned]
     if missing:
         raise TaskError(f"task {missing[0]} is not learned in this checkpoint (learned: {', '.join(map(str, learned)) or 'none'})")
     model = ckpt.model.to(device)
-    report = EvalReport(capacity_used=capacity_used(ckpt), tampered=list(ckpt.tampered))
+    report = EvalReport(last_task=learned[-1] if learned else None, capacity_used=capacity_used(ckpt),
+                        tampered=list(ckpt.tampered), signature=ckpt.signature)
     for i, task in enumerate(chosen):
         if on_task:
             on_task(task, i, len(chosen))
         record = ckpt.task_record(task)
-        data = load_task(ckpt.meta["benchmark"], task, data_root, ckpt.meta.get("n_tasks"))
+        data = recorded_task_data(ckpt, task, data_root)
         masks = ckpt.masks.get(task)
         if masks is not None:
             masks = {n: m.to(device) for n, m in masks.items()}
         set_task_mode(model, masks)
         predictions = predict(model, data.x_test, task, device)
-        report.tasks.append(
-            TaskEval(
-                task=task,
-                accuracy=float((predictions == data.y_test).mean()),
-                accuracy_at_learning=float(record["accuracy"]),
-                n_test=int(data.y_test.shape[0]),
-                outputs_match=outputs_digest(predictions) == record["outputs_digest"],
-                subnet_match=subnet_digest(model, task, masks) == record["subnet_digest"],
-                data_match=data.digest() == record["data_digest"],
-            )
-        )
+        data_match = data.digest() == record.data_digest and tuple(data.classes) == tuple(record.classes)
+        outputs_match = outputs_digest(predictions) == record.outputs_digest if data_match else None
+        stored = ckpt.predictions.get(task)
+        differing = None
+        if data_match and stored is not None and len(stored) == len(predictions):
+            differing = int((stored != predictions).sum())
+        report.tampered += _record_contradictions(ckpt, task, predictions, data.y_test, data_match)
+        report.tasks.append(TaskEval(
+            task=task, order=record.order, accuracy=float((predictions == data.y_test).mean()),
+            accuracy_at_learning=record.accuracy, n_test=int(data.y_test.shape[0]),
+            subnet_match=subnet_digest(model, task, masks, ckpt.preps.get(task), record.digest_version) == record.subnet_digest,
+            data_match=data_match, outputs_match=outputs_match, differing_outputs=differing))
+    report.matrix = _matrix(ckpt, report)
     return report
+
+
+def _matrix(ckpt: Checkpoint, report: EvalReport) -> AccuracyMatrix:
+    order = ckpt.learned()
+    rows = []
+    for i, record in enumerate(ckpt.tasks):
+        row = list(record.accuracy_row[:i]) + [None] * (i - len(record.accuracy_row))
+        rows.append(row + [record.accuracy] + [None] * (len(order) - i - 1))
+    now = {t.task: t.accuracy for t in report.tasks}
+    return AccuracyMatrix(order, rows, [now.get(t) for t in order])

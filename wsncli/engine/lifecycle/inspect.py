@@ -1,75 +1,90 @@
-"""What a checkpoint holds: tasks in learning order, per-layer capacity, mask reuse, size breakdown."""
+"""What a checkpoint holds: tasks in learning order, per-layer capacity, mask reuse, size by part.
+
+Works on the file as read (store.reader: numpy arrays, typed metadata), so inspecting a version-2
+checkpoint never imports torch and starts in well under a second.
+"""
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
+import numpy as np
 
-from wsncli.engine.lifecycle.evaluate import capacity_used
-from wsncli.engine.store.checkpoint import FORMAT_NAME, FORMAT_VERSION, Checkpoint, checkpoint_tensors
-
-_SETTINGS = ("capacity", "epochs", "batch_size", "lr", "seed", "method", "device", "best_epoch", "train_seconds", "learned_at")
+from wsncli.engine.store.reader import CheckpointFile
+from wsncli.engine.store.schema import TaskRecord
 
 
-def describe_checkpoint(ckpt: Checkpoint, path: Path) -> dict:
-    """A plain-data description of the checkpoint (what `wsn inspect` prints)."""
-    layers = ckpt.model.subnet_layers()
-    learned = ckpt.learned()
-    tasks = []
-    seen = {n: torch.zeros_like(l.weight, dtype=torch.bool) for n, l in layers.items()}
-    for record in ckpt.tasks:
-        task = record["task"]
-        entry = {"task": task, "order": record["order"], "n_classes": record["n_classes"], "accuracy_at_learning": record["accuracy"]}
-        entry.update({k: record.get(k) for k in _SETTINGS})
-        masks = ckpt.masks.get(task)
-        if masks is not None:
-            kept = sum(int(masks[n].sum()) for n in layers)
-            reused = sum(int((masks[n] & seen[n]).sum()) for n in layers)
-            entry["mask_density"] = kept / sum(l.weight.numel() for l in layers.values())
-            entry["reuse_of_earlier"] = reused / kept if kept else 0.0
-            entry["new_weights"] = kept - reused
-            entry["layers"] = {
-                n: {"density": int(masks[n].sum()) / layers[n].weight.numel(), "reused": int((masks[n] & seen[n]).sum())} for n in layers
-            }
-            for n in layers:
-                seen[n] |= masks[n]
-        tasks.append(entry)
-    union = ckpt.used_weights() if ckpt.masks else None
-    layer_rows = []
-    for name, layer in layers.items():
-        n = layer.weight.numel()
-        used = int(union[name].sum()) if union is not None else (n if learned else 0)
-        layer_rows.append({"layer": name, "shape": list(layer.weight.shape), "weights": n, "used": used, "free": n - used, "used_fraction": used / n})
-    return {
-        "path": str(path),
-        "format": FORMAT_NAME,
-        "version": FORMAT_VERSION,
-        "benchmark": ckpt.meta["benchmark"],
-        "model": ckpt.meta["model"],
-        "method": ckpt.meta["method"],
-        "seed": ckpt.meta["seed"],
-        "wsn_version": ckpt.meta.get("wsn_version"),
-        "learned": learned,
-        "capacity_used": capacity_used(ckpt),
-        "tasks": tasks,
-        "layers": layer_rows,
-        "size": size_breakdown(ckpt, path),
-        "tampered": list(ckpt.tampered),
-    }
+@dataclass(frozen=True)
+class TaskSummary:
+    record: TaskRecord
+    mask_density: float | None  # kept / all masked weights (None: finetune)
+    reuse_of_earlier: float | None  # share of the mask's weights that earlier tasks already use
+    new_weights: int | None
+    layers: dict[str, tuple[float, int]] = field(default_factory=dict)  # layer -> (density, reused)
 
 
-def size_breakdown(ckpt: Checkpoint, path: Path) -> dict:
-    """Bytes per part: tensors by kind (weights, scores, heads, norms, masks) and the file's total."""
-    parts = {"weights": 0, "scores": 0, "heads": 0, "norms": 0, "masks": 0}
-    for name, tensor in checkpoint_tensors(ckpt).items():
-        kind = name.split("/", 1)[0]
-        nbytes = tensor.numel() * tensor.element_size()
-        if kind == "layer":
-            parts["weights" if name.endswith("/weight") else "scores"] += nbytes
-        else:
-            parts[{"head": "heads", "norm": "norms", "mask": "masks"}[kind]] += nbytes
-    file_bytes = Path(path).stat().st_size if Path(path).exists() else None
-    parts["file"] = file_bytes
-    parts["metadata_and_container"] = file_bytes - sum(v for k, v in parts.items() if k != "file") if file_bytes else None
-    return parts
+@dataclass(frozen=True)
+class LayerSummary:
+    name: str
+    shape: tuple[int, ...]
+    weights: int
+    used: int  # by any learned task
+
+    @property
+    def free(self) -> int:
+        return self.weights - self.used
+
+
+@dataclass(frozen=True)
+class CheckpointDescription:
+    path: str
+    version: int
+    file: CheckpointFile
+    tasks: list[TaskSummary]
+    layers: list[LayerSummary]
+    capacity_used: float | None  # None: finetune
+    size: dict[str, int]  # bytes by part
+    capacity_after: list[dict[str, float]]  # per learned task: layer -> fraction used by tasks so far
+
+
+def _part(name: str) -> str:
+    kind = name.split("/", 1)[0]
+    if kind == "layer":
+        return "weights" if name.endswith("/weight") else "scores"
+    return {"head": "heads", "norm": "norms", "prep": "transforms", "pred": "recorded_predictions"}.get(kind, "other")
+
+
+def describe_checkpoint(ckpt: CheckpointFile, path: Path) -> CheckpointDescription:
+    """A typed description of the checkpoint (what `wsn inspect` prints)."""
+    layers = [(layer.name, tuple(layer.shape)) for layer in ckpt.meta.layers]
+    sizes = {name: math.prod(shape) for name, shape in layers}
+    seen = {name: np.zeros(n, bool) for name, n in sizes.items()}
+    total = sum(sizes.values())
+    tasks, after = [], []
+    for record in ckpt.meta.tasks:
+        masks = ckpt.masks.get(record.task)
+        if masks is None:
+            tasks.append(TaskSummary(record, None, None, None))
+            continue
+        per_layer, kept, reused = {}, 0, 0
+        for name, n in sizes.items():
+            k, r = int(masks[name].sum()), int((masks[name] & seen[name]).sum())
+            per_layer[name] = (k / n, r)
+            kept, reused = kept + k, reused + r
+            seen[name] |= masks[name]
+        tasks.append(TaskSummary(record, kept / total, reused / kept if kept else 0.0, kept - reused, per_layer))
+        after.append({name: float(seen[name].mean()) for name in sizes})
+    wsn = ckpt.meta.method == "wsn"
+    learned = bool(ckpt.meta.tasks)
+    rows = [LayerSummary(name, shape, sizes[name], int(seen[name].sum()) if wsn else (sizes[name] if learned else 0))
+            for name, shape in layers]
+    used = sum(r.used for r in rows)
+    size = {"weights": 0, "scores": 0, "heads": 0, "norms": 0, "transforms": 0, "recorded_predictions": 0, "other": 0}
+    for name, arr in ckpt.arrays.items():
+        size[_part(name)] += int(arr.nbytes)
+    size["masks"] = ckpt.mask_bytes
+    size["file"] = ckpt.size
+    size["metadata_and_container"] = ckpt.size - sum(v for k, v in size.items() if k != "file")
+    return CheckpointDescription(str(path), ckpt.version, ckpt, tasks, rows, used / total if wsn and total else None, size, after)

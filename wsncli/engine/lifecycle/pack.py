@@ -1,47 +1,54 @@
-"""Between a checkpoint's masks and the `.wsnm` packed-mask file (formats does the coding)."""
+"""Between a checkpoint's masks and the `.wsnm` packed-mask file (formats does the coding).
+
+Works on the file as read (numpy), so packing never needs torch."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 import formats
-from wsncli.engine.store.checkpoint import Checkpoint
-from wsncli.errors import TaskError, WsnError
+from wsncli.engine.store.reader import CheckpointFile
+from wsncli.errors import TaskError, UsageError, WsnError
+
+SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,255}")  # a layer name that is safe in an npz member name
 
 
 @dataclass
 class PackResult:
     data: bytes
     report: dict
+    codec: str  # the codec used (what `auto` chose)
 
 
-def checkpoint_layer_masks(ckpt: Checkpoint) -> list[formats.LayerMasks]:
+def checkpoint_layer_masks(ckpt: CheckpointFile) -> tuple[list[formats.LayerMasks], list[int]]:
     """Every learned task's mask per layer, tasks in learning order (flat bool arrays)."""
-    learned = [t for t in ckpt.learned() if t in ckpt.masks]
-    if not learned:
+    tasks = [r.task for r in ckpt.meta.tasks if r.task in ckpt.masks]
+    if not tasks:
         raise TaskError("the checkpoint has no task masks to pack (no task learned, or a finetune checkpoint)")
-    return [
-        formats.LayerMasks(name, tuple(layer.weight.shape), [ckpt.masks[t][name].cpu().numpy().reshape(-1).astype(bool) for t in learned])
-        for name, layer in ckpt.model.subnet_layers().items()
-    ]
+    layers = [formats.LayerMasks(layer.name, tuple(layer.shape), [ckpt.masks[t][layer.name] for t in tasks]) for layer in ckpt.meta.layers]
+    return layers, tasks
 
 
-def pack_checkpoint_masks(ckpt: Checkpoint, codec: str, source: str) -> PackResult:
+def pack_checkpoint_masks(ckpt: CheckpointFile, codec: str, source: str) -> PackResult:
     """Pack, decode what was written, compare bit for bit, and report the storage figures."""
-    if codec not in formats.CODECS:
-        raise TaskError(f"unknown codec {codec!r}; choose one of: {', '.join(formats.CODECS)}")
-    layers = checkpoint_layer_masks(ckpt)
-    task_ids = [t for t in ckpt.learned() if t in ckpt.masks]
-    meta = {"source": source, "benchmark": ckpt.meta["benchmark"], "model": ckpt.meta["model"]}
-    data = formats.pack(layers, task_ids, codec=codec, meta=meta)
-    decoded = formats.unpack(data)
-    check_masks_equal(layers, task_ids, decoded)
-    report = formats.storage_report(layers, task_ids, codec, packed_size=len(data))
+    choices = getattr(formats, "PACK_CODECS", (*formats.CODECS, "auto"))
+    if codec not in choices:
+        raise UsageError(f"unknown codec {codec!r}; choose one of: {', '.join(choices)}")
+    layers, tasks = checkpoint_layer_masks(ckpt)
+    meta = {"source": source[:256], "benchmark": ckpt.meta.benchmark}
+    if codec == "auto" and "auto" not in formats.CODECS and "auto" not in getattr(formats, "PACK_CODECS", ()):
+        data = min((formats.pack(layers, tasks, codec=c, meta=meta) for c in formats.CODECS), key=len)
+    else:
+        data = formats.pack(layers, tasks, codec=codec, meta=meta)
+    decoded = formats.unpack(data, max_bits=sum(int(np.prod(l.shape)) for l in layers) * len(tasks))
+    check_masks_equal(layers, tasks, decoded)
+    report = formats.storage_report(layers, tasks, decoded.codec, packed_size=len(data))
+    report["requested_codec"] = codec
     report["verified"] = True
-    return PackResult(data, report)
+    return PackResult(data, report, decoded.codec)
 
 
 def check_masks_equal(layers: list[formats.LayerMasks], task_ids: list[int], packed: formats.PackedMasks) -> None:
@@ -57,14 +64,11 @@ def check_masks_equal(layers: list[formats.LayerMasks], task_ids: list[int], pac
 
 
 def masks_to_arrays(packed: formats.PackedMasks) -> dict[str, np.ndarray]:
-    """`task<T>/<layer>` -> bool array of the layer's shape (the checkpoint's form, for np.savez)."""
-    return {f"task{t}/{layer.name}": np.asarray(m, bool).reshape(layer.shape) for layer in packed.layers for t, m in zip(packed.task_ids, layer.masks)}
-
-
-def read_packed(path: Path) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except FileNotFoundError:
-        raise formats.FormatError(f"{path}: no such file") from None
-    except OSError as exc:
-        raise formats.FormatError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    """`task<T>/<layer>` -> bool array of the layer's shape (for np.savez); unsafe layer names refused."""
+    out = {}
+    for layer in packed.layers:
+        if not SAFE_NAME.fullmatch(layer.name) or ".." in layer.name:
+            raise formats.FormatError(f"layer name {layer.name[:40]!r} is not safe as an npz member name (letters, digits, _ . - only)")
+        for t, m in zip(packed.task_ids, layer.masks):
+            out[f"task{t}/{layer.name}"] = np.asarray(m, bool).reshape(layer.shape)
+    return out

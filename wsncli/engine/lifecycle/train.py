@@ -1,7 +1,12 @@
-"""Training one task: WSN (masked, old weights frozen) or the dense fine-tune baseline."""
+"""Training one task: WSN (masked, old weights frozen) or the dense fine-tune baseline.
+
+The loop can stop after any epoch and continue from a `TrainState` (lifecycle.resume) with the
+same bits on the CPU: model, optimizer, both random generators, best epoch and history are in it.
+"""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -11,8 +16,13 @@ import torch
 import torch.nn.functional as F
 
 from wsncli.engine.data.registry import TaskData
+from wsncli.engine.lifecycle.outputs import device_transform
 from wsncli.engine.nn.models import WSNNet
-from wsncli.errors import WsnError
+from wsncli.errors import TaskError, WsnError
+
+EXPLODED_LOSS = 1e3  # a mean cross-entropy above this means the run diverged
+CHECK_EVERY = 256  # steps between loss checks (one host synchronisation each)
+DEVICE_FLOAT_BUDGET = 2 << 30  # bytes: below, a split is transformed once on the device, else per batch
 
 
 @dataclass(frozen=True)
@@ -45,6 +55,22 @@ class TrainCallbacks:
     on_epoch_start: Callable[[int, int], None] | None = None  # (epoch, batches in epoch)
     on_batch_end: Callable[[int], None] | None = None  # (batch index)
     on_epoch_end: Callable[[EpochStats], None] | None = None
+    on_state: Callable[[TrainState], None] | None = None  # after each epoch: a resumable snapshot
+
+
+@dataclass
+class TrainState:
+    """Everything needed to continue after `epoch` as if never stopped."""
+
+    epoch: int
+    model: dict[str, torch.Tensor]
+    optimizer: dict
+    generator: torch.Tensor
+    rng: torch.Tensor
+    best_loss: float
+    best_epoch: int
+    best: dict[str, torch.Tensor] | None
+    history: list[EpochStats] = field(default_factory=list)
 
 
 @dataclass
@@ -55,13 +81,13 @@ class TrainResult:
     seconds: float = 0.0
 
 
+class TrainingDiverged(TaskError):
+    """The loss became NaN, infinite, or exploded: nothing is saved."""
+
+
 def task_seed(seed: int, task: int) -> int:
     """The RNG seed of one task's training, derived from the run seed and the task id."""
     return (seed * 1_000_003 + task) % (2**63)
-
-
-def _to_tensor(x: np.ndarray, device: torch.device) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(x)).to(device)
 
 
 def _fused_ok(device: torch.device) -> bool:
@@ -69,7 +95,7 @@ def _fused_ok(device: torch.device) -> bool:
     return device.type in ("cpu", "cuda")
 
 
-def _trainable_parameters(model: WSNNet, task: int, method: str) -> list[torch.nn.Parameter]:
+def trainable_parameters(model: WSNNet, task: int, method: str) -> list[torch.nn.Parameter]:
     params = []
     for layer in model.subnet_layers().values():
         params.append(layer.weight)
@@ -79,7 +105,7 @@ def _trainable_parameters(model: WSNNet, task: int, method: str) -> list[torch.n
     return params
 
 
-def _task_state(model: WSNNet, task: int) -> dict[str, torch.Tensor]:
+def task_state(model: WSNNet, task: int) -> dict[str, torch.Tensor]:
     """Everything training this task changes: weights, scores, its head and BatchNorm statistics."""
     state = {}
     for name, layer in model.subnet_layers().items():
@@ -93,7 +119,7 @@ def _task_state(model: WSNNet, task: int) -> dict[str, torch.Tensor]:
     return state
 
 
-def _restore_task_state(model: WSNNet, task: int, state: dict[str, torch.Tensor]) -> None:
+def restore_task_state(model: WSNNet, task: int, state: dict[str, torch.Tensor]) -> None:
     with torch.no_grad():
         for name, layer in model.subnet_layers().items():
             layer.weight.copy_(state[f"{name}.weight"])
@@ -103,16 +129,47 @@ def _restore_task_state(model: WSNNet, task: int, state: dict[str, torch.Tensor]
             model.task_norms[str(task)].load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("norm.")})
 
 
+class DeviceSplit:
+    """One split on the device: network inputs when they fit the budget, else raw (uint8) inputs
+    transformed batch by batch. Both give the same bits."""
+
+    def __init__(self, data: TaskData, split: str, device: torch.device) -> None:
+        raw = getattr(data, f"raw_{split}")
+        self.y = torch.from_numpy(np.ascontiguousarray(getattr(data, f"y_{split}"))).to(device)
+        if raw.size * 4 <= DEVICE_FLOAT_BUDGET or raw.dtype == np.float32:
+            self.x, self.transform = torch.from_numpy(np.ascontiguousarray(getattr(data, f"x_{split}"))).to(device), None
+        else:
+            self.x, self.transform = torch.from_numpy(np.ascontiguousarray(raw)).to(device), device_transform(data.prep, device)
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def inputs(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.transform is None else self.transform(x)
+
+
 @torch.no_grad()
-def _loss_and_accuracy(model: WSNNet, x: torch.Tensor, y: torch.Tensor, task: int, batch: int = 2048) -> tuple[float, float]:
-    if x.shape[0] == 0:
+def _loss_and_accuracy(model: WSNNet, split: DeviceSplit, task: int, batch: int = 2048) -> tuple[float, float]:
+    if len(split) == 0:
         return float("nan"), float("nan")
-    total_loss, correct = 0.0, 0
-    for i in range(0, x.shape[0], batch):
-        logits = model(x[i : i + batch], task)  # (b, n_classes)
-        total_loss += float(F.cross_entropy(logits, y[i : i + batch], reduction="sum"))
-        correct += int((logits.argmax(1) == y[i : i + batch]).sum())
-    return total_loss / x.shape[0], correct / x.shape[0]
+    total_loss = torch.zeros((), dtype=torch.float64, device=split.x.device)
+    correct = torch.zeros((), dtype=torch.long, device=split.x.device)
+    for i in range(0, len(split), batch):
+        logits = model(split.inputs(split.x[i : i + batch]), task)  # (b, n_classes)
+        y = split.y[i : i + batch]
+        total_loss += F.cross_entropy(logits, y, reduction="sum").double()
+        correct += (logits.argmax(1) == y).sum()
+    return float(total_loss) / len(split), int(correct) / len(split)
+
+
+def _check_loss(loss_sum: torch.Tensor, steps: int, settings: TrainSettings, epoch: int, hint: str) -> None:
+    """One host synchronisation: stop when the mean loss of the last steps is not finite or exploded."""
+    mean = float(loss_sum) / max(steps, 1)
+    if math.isfinite(mean) and mean <= EXPLODED_LOSS:
+        return
+    what = "became NaN" if math.isnan(mean) else "became infinite" if math.isinf(mean) else f"exploded to {mean:.3g}"
+    raise TrainingDiverged(f"task {settings.task}: the training loss {what} in epoch {epoch}; nothing was saved. "
+                           f"Try a smaller --lr (now {settings.lr:g}){hint}")
 
 
 def train_task(
@@ -122,6 +179,8 @@ def train_task(
     frozen: dict[str, torch.Tensor] | None,
     device: torch.device,
     callbacks: TrainCallbacks | None = None,
+    resume: TrainState | None = None,
+    diverged_hint: str = "",
 ) -> TrainResult:
     """Train `settings.task` on `data`; return its mask (top-c of the best epoch's scores).
 
@@ -138,25 +197,30 @@ def train_task(
         model.train_subnet(settings.capacity, frozen)
     else:
         model.dense()
-    params = _trainable_parameters(model, task, settings.method)
+    params = trainable_parameters(model, task, settings.method)
     optimizer = torch.optim.Adam(params, lr=settings.lr, fused=_fused_ok(device))
-
-    x_train, y_train = _to_tensor(data.x_train, device), _to_tensor(data.y_train, device)
-    x_val, y_val = _to_tensor(data.x_val, device), _to_tensor(data.y_val, device)
-    n, bs = x_train.shape[0], settings.batch_size
+    train, val = DeviceSplit(data, "train", device), DeviceSplit(data, "val", device)
+    n, bs = len(train), settings.batch_size
     n_batches = (n + bs - 1) // bs
-    best_loss, best_epoch, best_state = float("inf"), 0, None
-    history: list[EpochStats] = []
-    for epoch in range(1, settings.epochs + 1):
+    best_loss, best_epoch, best_state, history, first = float("inf"), 0, None, [], 1
+    if resume is not None:
+        restore_task_state(model, task, resume.model)
+        optimizer.load_state_dict(resume.optimizer)
+        generator.set_state(resume.generator)
+        torch.set_rng_state(resume.rng)
+        best_loss, best_epoch, best_state, history = resume.best_loss, resume.best_epoch, resume.best, list(resume.history)
+        first = resume.epoch + 1
+    for epoch in range(first, settings.epochs + 1):
         model.train()
         if cb.on_epoch_start:
             cb.on_epoch_start(epoch, n_batches)
         order = torch.randperm(n, generator=generator).to(device)
-        xs, ys = x_train[order], y_train[order]  # shuffled copy; batches are views
+        xs, ys = train.x[order], train.y[order]  # shuffled copy; batches are views
         loss_sum = torch.zeros((), device=device)
+        checked, checked_n = torch.zeros((), device=device), 0  # loss_sum and samples at the last check
         correct = torch.zeros((), dtype=torch.long, device=device)
         for b in range(n_batches):
-            xb, yb = xs[b * bs : (b + 1) * bs], ys[b * bs : (b + 1) * bs]
+            xb, yb = train.inputs(xs[b * bs : (b + 1) * bs]), ys[b * bs : (b + 1) * bs]
             logits = model(xb, task)  # (b, n_classes)
             loss = F.cross_entropy(logits, yb)
             optimizer.zero_grad(set_to_none=True)
@@ -164,20 +228,28 @@ def train_task(
             optimizer.step()
             loss_sum += loss.detach() * xb.shape[0]
             correct += (logits.detach().argmax(1) == yb).sum()
+            if (b + 1) % CHECK_EVERY == 0:
+                seen = min((b + 1) * bs, n)
+                _check_loss(loss_sum - checked, seen - checked_n, settings, epoch, diverged_hint)
+                checked, checked_n = loss_sum.clone(), seen
             if cb.on_batch_end:
                 cb.on_batch_end(b)
+        _check_loss(loss_sum, n, settings, epoch, diverged_hint)
         model.eval()
-        val_loss, val_acc = _loss_and_accuracy(model, x_val, y_val, task)
-        score = val_loss if x_val.shape[0] else -epoch  # no validation set: keep the last epoch
+        val_loss, val_acc = _loss_and_accuracy(model, val, task)
+        score = val_loss if len(val) else -epoch  # no validation set: keep the last epoch
         is_best = score < best_loss
         if is_best:
-            best_loss, best_epoch, best_state = score, epoch, _task_state(model, task)
+            best_loss, best_epoch, best_state = score, epoch, task_state(model, task)
         stats = EpochStats(epoch, float(loss_sum) / n, int(correct) / n, val_loss, val_acc, is_best)
         history.append(stats)
         if cb.on_epoch_end:
             cb.on_epoch_end(stats)
+        if cb.on_state and epoch < settings.epochs:
+            cb.on_state(TrainState(epoch, task_state(model, task), optimizer.state_dict(), generator.get_state(),
+                                   torch.get_rng_state(), best_loss, best_epoch, best_state, list(history)))
     if best_state is not None:
-        _restore_task_state(model, task, best_state)
+        restore_task_state(model, task, best_state)
     masks = model.current_masks() if settings.method == "wsn" else None
     _check_frozen(model, frozen, frozen_before)
     model.eval()

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wsncli.engine.limits import ARCHS
 from wsncli.engine.nn.base import ModelConfig, WSNNet, image_input
 from wsncli.engine.nn.convnets import Conv4Net, ConvNet, LeNet
 from wsncli.engine.nn.resnet import DEFAULT_WIDTH, MAX_WIDTH, ResNet18
@@ -36,7 +37,6 @@ __all__ = [
     "parse_hidden",
 ]
 
-ARCHS = ("mlp", "conv", "resnet18", "lenet", "conv4")
 WIDTH_ARCHS = ("resnet18",)  # the archs `ModelConfig.width` applies to
 
 

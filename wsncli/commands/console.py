@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import math
 import sys
 from collections.abc import Callable, Iterator
@@ -15,22 +14,30 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.text import Text
 
 from wsncli.errors import Interrupted, WsnError
-from wsncli.interrupts import INTERRUPTED, command_started
+from wsncli.interrupts import INTERRUPTED, TERMINATED, Terminated, command_started
 
 # Piped output is not wrapped at 80 columns: tables keep their rows on one line for grep and less.
 stdout = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+def one_line(message: str) -> str:
+    return " ".join(str(message).split())
+
+
 def fail(message: str, code: int) -> typer.Exit:
     """Print `wsn: error: message` as one line on stderr; return the Exit to raise."""
-    line = " ".join(str(message).split())  # one line, whatever the message held
-    stderr.print(Text("wsn: error: ", style="bold red") + Text(line))
+    stderr.print(Text("wsn: error: ", style="bold red") + Text(one_line(message)))
     return typer.Exit(code)
 
 
+def warn(message: str) -> None:
+    """`wsn: warning: message` as one line on stderr."""
+    stderr.print(Text("wsn: warning: ", style="bold yellow") + Text(one_line(message)))
+
+
 def handle_errors(fn: Callable) -> Callable:
-    """Turn WsnError into a one-line message and its exit code; Ctrl-C into exit 130."""
+    """Turn WsnError into a one-line message and its exit code; Ctrl-C into 130, SIGTERM into 143."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -39,26 +46,19 @@ def handle_errors(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except WsnError as exc:
             raise fail(str(exc), exc.exit_code) from None
+        except Terminated:
+            raise fail(TERMINATED, 143) from None
         except KeyboardInterrupt:
             raise fail(INTERRUPTED, Interrupted.exit_code) from None
 
     return wrapper
 
 
-def _clean(obj):
-    """JSON has no NaN: turn non-finite floats into null."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    return obj
+def print_json(document) -> None:
+    """One JSON document (a msgspec Struct from commands.schemas) on stdout and nothing else."""
+    import msgspec
 
-
-def print_json(obj) -> None:
-    """One JSON document on stdout and nothing else."""
-    sys.stdout.write(json.dumps(_clean(obj), indent=None, separators=(", ", ": ")) + "\n")
+    sys.stdout.write(msgspec.json.encode(document).decode() + "\n")
     sys.stdout.flush()
 
 

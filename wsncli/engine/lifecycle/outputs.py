@@ -1,0 +1,96 @@
+"""A task's function and its fingerprints: task mode, the input transform on the device, predictions,
+the outputs digest and the subnetwork digest (what proves a task unchanged)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from wsncli.engine.data.preprocess import Preprocess
+from wsncli.engine.nn.models import WSNNet
+
+
+def set_task_mode(model: WSNNet, masks: dict[str, torch.Tensor] | None) -> None:
+    """Inference mode for one task: its stored mask (cached masked weights) or dense (baseline)."""
+    if masks is None:
+        model.dense()
+    else:
+        model.use_masks(masks)
+    model.eval()
+
+
+def device_transform(prep: Preprocess, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """prep.apply as torch ops on `device`, operation for operation (so the bits are numpy's)."""
+    perm = None if prep.permutation is None else torch.from_numpy(prep.permutation).to(device)
+    scale = torch.tensor(np.float32(prep.scale), device=device)
+    mean, std = (torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in (prep.mean, prep.std))
+    affine = not prep.is_identity_affine
+
+    def apply(x: torch.Tensor) -> torch.Tensor:  # (B, *sample) raw -> (B, *sample) float32
+        out = x.to(torch.float32)
+        if perm is not None:
+            out = out.reshape(out.shape[0], -1)[:, perm].reshape(x.shape)
+        if prep.divide:
+            out = out / scale
+        elif prep.scale != 1.0:
+            out = out * scale
+        if affine:
+            out = (out - mean) / std
+        return out
+
+    return apply
+
+
+@torch.no_grad()
+def predict_logits(model: WSNNet, x: np.ndarray, task: int, device: torch.device, batch: int = 2048,
+                   transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """Logits (N, n_classes) on the CPU for inputs x (N, *sample); model must be in task mode.
+    `transform` maps raw inputs to network inputs (default: x already is)."""
+    out = []
+    for i in range(0, x.shape[0], batch):
+        xb = torch.from_numpy(np.ascontiguousarray(x[i : i + batch])).to(device)
+        if transform is not None:
+            xb = transform(xb)
+        out.append(model(xb, task).cpu())  # (b, n_classes)
+    n_classes = model.heads[str(task)].out_features
+    return torch.cat(out) if out else torch.zeros(0, n_classes)
+
+
+def predict(model: WSNNet, x: np.ndarray, task: int, device: torch.device, batch: int = 2048) -> np.ndarray:
+    """Predicted head labels (N,) int64 for network inputs x (N, *input_shape)."""
+    return predict_logits(model, x, task, device, batch).argmax(1).numpy().astype(np.int64)
+
+
+def outputs_digest(predictions: np.ndarray) -> str:
+    """sha256 of the predicted labels as little-endian int64."""
+    return hashlib.sha256(predictions.astype("<i8").tobytes()).hexdigest()
+
+
+def subnet_digest(model: WSNNet, task: int, masks: dict[str, torch.Tensor] | None, prep: Preprocess | None = None,
+                  version: int = 2) -> str:
+    """sha256 over everything task's outputs depend on: the masked weights (values under the mask,
+    in flat order), the mask bits, the task's head and BatchNorm state and (version 2) its input
+    transform. Device-independent (docs/CHECKPOINT.md section 6)."""
+    h = hashlib.sha256()
+    for name, layer in model.subnet_layers().items():
+        w = layer.weight.detach().cpu()
+        if masks is None:
+            h.update(w.contiguous().numpy().tobytes())
+        else:
+            m = masks[name].cpu()
+            h.update(np.packbits(m.numpy().reshape(-1)).tobytes())
+            h.update(w[m].contiguous().numpy().tobytes())
+    for key, value in sorted(model.heads[str(task)].state_dict().items()):
+        h.update(key.encode() + value.detach().cpu().contiguous().numpy().tobytes())
+    if str(task) in model.task_norms:
+        for key, value in sorted(model.task_norms[str(task)].state_dict().items()):
+            h.update(key.encode() + value.detach().cpu().contiguous().numpy().tobytes())
+    if version >= 2 and prep is not None:
+        h.update(f"prep:{float(prep.scale)!r}:{int(prep.divide)}:{list(prep.mean.shape)}".encode())
+        h.update(np.ascontiguousarray(prep.mean, "<f4").tobytes() + np.ascontiguousarray(prep.std, "<f4").tobytes())
+        if prep.permutation is not None:
+            h.update(np.ascontiguousarray(prep.permutation, "<i8").tobytes())
+    return h.hexdigest()

@@ -1,0 +1,107 @@
+"""What `wsn train-task` was asked, checked against every limit the checkpoint format has before
+anything is loaded or trained (so nothing is trained that could not be saved and read back)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from wsncli.engine.data.registry import BENCHMARKS
+from wsncli.engine.limits import MAX_BATCH_SIZE, MAX_EPOCHS, MAX_LR, MAX_SEED, MAX_TASK_ID, MAX_THREADS, METHODS
+from wsncli.engine.nn.models import ARCHS
+from wsncli.engine.store.checkpoint import Checkpoint
+from wsncli.engine.store.schema import to_model_config
+from wsncli.errors import CheckpointError, TaskError, UsageError
+
+DEFAULT_BENCHMARK = "split-digits"
+DEFAULT_CAPACITY = 0.5
+DEFAULT_LR = 1e-3
+DEFAULT_SEED = 0
+
+
+@dataclass
+class TaskRequest:
+    """What `wsn train-task` was asked; None means "the checkpoint's, else the benchmark's default"."""
+
+    ckpt: Path
+    task: int
+    benchmark: str | None = None
+    arch: str | None = None
+    hidden: tuple[int, ...] | None = None
+    width: int | None = None
+    capacity: float | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    seed: int | None = None
+    device: str = "auto"
+    method: str | None = None
+    data_root: Path | None = None
+    n_tasks: int | None = None
+    threads: int | None = None
+    image_size: int | None = None
+    channels: int | None = None
+    standardize: bool | None = None
+    matrix: bool = True  # re-measure every earlier task after this one (the accuracy matrix)
+    restart: bool = False  # discard a resumable snapshot instead of continuing from it
+
+
+def _in(name: str, value, lo, hi) -> None:
+    if value is not None and (isinstance(value, bool) or not lo <= value <= hi):
+        raise UsageError(f"{name} must be between {lo:g} and {hi:g}, got {value!r}")
+
+
+def check_request(req: TaskRequest) -> None:
+    """Refuse option values that cannot work (UsageError, exit 2), before anything is loaded."""
+    _in("--task", req.task, 1, MAX_TASK_ID)
+    if req.capacity is not None and not (0.0 < req.capacity <= 1.0):  # also refuses NaN
+        raise UsageError(f"--capacity must be in (0, 1], got {req.capacity}")
+    _in("--epochs", req.epochs, 1, MAX_EPOCHS)
+    _in("--batch-size", req.batch_size, 1, MAX_BATCH_SIZE)
+    _in("--threads", req.threads, 1, MAX_THREADS)
+    _in("--n-tasks", req.n_tasks, 1, MAX_TASK_ID)
+    _in("--width", req.width, 1, 4096)
+    _in("--image-size", req.image_size, 1, 4096)
+    if req.channels is not None and req.channels not in (1, 3):
+        raise UsageError(f"--channels must be 1 or 3, got {req.channels}")
+    if req.seed is not None and not -MAX_SEED < req.seed < MAX_SEED:
+        raise UsageError(f"--seed must be between {-MAX_SEED + 1} and {MAX_SEED - 1}, got {req.seed}")
+    if req.lr is not None and not (0 < req.lr <= MAX_LR and math.isfinite(req.lr)):
+        raise UsageError(f"--lr must be a positive number of at most {MAX_LR:g}, got {req.lr:g}")
+    for what, value, choices in (("benchmark", req.benchmark, BENCHMARKS), ("architecture", req.arch, ARCHS),
+                                 ("method", req.method, METHODS)):
+        if value is not None and value not in choices:
+            raise UsageError(f"unknown {what} {value!r}; choose one of: {', '.join(choices)}")
+    if req.hidden is not None and any(not 1 <= h <= 65536 for h in req.hidden):
+        raise UsageError(f"--hidden sizes must be 1..65536, got {'-'.join(map(str, req.hidden))}")
+    if req.method == "finetune" and req.capacity is not None:
+        raise UsageError("--capacity has no meaning for --method finetune (the dense baseline uses every weight)")
+
+
+def check_matches(ckpt: Checkpoint, req: TaskRequest) -> None:
+    """Options given for an existing checkpoint must agree with it (they cannot change later)."""
+    meta, cfg = ckpt.meta, to_model_config(ckpt.meta.model)
+    pairs = [
+        ("benchmark", req.benchmark, meta.benchmark),
+        ("architecture", req.arch, cfg.arch),
+        ("hidden sizes", req.hidden and "-".join(map(str, req.hidden)), "-".join(map(str, cfg.hidden))),
+        ("width", req.width, meta.model.width),
+        ("method", req.method, meta.method),
+        ("seed", req.seed, meta.seed),
+        ("number of tasks", req.n_tasks, meta.n_tasks),
+        ("image size", req.image_size, meta.image_size),
+        ("channels", req.channels, meta.channels),
+    ]
+    for what, asked, stored in pairs:
+        if asked is not None and asked != stored:
+            made = "no fixed" if stored is None else repr(stored)
+            raise TaskError(f"{req.ckpt}: checkpoint was made with {made} {what}, not {asked!r}; "
+                            f"{what} is fixed when a checkpoint is created")
+    if req.method is None and req.capacity is not None and meta.method == "finetune":
+        raise UsageError("--capacity has no meaning for a finetune checkpoint (the dense baseline uses every weight)")
+    if req.task in ckpt.learned():
+        order = ckpt.learned().index(req.task) + 1
+        raise TaskError(f"{req.ckpt}: task {req.task} is already learned (learned {order}. of {len(ckpt.learned())}); each task is learned once")
+    if ckpt.tampered:
+        raise CheckpointError(f"{req.ckpt}: {ckpt.tampered[0]} (corrupt or edited outside wsn); refusing to train on it")
