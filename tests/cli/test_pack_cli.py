@@ -8,13 +8,10 @@ import math
 import numpy as np
 import pytest
 
+import formats
 from tests.cli.helpers import assert_error, assert_ok, json_out, wsn
 from tests.conftest import DIGITS_ORDER
 from wsncli.engine.store.checkpoint import load_checkpoint
-
-formats = pytest.importorskip("formats")
-if not hasattr(formats, "pack"):  # the formats package is written concurrently
-    pytest.skip("formats.pack is not available yet", allow_module_level=True)
 
 LAYERS = {"layers.0": (100, 64), "layers.1": (100, 100)}
 WEIGHTS = sum(math.prod(s) for s in LAYERS.values())
@@ -25,13 +22,14 @@ BASELINES = {"float32", "bool", "packbits", "ascii7", "ascii7_huffman", "paper_h
 def packed(digits_ckpt):
     """(checkpoint, .wsnm path, the pack report) with the default codec."""
     out = digits_ckpt.with_name("m.wsnm")
-    report = json_out(wsn("pack-masks", "--ckpt", digits_ckpt, "-o", out, "--json"))
-    return digits_ckpt, out, report
+    doc = json_out(wsn("pack-masks", "--ckpt", digits_ckpt, "-o", out, "--json"))
+    assert doc["schema"] == "wsn.pack-masks/1" and doc["checkpoint"] == str(digits_ckpt) and doc["output"] == str(out)
+    return digits_ckpt, out, doc["report"]
 
 
 def test_pack_report_json(packed):
     _, out, report = packed
-    assert report["codec"] == "context" and report["verified"] is True
+    assert report["requested_codec"] == "auto" and report["codec"] in formats.CODECS and report["verified"] is True
     assert report["tasks"] == len(DIGITS_ORDER) and report["weights"] == WEIGHTS
     assert report["bytes"] == out.stat().st_size
     assert report["bits_per_weight_per_task"] == pytest.approx(8 * report["bytes"] / (WEIGHTS * len(DIGITS_ORDER)), rel=1e-3)
@@ -58,11 +56,11 @@ def _npz_masks(path) -> dict[str, np.ndarray]:
 @pytest.mark.parametrize("codec", list(getattr(formats, "CODECS", ())))
 def test_every_codec_round_trips_the_checkpoint_masks_bit_for_bit(digits_ckpt, codec):
     out, masks_npz = digits_ckpt.with_name(f"{codec}.wsnm"), digits_ckpt.with_name(f"{codec}.npz")
-    report = json_out(wsn("pack-masks", "--ckpt", digits_ckpt, "-o", out, "--codec", codec, "--json"))
-    assert report["codec"] == codec and report["verified"] is True
+    doc = json_out(wsn("pack-masks", "--ckpt", digits_ckpt, "-o", out, "--codec", codec, "--json"))
+    assert doc["codec"] == doc["requested_codec"] == codec and doc["report"]["verified"] is True
     summary = json_out(wsn("unpack-masks", out, "--ckpt", digits_ckpt, "-o", masks_npz, "--json"))
-    assert summary["tasks"] == list(DIGITS_ORDER) and summary["codec"] == codec
-    assert summary["matches_checkpoint"] == str(digits_ckpt)
+    assert summary["schema"] == "wsn.unpack-masks/1" and summary["task_ids"] == list(DIGITS_ORDER) and summary["codec"] == codec
+    assert summary["matches_checkpoint"] is True and summary["checkpoint"] == str(digits_ckpt)
     arrays = _npz_masks(masks_npz)
     ckpt = load_checkpoint(digits_ckpt)
     assert set(arrays) == {f"task{t}/{name}" for t in DIGITS_ORDER for name in LAYERS}
@@ -79,8 +77,8 @@ def test_pack_to_stdout_writes_only_the_file_and_reports_on_stderr(packed):
     assert_ok(result)
     assert result.stdout_bytes == out.read_bytes()  # the same bytes as the file
     assert result.stdout_bytes[:4] == b"WSNM"
-    report = json.loads(result.stderr.strip().splitlines()[-1])
-    assert report["verified"] is True and report["bytes"] == len(result.stdout_bytes)
+    doc = json.loads(result.stderr.strip().splitlines()[-1])
+    assert doc["report"]["verified"] is True and doc["bytes"] == len(result.stdout_bytes)
     table = wsn("pack-masks", "--ckpt", ckpt, "-o", "-")
     assert_ok(table)
     assert table.stdout_bytes == out.read_bytes() and "packbits" in table.stderr
@@ -89,7 +87,8 @@ def test_pack_to_stdout_writes_only_the_file_and_reports_on_stderr(packed):
 def test_inspect_a_packed_file(packed):
     _, out, report = packed
     d = json_out(wsn("inspect", out, "--json"))
-    assert d["codec"] == "context" and d["task_ids"] == list(DIGITS_ORDER) and d["tasks"] == len(DIGITS_ORDER)
+    assert d["schema"] == "wsn.inspect/1" and d["kind"] == "packed-masks" and d["file"] == str(out)
+    assert d["codec"] == report["codec"] and d["task_ids"] == list(DIGITS_ORDER)
     assert d["weights"] == WEIGHTS and d["bytes"] == report["bytes"] == out.stat().st_size
     assert [(l["name"], tuple(l["shape"])) for l in d["layers"]] == list(LAYERS.items())
     assert d["checksums_ok"] is True and d["meta"]["source"] == "m.pt"
@@ -128,8 +127,8 @@ def test_unpack_against_another_checkpoint_is_refused(packed, digits_run):
 
 
 def test_pack_refusals(digits_ckpt, finetune_ckpt, tmp_path):
-    assert_error(wsn("pack-masks", "--ckpt", digits_ckpt, "-o", tmp_path / "x.wsnm", "--codec", "zip"), 1, "unknown codec 'zip'")
+    assert_error(wsn("pack-masks", "--ckpt", digits_ckpt, "-o", tmp_path / "x.wsnm", "--codec", "zip"), 2, "Invalid value for '--codec'")
     assert_error(wsn("pack-masks", "--ckpt", finetune_ckpt, "-o", tmp_path / "y.wsnm"), 1, "no task masks to pack")
     assert_error(wsn("pack-masks", "--ckpt", tmp_path / "none.pt", "-o", tmp_path / "z.wsnm"), 1, "no such checkpoint")
-    assert_error(wsn("unpack-masks", tmp_path / "none.wsnm"), 1, "no such file")
+    assert_error(wsn("unpack-masks", tmp_path / "none.wsnm"), 1, "no such packed-mask file")
     assert not any(p.suffix == ".wsnm" for p in tmp_path.iterdir())

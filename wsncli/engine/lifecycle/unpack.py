@@ -44,7 +44,8 @@ def file_kind(data: bytes) -> str:
 def read_packed_file(path: Path, accept_checkpoints: bool = False) -> bytes:
     """The bytes of a .wsnm file (or, with accept_checkpoints, of a checkpoint), read once."""
     path = Path(path)
-    data = read_regular_file(path, checkpoint_limit(), "packed-mask file", formats.FormatError)
+    what = "checkpoint or packed-mask file" if accept_checkpoints else "packed-mask file"
+    data = read_regular_file(path, checkpoint_limit(), what, formats.FormatError)
     kind = file_kind(data)
     if kind == "packed-masks" or (accept_checkpoints and kind == "checkpoint"):
         return data
