@@ -14,7 +14,9 @@ from formats.bitio import ByteReader, as_bits, check_zero_padding
 from formats.errors import FormatError
 from formats.huffman import decode_symbols, encode_symbols, read_table, table_from_frequencies
 
-CODECS: tuple[str, ...] = ("context", "ascii7", "ascii7-huffman", "paper-huffman", "packbits")
+CODECS: tuple[str, ...] = ("context", "ascii7", "ascii7-huffman", "paper-huffman", "packbits")  # in files
+AUTO = "auto"  # pack() only: the smallest of CODECS; never written to a file
+PACK_CODECS: tuple[str, ...] = (*CODECS, AUTO)
 DEFAULT_CODEC = "context"
 GROUP = 7  # bits per ASCII symbol / tasks per paper group
 
