@@ -114,10 +114,12 @@ class LayerDecoder:
         self.size = size
         self.context = context.LayerDecoder(size) if codec == "context" else None
 
-    def decode(self, data: bytes, n_tasks: int, what: str) -> list[np.ndarray]:
+    def decode(self, data: bytes, n_tasks: int, what: str, ones: list[int] | None = None) -> list[np.ndarray]:
+        """The masks of one stream; `ones` (the header's counts) lets `context` refuse a stream whose
+        section counts disagree before it builds a mask (other codecs' outputs are bounded by their bits)."""
         n = self.size
         if self.context is not None:
-            return [self.context.decode(data, what)]
+            return [self.context.decode(data, what, None if ones is None else ones[0])]
         if self.codec == "packbits":
             _expect_length(data, -(-n // 8), what)
             bits = as_bits(data)

@@ -151,7 +151,7 @@ def _decode_streams(header: dict, entries: list[StreamEntry], chunks: list[bytes
     for e, chunk in zip(entries, chunks):
         what = _stream_label(header, e)
         try:
-            masks = decoders[e.layer].decode(chunk, len(e.tasks), what)
+            masks = decoders[e.layer].decode(chunk, len(e.tasks), what, [header['ones'][t][e.layer] for t in e.tasks])
         except FormatError:
             raise
         except MemoryError:

@@ -109,34 +109,36 @@ class LayerDecoder:
 
     def __init__(self, size: int):
         self.size = size
-        self.union: np.ndarray | None = None
+        self.union: np.ndarray | None = None  # None while it equals prev (after the first task)
         self.prev: np.ndarray | None = None
         self.union_ones = self.prev_ones = 0
 
-    def decode(self, data: bytes, what: str) -> np.ndarray:
+    def decode(self, data: bytes, what: str, ones: int | None = None) -> np.ndarray:
+        """The next task's mask; `ones`, the header's count, is checked against the section headers first."""
         if self.prev is None:
             sizes = [self.size, 0, 0]
         else:  # context sizes from counts alone: 0 = not in union, 1 = union but not prev, 2 = prev
             sizes = [self.size - self.union_ones, self.union_ones - self.prev_ones, self.prev_ones]
-        parts = _decode_sections(data, sizes, what)
+        parts = _decode_sections(data, sizes, what, ones)
         if self.prev is None:
             first = _expand(parts[0], self.size) if self.size else False
             mask = np.full(self.size, first, dtype=bool) if isinstance(first, bool) else first
-            self.union = mask.copy()
         else:
+            union = self.prev if self.union is None else self.union
             mask = np.zeros(self.size, dtype=bool)
-            self._scatter(mask, [None if p is None else _expand(p, n) for p, n in zip(parts, sizes)])
-            np.logical_or(self.union, mask, out=self.union)
+            self._scatter(mask, union, [None if p is None else _expand(p, n) for p, n in zip(parts, sizes)])
+            self.union = np.logical_or(union, mask, out=self.union)
         self.prev = mask
-        self.union_ones, self.prev_ones = int(np.count_nonzero(self.union)), int(np.count_nonzero(mask))
+        self.prev_ones = int(np.count_nonzero(mask))
+        self.union_ones = self.prev_ones if self.union is None else int(np.count_nonzero(self.union))
         return mask
 
-    def _scatter(self, mask: np.ndarray, subs: list[np.ndarray | bool | None]) -> None:
+    def _scatter(self, mask: np.ndarray, union: np.ndarray, subs: list[np.ndarray | bool | None]) -> None:
         """mask[weights of context c] = subs[c], a chunk of weights at a time."""
         taken = [0] * N_CONTEXTS
         for start in range(0, self.size, SCATTER_CHUNK):
             stop = min(start + SCATTER_CHUNK, self.size)
-            ctx = context_ids(self.union[start:stop], self.prev[start:stop])  # (chunk,) uint8
+            ctx = context_ids(union[start:stop], self.prev[start:stop])  # (chunk,) uint8
             out = mask[start:stop]
             for c, sub in enumerate(subs):
                 if sub is None or sub is False:
@@ -163,7 +165,7 @@ def _expand(part, n: int) -> np.ndarray | bool:
     return part
 
 
-def _decode_sections(data: bytes, sizes: list[int], what: str) -> list:
+def _decode_sections(data: bytes, sizes: list[int], what: str, expected_ones: int | None = None) -> list:
     """Parse and check the whole stream; per context: None (empty), True/False (constant), a bool
     array (raw, block) or _Sparse (Golomb). Nothing here is larger than the stream's own bits."""
     reader = ByteReader(data, what)
@@ -195,6 +197,9 @@ def _decode_sections(data: bytes, sizes: list[int], what: str) -> list:
         else:
             raise FormatError(f"{where}: unknown method {method}")
         plans.append((where, n, ones, method, params))
+    declared = sum(plan[2] for plan in plans if plan is not None)
+    if expected_ones is not None and declared != expected_ones:
+        raise FormatError(f"{what}: the sections hold {declared} ones, the header says {expected_ones}")
     payload = reader.rest()
     bits = as_bits(payload)
     code: bitarray | None = None

@@ -130,7 +130,7 @@ def _set(path, value):
      f"lie outside the {REGION}-byte stream region (truncated file?)"),
     (_set(["streams", "offset", 1], 0), f"stream 1 (layer 'fc2', task 1): offset 0, expected {LENGTH[0]} "
      "(streams are stored back to back)"),
-    (_set(["ones", 1, 0], 4), "stream 2 (layer 'fc1', task 2): task 2 decoded with 5 ones, the header says 4"),
+    (_set(["ones", 1, 0], 4), "stream 2 (layer 'fc1', task 2): the sections hold 5 ones, the header says 4"),
 ])
 def test_header_errors(change, message):
     assert error_of(with_header(change)) == message

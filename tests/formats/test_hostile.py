@@ -113,6 +113,7 @@ HUGE = 1 << 29  # weights of the hostile layer: inside the default limit
     ("context", bytes.fromhex("05 02 18 00"), 5,
      f"{S}, context 0: 67108864 symbols need at least 335544320 bits of Huffman code, the stream has 8"),
     ("context", _golomb_bad_padding(HUGE), 1, f"{S}: padding bits after the code are not zero"),
+    ("context", b"\x00", 2, f"{S}: the sections hold 0 ones, the header says 2"),  # "all zero", but not per the header
     ("context", bytes.fromhex("04 00 ff"), 4, f"{S}, context 0: raw section of 536870912 bits runs past the end "
      "of the stream"),
     ("packbits", b"\x00", 0, f"{S}: stream is 1 bytes, expected 67108864"),
