@@ -114,6 +114,9 @@ def _join(path: str, key) -> str:
     return f"{path}[{key!r}]"
 
 
+_PLAIN_SCALARS = (int, float, bool, type(None))
+
+
 def check_values(root, path: str, depth: int, prefix: str = "header: ") -> None:
     """Every string (keys too) is valid Unicode, every number finite, nesting <= MAX_JSON_DEPTH,
     at most MAX_META_VALUES values inside `meta`. Iterative, so a cyclic or deep object is safe."""
@@ -125,29 +128,31 @@ def check_values(root, path: str, depth: int, prefix: str = "header: ") -> None:
         if isinstance(value, NonFinite):
             raise FormatError(f"{at}number {value.text[:40]} is not finite")
         if isinstance(value, str):
-            bad = _SURROGATE.search(value)
-            if bad:
-                raise FormatError(f"{at}string holds a lone surrogate {_code_point(bad[0])} "
-                                  f"at character {bad.start()} (not valid Unicode)")
+            _check_string(value, f"{at}string")
             continue
         if not isinstance(value, (dict, list)):
             continue
         if level > MAX_JSON_DEPTH:
             raise FormatError(f"{at}JSON nested deeper than {MAX_JSON_DEPTH} levels")
+        if in_meta:
+            meta_values += len(value)
+            if meta_values > MAX_META_VALUES:
+                raise FormatError(f"{prefix}meta: more than {MAX_META_VALUES} values")
         items = value.items() if isinstance(value, dict) else enumerate(value)
         for key, child in items:
-            child_path = _join(where, key)
             if isinstance(key, str):
-                bad = _SURROGATE.search(key)
-                if bad:
-                    raise FormatError(f"{at}a key holds a lone surrogate {_code_point(bad[0])} "
-                                      f"at character {bad.start()} (not valid Unicode)")
-            child_in_meta = in_meta or child_path == "meta"
-            if in_meta:
-                meta_values += 1
-                if meta_values > MAX_META_VALUES:
-                    raise FormatError(f"{prefix}meta: more than {MAX_META_VALUES} values")
-            stack.append((child, child_path, level + 1, child_in_meta))
+                _check_string(key, f"{at}a key")
+            if type(child) in _PLAIN_SCALARS:  # the common case (stream tables), kept fast
+                continue
+            child_path = _join(where, key)
+            stack.append((child, child_path, level + 1, in_meta or child_path == "meta"))
+
+
+def _check_string(text: str, what: str) -> None:
+    bad = _SURROGATE.search(text)
+    if bad:
+        raise FormatError(f"{what} holds a lone surrogate {_code_point(bad[0])} at character {bad.start()} "
+                          f"(not valid Unicode)")
 
 
 def check_meta(meta) -> None:
