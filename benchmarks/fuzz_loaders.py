@@ -4,17 +4,27 @@ both WsnError); any other exception, or a load slower than --timeout seconds, is
 saves the input under --out and exits 1.
 
     python benchmarks/fuzz_loaders.py --iterations 20000 [--seed 0] [--target checkpoint|wsnm|all]
+    python benchmarks/fuzz_loaders.py --target wsnm --iterations 3000 --structure-iterations 3000
 
 Checkpoint mutants come at three levels (tests/reliability/fuzzing.py): raw bytes, the pickle inside a
 re-zipped valid ZIP, and the payload dict with checksums recomputed. `.wsnm` mutants are byte-level
-mutations of packed masks of every codec. The test suite runs the same mutators for ~1000 examples.
+mutations of packed masks of every codec (--iterations of them), then structure-aware ones
+(tests/formats/mutators.py: header fields, task counts, the stream table, every CRC resealed;
+--structure-iterations). The `.wsnm` campaign reports refusals by message class, accepted mutants,
+hangs (a decode over --wsnm-timeout s), peak RSS growth (flagged above --max-rss-growth MiB) and
+tracebacks (anything but FormatError; an accepted file must also pack() back), as a table and one
+final JSON line; it fails on any hang, memory flag or traceback. The test suite runs the same
+mutators for ~1000 examples.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import json
 import random
+import re
+import resource
 import signal
 import sys
 import tempfile
@@ -33,8 +43,12 @@ class Hang(Exception):
     """A single load took longer than --timeout."""
 
 
+_ARMED = [True]  # the .wsnm campaign disarms the alarm before cancelling it
+
+
 def _alarm(_signum, _frame):
-    raise Hang
+    if _ARMED[0]:
+        raise Hang
 
 
 def _wsnm_samples(ckpt_path: Path) -> list[bytes]:
@@ -56,18 +70,122 @@ def _wsnm_samples(ckpt_path: Path) -> list[bytes]:
     return samples
 
 
-def _unpack(data: bytes) -> str:
+class Unwritable(Exception):
+    """unpack accepted a file that pack cannot write back (a reader/writer mismatch: a bug)."""
+
+
+def _decode(data: bytes, max_bits: int) -> tuple[str, str | None]:
+    """("accepted", None) or ("refused", the FormatError message): unpack, describe, and for an
+    accepted file pack() of what was read plus json.dumps of describe() (both must work)."""
     import formats
 
     try:
-        formats.unpack(data)
-    except formats.FormatError:
-        return "FormatError"
+        packed = formats.unpack(data, max_bits=max_bits)
+        info = formats.describe(data, max_bits=max_bits)
+    except formats.FormatError as exc:
+        return "refused", str(exc)
+    json.dumps(info, allow_nan=False)
     try:
-        formats.describe(data)
-    except formats.FormatError:
-        return "FormatError (describe)"
-    return "loaded"
+        formats.pack(packed.layers, packed.task_ids, packed.codec, packed.meta)
+    except formats.FormatError as exc:
+        raise Unwritable(f"accepted, but pack() refuses it: {exc}") from None
+    return "accepted", None
+
+
+def _message_class(message: str) -> str:
+    """The first words of a refusal, with the stream label, quoted values, lists and numbers blanked."""
+    text = re.sub(r"^stream \d+ \(.*?\)(, context \d)?:? ?", "stream: ", message)
+    text = re.sub(r"'(?:[^'\\]|\\.)*'|\[[^\]]*\]", "", text)
+    text = re.sub(r"0x[0-9a-f]+", "HEX", text)
+    text = re.sub(r"(?<![A-Za-z\d-])[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?", "N", text)
+    return " ".join(text.split()[:6])
+
+
+def _top(counter: collections.Counter, n: int) -> dict[str, int]:
+    """The n most common entries, the rest summed under "(other)"."""
+    top = dict(counter.most_common(n))
+    rest = sum(counter.values()) - sum(top.values())
+    return {**top, "(other)": rest} if rest else top
+
+
+def _max_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _save(args: argparse.Namespace, name: str, data: bytes) -> Path:
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / name
+    path.write_bytes(data)
+    return path
+
+
+def wsnm_campaign(args: argparse.Namespace, samples: list[bytes]) -> int:
+    """Byte-level then structure-aware `.wsnm` mutants; returns the number of bugs (hangs, memory, tracebacks)."""
+    from tests.formats.mutators import mutate_structure, sample_files
+
+    samples = samples + sample_files(args.seed)
+    rng = random.Random(args.seed)
+    levels = ["bytes"] * args.iterations + ["structure"] * args.structure_iterations
+    refusals: collections.Counter = collections.Counter()
+    counts: collections.Counter = collections.Counter()
+    bugs = {"hang": 0, "memory": 0, "traceback": 0}
+    rss_start = _max_rss_mib()
+    growth = slowest = 0.0
+    start = time.perf_counter()
+    for i, level in enumerate(levels):
+        if level == "bytes":
+            kind, mutant = "bytes", mutate_bytes(rng.choice(samples), rng)
+        else:
+            kind, mutant = mutate_structure(rng.choice(samples), rng)
+        t0 = time.perf_counter()
+        try:
+            _ARMED[0] = True
+            signal.setitimer(signal.ITIMER_REAL, args.wsnm_timeout)
+            outcome, message = _decode(mutant, args.max_bits)
+        except Hang:
+            outcome, message = "hang", None
+        except Exception:  # noqa: BLE001 - anything but a FormatError is what we hunt
+            outcome, message = "traceback", traceback.format_exc().strip().splitlines()[-1][:160]
+        finally:
+            _ARMED[0] = False  # a late alarm is then ignored (the elapsed time still counts)
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        seconds = time.perf_counter() - t0
+        slowest = max(slowest, seconds)
+        if outcome != "hang" and seconds > args.wsnm_timeout:
+            outcome = "hang"
+        counts[f"{level}: {outcome}"] += 1
+        if outcome == "refused":
+            refusals[_message_class(message)] += 1
+        new_growth = _max_rss_mib() - rss_start
+        if new_growth > args.max_rss_growth and not bugs["memory"]:  # ru_maxrss only grows: flag once
+            bugs["memory"] += 1
+            saved = _save(args, f"wsnm-memory-{args.seed}-{i}.bin", mutant)
+            print(f"wsnm #{i} ({kind}): peak RSS grew by {new_growth:.0f} MiB -> {saved}")
+        growth = max(growth, new_growth)
+        if outcome in ("hang", "traceback"):
+            bugs[outcome] += 1
+            saved = _save(args, f"wsnm-{outcome}-{args.seed}-{i}.bin", mutant)
+            print(f"wsnm #{i} ({kind}): {outcome} {message or f'{seconds:.1f} s'} -> {saved}")
+    summary = {
+        "target": "wsnm", "seed": args.seed, "mutants": len(levels), "byte_level": args.iterations,
+        "structure_aware": args.structure_iterations, "max_bits": args.max_bits,
+        "accepted": sum(n for k, n in counts.items() if k.endswith(": accepted")),
+        "refused": sum(refusals.values()), "refusal_classes": _top(refusals, 10),
+        "refusal_class_count": len(refusals),
+        "hangs": bugs["hang"], "tracebacks": bugs["traceback"],
+        "peak_rss_growth_mib": round(growth, 1), "memory_flag": bugs["memory"] > 0,
+        "seconds": round(time.perf_counter() - start, 1), "slowest_ms": round(1000 * slowest),
+    }
+    print(f"wsnm: {summary['mutants']} mutants ({args.iterations} byte-level, {args.structure_iterations} "
+          f"structure-aware) in {summary['seconds']} s (slowest {summary['slowest_ms']} ms)")
+    for key, n in sorted(counts.items()):
+        print(f"  {n:7d}  {key}")
+    print(f"  {'':7}  peak RSS growth {growth:.1f} MiB (flag above {args.max_rss_growth:.0f})")
+    print("  refusals by message class (top 12):")
+    for key, n in refusals.most_common(12):
+        print(f"  {n:7d}  {key}")
+    args.summary = summary
+    return sum(bugs.values())
 
 
 def main() -> int:
@@ -75,9 +193,18 @@ def main() -> int:
     parser.add_argument("--iterations", "-n", type=int, default=5000, help="mutants per target (default 5000)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--target", choices=("checkpoint", "wsnm", "all"), default="all")
-    parser.add_argument("--timeout", type=float, default=20.0, help="seconds one load may take")
+    parser.add_argument("--timeout", type=float, default=20.0, help="seconds one checkpoint load may take")
+    parser.add_argument("--structure-iterations", type=int, default=None,
+                        help="structure-aware .wsnm mutants after the byte-level ones (default: --iterations)")
+    parser.add_argument("--wsnm-timeout", type=float, default=5.0, help="seconds one .wsnm decode may take")
+    parser.add_argument("--max-bits", type=int, default=1 << 24,
+                        help="decoded-size limit given to unpack (a valid tiny stream may decode to this many bits)")
+    parser.add_argument("--max-rss-growth", type=float, default=256.0, help="MiB of peak RSS growth that is a bug")
     parser.add_argument("--out", type=Path, default=Path("fuzz-failures"), help="where failing inputs are saved")
     args = parser.parse_args()
+    if args.structure_iterations is None:
+        args.structure_iterations = args.iterations
+    args.summary = None
     with tempfile.TemporaryDirectory(prefix="wsn-fuzz-") as work:
         return run(args, Path(work))
 
@@ -86,55 +213,55 @@ def run(args: argparse.Namespace, work: Path) -> int:
     valid_path = make_tiny_checkpoint(work / "tiny.pt")
     valid = valid_path.read_bytes()
     payload = load_payload(valid)
-    targets = []
-    if args.target in ("checkpoint", "all"):
-        targets.append("checkpoint")
-    wsnm = _wsnm_samples(valid_path) if args.target in ("wsnm", "all") else []
-    if wsnm:
-        targets.append("wsnm")
     signal.signal(signal.SIGALRM, _alarm)
     failures = 0
-    for target in targets:
-        rng = random.Random(args.seed)
-        counts: collections.Counter = collections.Counter()
-        start = time.perf_counter()
-        slowest = 0.0
-        for i in range(args.iterations):
-            if target == "checkpoint":
-                level = ("bytes", "pickle", "payload")[i % 3]
-                mutant = mutated_checkpoint(valid, payload, rng, level)
-                if mutant is None:
-                    counts["unwritable"] += 1
-                    continue
-            else:
-                level = "bytes"
-                mutant = mutate_bytes(rng.choice(wsnm), rng)
-            path = work / "mutant"
-            path.write_bytes(mutant)
-            t0 = time.perf_counter()
-            signal.setitimer(signal.ITIMER_REAL, args.timeout)
-            try:
-                outcome = exercise(path) if target == "checkpoint" else _unpack(mutant)
-            except Hang:
-                outcome = "BUG: hang"
-            except Exception:  # noqa: BLE001 - anything but a WsnError is what we hunt
-                outcome = "BUG: " + traceback.format_exc().strip().splitlines()[-1][:120]
-            finally:
-                signal.setitimer(signal.ITIMER_REAL, 0)
-            slowest = max(slowest, time.perf_counter() - t0)
-            counts[f"{level}: {outcome}"] += 1
-            if outcome.startswith("BUG"):
-                failures += 1
-                args.out.mkdir(parents=True, exist_ok=True)
-                saved = args.out / f"{target}-{args.seed}-{i}.bin"
-                saved.write_bytes(mutant)
-                print(f"{target} #{i} ({level}): {outcome} -> {saved}")
-        seconds = time.perf_counter() - start
-        print(f"{target}: {args.iterations} mutants in {seconds:.1f} s (slowest {slowest * 1000:.0f} ms)")
-        for key, n in sorted(counts.items()):
-            print(f"  {n:7d}  {key}")
+    if args.target in ("checkpoint", "all"):
+        failures += checkpoint_campaign(args, valid, payload, work)
+    wsnm = _wsnm_samples(valid_path) if args.target in ("wsnm", "all") else []
+    if wsnm:
+        failures += wsnm_campaign(args, wsnm)
     print("no bugs found" if not failures else f"{failures} bug(s) found; inputs in {args.out}")
+    if args.summary is not None:
+        print(json.dumps(args.summary))
     return 1 if failures else 0
+
+
+def checkpoint_campaign(args: argparse.Namespace, valid: bytes, payload: dict, work: Path) -> int:
+    """Checkpoint mutants at three levels; returns the number of bugs."""
+    rng = random.Random(args.seed)
+    counts: collections.Counter = collections.Counter()
+    failures = 0
+    start = time.perf_counter()
+    slowest = 0.0
+    for i in range(args.iterations):
+        level = ("bytes", "pickle", "payload")[i % 3]
+        mutant = mutated_checkpoint(valid, payload, rng, level)
+        if mutant is None:
+            counts["unwritable"] += 1
+            continue
+        path = work / "mutant"
+        path.write_bytes(mutant)
+        t0 = time.perf_counter()
+        signal.setitimer(signal.ITIMER_REAL, args.timeout)
+        try:
+            outcome = exercise(path)
+        except Hang:
+            outcome = "BUG: hang"
+        except Exception:  # noqa: BLE001 - anything but a WsnError is what we hunt
+            outcome = "BUG: " + traceback.format_exc().strip().splitlines()[-1][:120]
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        slowest = max(slowest, time.perf_counter() - t0)
+        counts[f"{level}: {outcome}"] += 1
+        if outcome.startswith("BUG"):
+            failures += 1
+            saved = _save(args, f"checkpoint-{args.seed}-{i}.bin", mutant)
+            print(f"checkpoint #{i} ({level}): {outcome} -> {saved}")
+    seconds = time.perf_counter() - start
+    print(f"checkpoint: {args.iterations} mutants in {seconds:.1f} s (slowest {slowest * 1000:.0f} ms)")
+    for key, n in sorted(counts.items()):
+        print(f"  {n:7d}  {key}")
+    return failures
 
 
 if __name__ == "__main__":

@@ -14,7 +14,9 @@ from formats.bitio import ByteReader, as_bits, check_zero_padding
 from formats.errors import FormatError
 from formats.huffman import decode_symbols, encode_symbols, read_table, table_from_frequencies
 
-CODECS: tuple[str, ...] = ("context", "ascii7", "ascii7-huffman", "paper-huffman", "packbits")
+CODECS: tuple[str, ...] = ("context", "ascii7", "ascii7-huffman", "paper-huffman", "packbits")  # in files
+AUTO = "auto"  # pack() only: the smallest of CODECS; never written to a file
+PACK_CODECS: tuple[str, ...] = (*CODECS, AUTO)
 DEFAULT_CODEC = "context"
 GROUP = 7  # bits per ASCII symbol / tasks per paper group
 
@@ -112,10 +114,12 @@ class LayerDecoder:
         self.size = size
         self.context = context.LayerDecoder(size) if codec == "context" else None
 
-    def decode(self, data: bytes, n_tasks: int, what: str) -> list[np.ndarray]:
+    def decode(self, data: bytes, n_tasks: int, what: str, ones: list[int] | None = None) -> list[np.ndarray]:
+        """The masks of one stream; `ones` (the header's counts) lets `context` refuse a stream whose
+        section counts disagree before it builds a mask (other codecs' outputs are bounded by their bits)."""
         n = self.size
         if self.context is not None:
-            return [self.context.decode(data, what)]
+            return [self.context.decode(data, what, None if ones is None else ones[0])]
         if self.codec == "packbits":
             _expect_length(data, -(-n // 8), what)
             bits = as_bits(data)

@@ -8,32 +8,36 @@ Byte regions in order (little-endian integers; docs/FORMAT.md is the specificati
 from __future__ import annotations
 
 import json
-import math
 import struct
 import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from formats.codecs import CODECS, LayerDecoder, encode_layer, stream_groups
+from formats.codecs import AUTO, CODECS, PACK_CODECS, LayerDecoder, encode_layer, stream_groups
 from formats.errors import FormatError
+from formats.header import (
+    DEFAULT_MAX_BITS,
+    MAX_HEADER_BYTES,
+    MAX_LAYER_WEIGHTS,
+    MAX_LAYERS,
+    MAX_TASKS,
+    MAX_TOTAL_BITS,
+    check_layout,
+    check_meta,
+    check_stream_table,
+    layer_size,
+    parse_header,
+)
+
+__all__ = ["DEFAULT_MAX_BITS", "MAX_HEADER_BYTES", "MAX_LAYERS", "MAX_LAYER_WEIGHTS", "MAX_TASKS",
+           "MAX_TOTAL_BITS", "LayerMasks", "PackedMasks", "auto_codec", "describe", "pack", "unpack"]
 
 MAGIC = b"WSNM\x89\r\n\x1a"
 VERSION = 1
 PREFIX = struct.Struct("<8sHI")  # magic, version, header length
 TRAILER = struct.Struct("<I")
 MIN_FILE_BYTES = PREFIX.size + TRAILER.size
-MAX_HEADER_BYTES = 1 << 20
-MAX_LAYERS = 4096
-MAX_TASKS = 65535
-MAX_LAYER_WEIGHTS = 1 << 31
-MAX_TOTAL_BITS = 1 << 36
-MAX_NAME_CHARS = 256
-MAX_DIMS = 32
-MAX_TASK_ID = (1 << 31) - 1
-HEADER_KEYS = {"codec", "layers", "meta", "ones", "streams", "task_ids"}
-OPTIONAL_KEYS = {"meta"}
-STREAM_KEYS = ("crc32", "length", "offset")  # columns of the stream table
 
 
 @dataclass
@@ -54,14 +58,6 @@ class PackedMasks:
     task_ids: list[int]
     layers: list[LayerMasks]
     meta: dict
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _layer_size(shape) -> int:
-    return math.prod(shape)
 
 
 @dataclass(frozen=True)
@@ -90,119 +86,17 @@ def _stream_entries(header: dict) -> list[StreamEntry]:
                         table["crc32"][i]) for i in range(len(groups) * n_layers)]
 
 
-def _bounded_list(header: dict, key: str, limit: int, what: str) -> list:
-    """header[key], which must be a JSON list of at most `limit` entries."""
-    value = header[key]
-    if not isinstance(value, list):
-        raise FormatError(f"header: {key!r} must be a list")
-    if len(value) > limit:
-        raise FormatError(f"header: {len(value)} {what} exceed the limit of {limit}")
-    return value
-
-
-def _check_layout(header, max_bits: int) -> None:
-    """Validate codec, tasks, layers and the size limits (everything but the stream table)."""
-    if not isinstance(header, dict):
-        raise FormatError(f"header: expected a JSON object, got {type(header).__name__}")
-    missing = HEADER_KEYS - OPTIONAL_KEYS - header.keys()
-    if missing:
-        raise FormatError(f"header: missing key(s) {', '.join(sorted(missing))}")
-    unknown = header.keys() - HEADER_KEYS
-    if unknown:
-        raise FormatError(f"header: unknown key(s) {', '.join(sorted(unknown))}")
-    codec = header["codec"]
-    if codec not in CODECS:
-        raise FormatError(f"header: unknown codec {codec!r} (known: {', '.join(CODECS)})")
-    if not isinstance(header.get("meta", {}), dict):
-        raise FormatError("header: 'meta' must be a JSON object")
-    task_ids = _bounded_list(header, "task_ids", MAX_TASKS, "tasks")
-    for t in task_ids:
-        if not _is_int(t) or not 0 <= t <= MAX_TASK_ID:
-            raise FormatError(f"header: task id {t!r} is not an integer in 0..{MAX_TASK_ID}")
-    if len(set(task_ids)) != len(task_ids):
-        raise FormatError("header: task ids are not unique")
-    layers = _bounded_list(header, "layers", MAX_LAYERS, "layers")
-    names = set()
-    total_bits = 0
-    for i, layer in enumerate(layers):
-        if not isinstance(layer, dict) or layer.keys() != {"name", "shape"}:
-            raise FormatError(f"header: layer {i} must be an object with exactly 'name' and 'shape'")
-        name, shape = layer["name"], layer["shape"]
-        if not isinstance(name, str) or not 1 <= len(name) <= MAX_NAME_CHARS:
-            raise FormatError(f"header: layer {i} name must be a string of 1..{MAX_NAME_CHARS} characters")
-        if name in names:
-            raise FormatError(f"header: layer name {name!r} appears twice")
-        names.add(name)
-        if not isinstance(shape, list) or len(shape) > MAX_DIMS:
-            raise FormatError(f"header: layer {name!r} shape must be a list of at most {MAX_DIMS} integers")
-        for d in shape:
-            if not _is_int(d) or not 0 <= d <= MAX_LAYER_WEIGHTS:
-                raise FormatError(f"header: layer {name!r} shape has dimension {d!r}, "
-                                  f"expected an integer in 0..{MAX_LAYER_WEIGHTS}")
-        size = _layer_size(shape)
-        if size > MAX_LAYER_WEIGHTS:
-            raise FormatError(f"header: layer {name!r} has {size} weights, over the limit of {MAX_LAYER_WEIGHTS}")
-        total_bits += size * len(task_ids)
-    if total_bits > max_bits:
-        raise FormatError(f"header: {total_bits} mask bits in total exceed the limit of {max_bits}")
-
-
-def _check_stream_table(header: dict) -> None:
-    n_tasks, n_layers = len(header["task_ids"]), len(header["layers"])
-    expected = len(stream_groups(header["codec"], n_tasks)) * n_layers
-    table = header["streams"]
-    if not isinstance(table, dict) or set(table) != set(STREAM_KEYS):
-        raise FormatError(f"header: 'streams' must be an object with exactly the lists "
-                          f"{', '.join(STREAM_KEYS)}")
-    for key in STREAM_KEYS:
-        column = table[key]
-        if not isinstance(column, list) or len(column) != expected:
-            got = len(column) if isinstance(column, list) else type(column).__name__
-            raise FormatError(f"header: streams.{key} has {got} entries, expected {expected}")
-        for i, value in enumerate(column):
-            if not _is_int(value) or value < 0:
-                raise FormatError(f"header: streams.{key}[{i}] = {value!r} is not a non-negative integer")
-    for i, crc in enumerate(table["crc32"]):
-        if crc >= 1 << 32:
-            raise FormatError(f"header: streams.crc32[{i}] = {crc} does not fit in 32 bits")
-    ones = header["ones"]
-    if not isinstance(ones, list) or len(ones) != n_tasks:
-        raise FormatError(f"header: 'ones' must be a list of {n_tasks} lists (one per task)")
-    sizes = [_layer_size(layer["shape"]) for layer in header["layers"]]
-    for t, row in enumerate(ones):
-        if not isinstance(row, list) or len(row) != n_layers or not all(
-                _is_int(k) and 0 <= k <= n for k, n in zip(row, sizes)):
-            raise FormatError(f"header: ones[{t}] = {row!r} is not a list of {n_layers} counts, "
-                              f"each between 0 and its layer's size")
-
-
-def _json_error(exc: Exception) -> str:
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-
-
-def _parse_json(raw: bytes):
-    def no_duplicates(pairs):
-        out = {}
-        for key, value in pairs:
-            if key in out:
-                raise ValueError(f"duplicate key {key!r}")
-            out[key] = value
-        return out
-
-    def no_constants(name):
-        raise ValueError(f"{name} is not allowed")
-
-    try:
-        return json.loads(raw.decode("utf-8"), object_pairs_hook=no_duplicates, parse_constant=no_constants)
-    except UnicodeDecodeError as exc:
-        raise FormatError(f"header: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
-    except (ValueError, RecursionError) as exc:
-        raise FormatError(f"header: not valid JSON ({_json_error(exc)})") from None
+def _decode_limit(max_bits: int | None) -> int:
+    if max_bits is None:
+        return DEFAULT_MAX_BITS
+    if not isinstance(max_bits, int) or isinstance(max_bits, bool) or max_bits < 0:
+        raise ValueError(f"max_bits must be a non-negative integer or None, got {max_bits!r}")
+    return max_bits
 
 
 def _read(data: bytes, max_bits: int | None) -> tuple[dict, int, PackedMasks]:
     """Validate and fully decode; returns (header, byte offset of the stream region, content)."""
-    limit = MAX_TOTAL_BITS if max_bits is None else max_bits
+    limit = _decode_limit(max_bits)
     data = bytes(data)
     if data[:8] != MAGIC:
         if len(data) < 8 and MAGIC.startswith(data):
@@ -219,9 +113,9 @@ def _read(data: bytes, max_bits: int | None) -> tuple[dict, int, PackedMasks]:
     if len(data) < start + TRAILER.size:
         raise FormatError(f"truncated: {len(data)} bytes, the {header_len}-byte header and the "
                           f"trailer need {start + TRAILER.size}")
-    header = _parse_json(data[PREFIX.size : start])
-    _check_layout(header, limit)
-    _check_stream_table(header)
+    header = parse_header(data[PREFIX.size : start])
+    check_layout(header, limit)
+    check_stream_table(header)
     entries = _stream_entries(header)
     region = len(data) - start - TRAILER.size
     end = 0
@@ -253,11 +147,11 @@ def _read(data: bytes, max_bits: int | None) -> tuple[dict, int, PackedMasks]:
 def _decode_streams(header: dict, entries: list[StreamEntry], chunks: list[bytes]) -> PackedMasks:
     codec, task_ids = header["codec"], header["task_ids"]
     layers = [LayerMasks(d["name"], tuple(d["shape"]), []) for d in header["layers"]]
-    decoders = [LayerDecoder(codec, _layer_size(d["shape"])) for d in header["layers"]]
+    decoders = [LayerDecoder(codec, layer_size(d["shape"])) for d in header["layers"]]
     for e, chunk in zip(entries, chunks):
         what = _stream_label(header, e)
         try:
-            masks = decoders[e.layer].decode(chunk, len(e.tasks), what)
+            masks = decoders[e.layer].decode(chunk, len(e.tasks), what, [header['ones'][t][e.layer] for t in e.tasks])
         except FormatError:
             raise
         except MemoryError:
@@ -295,21 +189,19 @@ def normalized_masks(layers: list[LayerMasks], task_ids: list[int]) -> list[list
     for layer in layers:
         if len(layer.masks) != len(task_ids):
             raise FormatError(f"layer {layer.name!r}: {len(layer.masks)} masks for {len(task_ids)} tasks")
-        size = _layer_size(layer.shape)
+        size = layer_size(layer.shape)
         out.append([_as_mask(m, size, f"layer {layer.name!r}, task {t}")
                     for m, t in zip(layer.masks, task_ids)])
     return out
 
 
-def pack(layers: list[LayerMasks], task_ids: list[int], codec: str = "context",
-         meta: dict | None = None) -> bytes:
-    """Encode every layer's masks with `codec` into a .wsnm file."""
+def _prepare(layers: list[LayerMasks], task_ids: list[int], codec: str,
+             meta: dict | None) -> tuple[dict, list[list[np.ndarray]]]:
+    """Check everything `pack` is given; returns the header without its stream table, and the masks."""
     meta = {} if meta is None else meta
-    if not isinstance(meta, dict):
-        raise FormatError(f"meta must be a dict, got {type(meta).__name__}")
+    check_meta(meta)  # bounded and iterative, before json.dumps could recurse
     try:
-        meta_json = json.dumps(meta, allow_nan=False)
-        plain = json.loads(meta_json) == meta
+        plain = json.loads(json.dumps(meta, allow_nan=False)) == meta
     except (TypeError, ValueError):
         plain = False
     if not plain:
@@ -320,20 +212,26 @@ def pack(layers: list[LayerMasks], task_ids: list[int], codec: str = "context",
     header = {
         "codec": codec, "meta": meta, "task_ids": [int(t) for t in task_ids],
         "layers": [{"name": layer.name, "shape": [int(d) for d in layer.shape]} for layer in layers],
-        "ones": [], "streams": {}}  # filled in below
+        "ones": [], "streams": {}}  # filled in by _assemble
     try:
-        _check_layout(header, MAX_TOTAL_BITS)
+        check_layout(header, MAX_TOTAL_BITS, hint="the most one .wsnm file may hold")
     except FormatError as exc:  # the same rules as for reading, reported without the "header:" prefix
         raise FormatError(str(exc).removeprefix("header: ")) from None
     masks = normalized_masks(layers, header["task_ids"])
+    header["ones"] = [[int(np.count_nonzero(layer_masks[t])) for layer_masks in masks]
+                      for t in range(len(task_ids))]
+    return header, masks
+
+
+def _assemble(prepared: dict, codec: str, masks: list[list[np.ndarray]]) -> bytes:
+    """The whole file with `codec`: prefix, canonical header, streams, CRC trailer."""
+    header = {**prepared, "codec": codec}
     per_layer = [encode_layer(codec, layer_masks) for layer_masks in masks]
     body = [chunk for unit in zip(*per_layer) for chunk in unit] if per_layer else []
     offsets = np.cumsum([0] + [len(chunk) for chunk in body])[:-1]
-    header["ones"] = [[int(np.count_nonzero(layer_masks[t])) for layer_masks in masks]
-                      for t in range(len(task_ids))]
     header["streams"] = {"crc32": [zlib.crc32(chunk) for chunk in body],
                          "length": [len(chunk) for chunk in body], "offset": [int(o) for o in offsets]}
-    _check_stream_table(header)
+    check_stream_table(header)
     raw = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     if len(raw) > MAX_HEADER_BYTES:
         raise FormatError(f"header of {len(raw)} bytes exceeds the limit of {MAX_HEADER_BYTES}")
@@ -341,14 +239,55 @@ def pack(layers: list[LayerMasks], task_ids: list[int], codec: str = "context",
     return out + TRAILER.pack(zlib.crc32(out))
 
 
+def _smallest(prepared: dict, masks: list[list[np.ndarray]]) -> tuple[str, bytes]:
+    """(codec, file) of the smallest file any codec writes; ties go to the first in CODECS.
+
+    A codec whose header would exceed MAX_HEADER_BYTES is skipped (it could not write the file)."""
+    best: tuple[str, bytes] | None = None
+    first_error: FormatError | None = None
+    for codec in CODECS:
+        try:
+            data = _assemble(prepared, codec, masks)
+        except FormatError as exc:
+            first_error = first_error or exc
+            continue
+        if best is None or len(data) < len(best[1]):
+            best = (codec, data)
+    if best is None:
+        raise first_error
+    return best
+
+
+def _check_codec(codec) -> None:
+    if codec not in PACK_CODECS:
+        raise FormatError(f"unknown codec {codec!r} (known: {', '.join(PACK_CODECS)})")
+
+
+def pack(layers: list[LayerMasks], task_ids: list[int], codec: str = "context",
+         meta: dict | None = None) -> bytes:
+    """Encode every layer's masks into a .wsnm file with `codec`, one of PACK_CODECS.
+
+    `auto` writes the file of every codec in CODECS and returns the smallest (ties: the first in
+    CODECS); its header names the codec used, so `auto` never appears in a file."""
+    _check_codec(codec)
+    prepared, masks = _prepare(layers, task_ids, CODECS[0] if codec == AUTO else codec, meta)
+    return _smallest(prepared, masks)[1] if codec == AUTO else _assemble(prepared, codec, masks)
+
+
+def auto_codec(layers: list[LayerMasks], task_ids: list[int], meta: dict | None = None) -> str:
+    """The codec `pack(layers, task_ids, "auto", meta)` records (meta matters only near the header limit)."""
+    prepared, masks = _prepare(layers, task_ids, CODECS[0], meta)
+    return _smallest(prepared, masks)[0]
+
+
 def describe(data: bytes, max_bits: int | None = None) -> dict:
     """Header and per-stream statistics of a .wsnm file; decodes everything, so checksums are verified."""
     header, start, packed = _read(data, max_bits)
     n_tasks = len(packed.task_ids)
-    weights = sum(_layer_size(layer.shape) for layer in packed.layers)
+    weights = sum(layer_size(layer.shape) for layer in packed.layers)
     streams = []
     for e in _stream_entries(header):
-        size = _layer_size(header["layers"][e.layer]["shape"])
+        size = layer_size(header["layers"][e.layer]["shape"])
         ones = [header["ones"][t][e.layer] for t in e.tasks]
         streams.append({
             "layer": header["layers"][e.layer]["name"], "task_ids": [packed.task_ids[t] for t in e.tasks],
@@ -358,7 +297,7 @@ def describe(data: bytes, max_bits: int | None = None) -> dict:
     return {
         "version": packed.version, "codec": packed.codec, "task_ids": packed.task_ids,
         "tasks": n_tasks, "weights": weights,
-        "layers": [{"name": layer.name, "shape": list(layer.shape), "weights": _layer_size(layer.shape)}
+        "layers": [{"name": layer.name, "shape": list(layer.shape), "weights": layer_size(layer.shape)}
                    for layer in packed.layers],
         "meta": packed.meta, "bytes": len(data), "header_bytes": start - PREFIX.size,
         "payload_bytes": sum(s["bytes"] for s in streams),

@@ -98,38 +98,76 @@ def encode_layer(masks: list[np.ndarray]) -> list[bytes]:
     return streams
 
 
+SCATTER_CHUNK = 1 << 16  # weights per step when scattering subsequences back (bounds the index arrays)
+
+
 class LayerDecoder:
-    """Decodes one layer's context streams task by task, keeping the union and previous mask."""
+    """Decodes one layer's context streams task by task, keeping the union and previous mask.
+
+    A stream is parsed and checked completely (`_decode_sections`, memory proportional to its own
+    bits) before anything of the layer's size is allocated for its task."""
 
     def __init__(self, size: int):
         self.size = size
-        self.union: np.ndarray | None = None
+        self.union: np.ndarray | None = None  # None while it equals prev (after the first task)
         self.prev: np.ndarray | None = None
+        self.union_ones = self.prev_ones = 0
 
-    def decode(self, data: bytes, what: str) -> np.ndarray:
+    def decode(self, data: bytes, what: str, ones: int | None = None) -> np.ndarray:
+        """The next task's mask; `ones`, the header's count, is checked against the section headers first."""
         if self.prev is None:
-            ctx = None
-            index = [None, None, None]
             sizes = [self.size, 0, 0]
+        else:  # context sizes from counts alone: 0 = not in union, 1 = union but not prev, 2 = prev
+            sizes = [self.size - self.union_ones, self.union_ones - self.prev_ones, self.prev_ones]
+        parts = _decode_sections(data, sizes, what, ones)
+        if self.prev is None:
+            first = _expand(parts[0], self.size) if self.size else False
+            mask = np.full(self.size, first, dtype=bool) if isinstance(first, bool) else first
         else:
-            ctx = context_ids(self.union, self.prev)
-            index = [np.flatnonzero(ctx == c) for c in range(N_CONTEXTS)]
-            sizes = [i.size for i in index]
-        subs = _decode_sections(data, sizes, what)
-        if ctx is None:
-            mask = subs[0] if self.size else np.zeros(0, dtype=bool)
-        else:
+            union = self.prev if self.union is None else self.union
             mask = np.zeros(self.size, dtype=bool)
-            for idx, sub in zip(index, subs):
-                if idx.size:
-                    mask[idx] = sub
-        self.union = mask.copy() if self.union is None else np.logical_or(self.union, mask, out=self.union)
+            self._scatter(mask, union, [None if p is None else _expand(p, n) for p, n in zip(parts, sizes)])
+            self.union = np.logical_or(union, mask, out=self.union)
         self.prev = mask
+        self.prev_ones = int(np.count_nonzero(mask))
+        self.union_ones = self.prev_ones if self.union is None else int(np.count_nonzero(self.union))
         return mask
 
+    def _scatter(self, mask: np.ndarray, union: np.ndarray, subs: list[np.ndarray | bool | None]) -> None:
+        """mask[weights of context c] = subs[c], a chunk of weights at a time."""
+        taken = [0] * N_CONTEXTS
+        for start in range(0, self.size, SCATTER_CHUNK):
+            stop = min(start + SCATTER_CHUNK, self.size)
+            ctx = context_ids(union[start:stop], self.prev[start:stop])  # (chunk,) uint8
+            out = mask[start:stop]
+            for c, sub in enumerate(subs):
+                if sub is None or sub is False:
+                    continue
+                idx = np.flatnonzero(ctx == c)
+                out[idx] = True if sub is True else sub[taken[c] : taken[c] + idx.size]
+                taken[c] += idx.size
 
-def _decode_sections(data: bytes, sizes: list[int], what: str) -> list[np.ndarray]:
-    """Parse the section headers, then decode each context's subsequence from the payload bits."""
+
+class _Sparse:
+    """A Golomb-coded subsequence before it is expanded: the positions of its LPS."""
+
+    def __init__(self, positions: np.ndarray, lps: int):
+        self.positions = positions
+        self.lps = lps
+
+
+def _expand(part, n: int) -> np.ndarray | bool:
+    """A checked section as its n bits: a bool array, or True / False when it is constant."""
+    if isinstance(part, _Sparse):
+        sub = np.zeros(n, dtype=bool) if part.lps else np.ones(n, dtype=bool)
+        sub[part.positions] = bool(part.lps)
+        return sub
+    return part
+
+
+def _decode_sections(data: bytes, sizes: list[int], what: str, expected_ones: int | None = None) -> list:
+    """Parse and check the whole stream; per context: None (empty), True/False (constant), a bool
+    array (raw, block) or _Sparse (Golomb). Nothing here is larger than the stream's own bits."""
     reader = ByteReader(data, what)
     plans = []
     for c, n in enumerate(sizes):
@@ -159,6 +197,9 @@ def _decode_sections(data: bytes, sizes: list[int], what: str) -> list[np.ndarra
         else:
             raise FormatError(f"{where}: unknown method {method}")
         plans.append((where, n, ones, method, params))
+    declared = sum(plan[2] for plan in plans if plan is not None)
+    if expected_ones is not None and declared != expected_ones:
+        raise FormatError(f"{what}: the sections hold {declared} ones, the header says {expected_ones}")
     payload = reader.rest()
     bits = as_bits(payload)
     code: bitarray | None = None
@@ -170,7 +211,7 @@ def _decode_sections(data: bytes, sizes: list[int], what: str) -> list[np.ndarra
             continue
         where, n, ones, method, params = plan
         if method is None:
-            subs.append(np.full(n, bool(ones), dtype=bool))
+            subs.append(bool(ones))
             continue
         if method == RAW:
             if n > bits.size - pos:
@@ -181,8 +222,8 @@ def _decode_sections(data: bytes, sizes: list[int], what: str) -> list[np.ndarra
             lps = 1 if 2 * ones <= n else 0
             k = ones if lps else n - ones
             positions, pos = golomb.decode_positions(bits, pos, params[1], k, params[0], n, where)
-            sub = np.zeros(n, dtype=bool) if lps else np.ones(n, dtype=bool)
-            sub[positions] = bool(lps)
+            subs.append(_Sparse(positions, lps))  # exactly k distinct positions < n: the count holds
+            continue
         else:
             if code is None:
                 code = bitarray()

@@ -123,6 +123,10 @@ def decode_symbols(code: bitarray, table: HuffmanTable, n: int, what: str) -> tu
         return np.zeros(0, dtype=np.uint8), 0
     if not table.symbol:
         raise FormatError(f"{what}: empty Huffman table for {n} symbols")
+    shortest = next(bits for bits, count in enumerate(table.count) if count)
+    if n * shortest > len(code):  # checked before the n-symbol output is allocated
+        raise FormatError(f"{what}: {n} symbols need at least {n * shortest} bits of Huffman code, "
+                          f"the stream has {len(code)}")
     try:
         symbols = np.fromiter(canonical_decode(code, list(table.count), list(table.symbol)),
                               dtype=np.uint8, count=n)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from formats.codecs import CODECS, GROUP, encode_layer, stream_groups
-from formats.container import LayerMasks, normalized_masks
+from formats.codecs import AUTO, GROUP, PACK_CODECS, encode_layer, stream_groups
+from formats.container import LayerMasks, auto_codec, normalized_masks
 from formats.errors import FormatError
 from formats.stats import conditional_entropy_bits, entropy_bits
 
@@ -59,15 +59,19 @@ def _summary(cells: list[dict[str, float]], weights: int, tasks: int) -> dict:
 
 
 def storage_report(layers: list[LayerMasks], task_ids: list[int], codec: str,
-                   packed_size: int | None = None) -> dict:
+                   packed_size: int | None = None, meta: dict | None = None) -> dict:
     """Sizes per task, per layer and in total (bits per weight per task) for `wsn` reports.
 
     `bytes` and the total `bits_per_weight_per_task` count the whole .wsnm file when packed_size is
     given, else only the codec's streams. paper_huffman's group of up to 7 tasks is split evenly
-    over the tasks it holds.
+    over the tasks it holds. For codec `auto`, "codec" is the one pack() picks (given the same
+    `meta`, which matters only near the header size limit); "requested_codec" is what was asked.
     """
-    if codec not in CODECS:
-        raise FormatError(f"unknown codec {codec!r} (known: {', '.join(CODECS)})")
+    if codec not in PACK_CODECS:
+        raise FormatError(f"unknown codec {codec!r} (known: {', '.join(PACK_CODECS)})")
+    requested = codec
+    if codec == AUTO:
+        codec = auto_codec(layers, list(task_ids), meta)
     masks = normalized_masks(layers, list(task_ids))
     grid = [_cell_bits(layer_masks, codec) for layer_masks in masks]  # [layer][task]
     sizes = [int(np.prod(layer.shape)) for layer in layers]
@@ -81,7 +85,7 @@ def storage_report(layers: list[LayerMasks], task_ids: list[int], codec: str,
     size = packed_size if packed_size is not None else int(round(payload_bytes))
     packbits_bytes = sum(-(-n // 8) for n in sizes) * tasks
     return {
-        "codec": codec, "tasks": tasks, "weights": weights, "bytes": size,
+        "codec": codec, "requested_codec": requested, "tasks": tasks, "weights": weights, "bytes": size,
         "payload_bytes": int(round(payload_bytes)),
         "bits_per_weight_per_task": round(8 * size / (weights * tasks), DIGITS) if weights and tasks else 0.0,
         "baselines": total["baselines"], "bounds": total["bounds"],

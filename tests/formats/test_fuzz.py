@@ -2,47 +2,42 @@
 
 Inputs: random bytes; valid files with bit flips, truncations and splices; files whose streams are
 corrupted and then given matching lengths and CRCs (so the codec decoders see the damage); files
-whose JSON header values are replaced and the file CRC fixed.
+whose JSON header values are replaced and the file CRC fixed; structure-aware mutants of every
+codec's files (tests/formats/mutators.py) with every CRC resealed, under a memory bound.
 """
 
 import json
+import random
 import struct
+import tracemalloc
 import zlib
 
-import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from formats import CODECS, FormatError, LayerMasks, PackedMasks, pack, unpack
-from tests.formats.helpers import correlated_masks, random_masks, restream, seal, split
+from formats import CODECS, FormatError, PackedMasks, pack, unpack
+from tests.formats.helpers import restream, seal, split
+from tests.formats.mutators import mutate_structure, sample_files
 
 FUZZ_MAX_BITS = 1 << 20  # keeps a fuzzed shape from asking for gigabytes
+STRUCTURE_MAX_BITS = 1 << 22  # a tiny stream may legitimately decode to this many bits (constant sections)
+MAX_PEAK_BYTES = 64 << 20  # tracemalloc peak allowed for one mutant
 
-
-def _pool() -> list[bytes]:
-    rng = np.random.default_rng(99)
-    files = []
-    for codec in CODECS:
-        for n, tasks, density in ((13, 3, 0.3), (64, 9, 0.1), (1, 2, 0.5), (200, 2, 0.45)):
-            layers = [LayerMasks("a", (n,), correlated_masks(rng, n, tasks, density)),
-                      LayerMasks("b", (2, 4), random_masks(rng, 8, tasks, density))]
-            files.append(pack(layers, list(range(tasks)), codec, {"k": n}))
-    return files
-
-
-POOL = _pool()
+POOL = sample_files()
 FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
 
 
-def check(data: bytes) -> None:
+def check(data: bytes, max_bits: int | None = FUZZ_MAX_BITS) -> PackedMasks | None:
+    """unpack() returns or raises FormatError with a one-line message; the result or None."""
     try:
-        result = unpack(data, max_bits=FUZZ_MAX_BITS)
+        result = unpack(data, max_bits=max_bits)
     except FormatError as exc:
         message = str(exc)
         assert message and "\n" not in message
         assert "malformed stream (" not in message, message  # the safety net must never be needed
-        return
+        return None
     assert isinstance(result, PackedMasks)
+    return result
 
 
 @FUZZ
@@ -123,3 +118,38 @@ def test_mutated_headers(data, draw):
         target[key] = draw.draw(JSON_VALUES)
     check(seal(header, body))
     check(seal(None, body, raw_header=json.dumps(header).encode()))
+
+
+def check_bounded(data: bytes, max_bits: int | None) -> int:
+    """check() and the tracemalloc peak of the decode (bytes); whatever it accepts can be written back."""
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        packed = check(data, max_bits)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    if packed is not None:  # accepted names, meta and numbers must survive a rewrite (findings 2-4)
+        again = unpack(pack(packed.layers, packed.task_ids, packed.codec, packed.meta), max_bits=max_bits)
+        assert (again.task_ids, again.meta, [layer.name for layer in again.layers]) == (
+            packed.task_ids, packed.meta, [layer.name for layer in packed.layers])
+    return peak
+
+
+def test_pool_has_every_codec():
+    assert sorted({split(data)[0]["codec"] for data in POOL}) == sorted(CODECS)
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.sampled_from(POOL), st.randoms(use_true_random=False))
+def test_structure_aware_mutants(data, rng):
+    kind, mutant = mutate_structure(data, rng)
+    assert check_bounded(mutant, STRUCTURE_MAX_BITS) < MAX_PEAK_BYTES, kind
+
+
+def test_structure_aware_mutants_at_the_default_limit():
+    """A fixed seeded batch with the default decoded-size limit: nothing but FormatError, memory bounded."""
+    rng = random.Random(20240501)
+    for i in range(300):
+        kind, mutant = mutate_structure(POOL[i % len(POOL)], rng)
+        assert check_bounded(mutant, None) < MAX_PEAK_BYTES, (i, kind)

@@ -102,7 +102,8 @@ def test_integer_masks_and_shapes_are_accepted():
 
 
 @pytest.mark.parametrize(("layers", "task_ids", "codec", "meta", "message"), [
-    ([], [], "zstd", None, "unknown codec 'zstd' (known: context, ascii7, ascii7-huffman, paper-huffman, packbits)"),
+    ([], [], "zstd", None, "unknown codec 'zstd' (known: context, ascii7, ascii7-huffman, paper-huffman, packbits, "
+     "auto)"),
     ([LayerMasks("a", (2,), [np.zeros(3, bool)])], [1], "context", None,
      "layer 'a', task 1: mask has 3 elements, the layer shape needs 2"),
     ([LayerMasks("a", (2,), [np.array([0.5, 1.0])])], [1], "context", None,
