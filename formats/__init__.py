@@ -1,41 +1,35 @@
-"""Binary-mask codecs and the `.wsnm` packed-mask container (numpy + bitarray; never torch)."""
+"""Binary-mask codecs and the `.wsnm` packed-mask container (numpy + bitarray; never torch).
 
-from formats.codecs import AUTO, CODECS, PACK_CODECS
-from formats.container import LayerMasks, PackedMasks, auto_codec, describe, pack, unpack
+Names load on first use (PEP 562), so `import formats.errors` (the root of wsn's exception
+hierarchy) costs nothing: a command-line `--help` never waits for numpy.
+"""
+
+from __future__ import annotations
+
+import importlib
+
 from formats.errors import FormatError, WsnError
-from formats.header import (
-    DEFAULT_MAX_BITS,
-    MAX_HEADER_BYTES,
-    MAX_JSON_DEPTH,
-    MAX_LAYER_WEIGHTS,
-    MAX_LAYERS,
-    MAX_META_VALUES,
-    MAX_NAME_CHARS,
-    MAX_TASKS,
-    MAX_TOTAL_BITS,
-)
-from formats.report import storage_report
 
-__all__ = [
-    "AUTO",
-    "CODECS",
-    "DEFAULT_MAX_BITS",
-    "MAX_HEADER_BYTES",
-    "MAX_JSON_DEPTH",
-    "MAX_LAYER_WEIGHTS",
-    "MAX_LAYERS",
-    "MAX_META_VALUES",
-    "MAX_NAME_CHARS",
-    "MAX_TASKS",
-    "MAX_TOTAL_BITS",
-    "PACK_CODECS",
-    "FormatError",
-    "LayerMasks",
-    "PackedMasks",
-    "WsnError",
-    "auto_codec",
-    "describe",
-    "pack",
-    "storage_report",
-    "unpack",
-]
+_EXPORTS = {
+    "codecs": ("AUTO", "CODECS", "PACK_CODECS"),
+    "container": ("LayerMasks", "PackedMasks", "auto_codec", "describe", "pack", "unpack"),
+    "header": ("DEFAULT_MAX_BITS", "MAX_HEADER_BYTES", "MAX_JSON_DEPTH", "MAX_LAYER_WEIGHTS", "MAX_LAYERS",
+               "MAX_META_VALUES", "MAX_NAME_CHARS", "MAX_TASKS", "MAX_TOTAL_BITS"),
+    "report": ("storage_report",),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted([*_WHERE, "FormatError", "WsnError"])
+
+
+def __getattr__(name: str):
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'formats' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"formats.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

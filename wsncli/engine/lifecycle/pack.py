@@ -34,15 +34,11 @@ def checkpoint_layer_masks(ckpt: CheckpointFile) -> tuple[list[formats.LayerMask
 
 def pack_checkpoint_masks(ckpt: CheckpointFile, codec: str, source: str) -> PackResult:
     """Pack, decode what was written, compare bit for bit, and report the storage figures."""
-    choices = getattr(formats, "PACK_CODECS", (*formats.CODECS, "auto"))
-    if codec not in choices:
-        raise UsageError(f"unknown codec {codec!r}; choose one of: {', '.join(choices)}")
+    if codec not in formats.PACK_CODECS:
+        raise UsageError(f"unknown codec {codec!r}; choose one of: {', '.join(formats.PACK_CODECS)}")
     layers, tasks = checkpoint_layer_masks(ckpt)
     meta = {"source": source[:256], "benchmark": ckpt.meta.benchmark}
-    if codec == "auto" and "auto" not in formats.CODECS and "auto" not in getattr(formats, "PACK_CODECS", ()):
-        data = min((formats.pack(layers, tasks, codec=c, meta=meta) for c in formats.CODECS), key=len)
-    else:
-        data = formats.pack(layers, tasks, codec=codec, meta=meta)
+    data = formats.pack(layers, tasks, codec=codec, meta=meta)
     decoded = formats.unpack(data, max_bits=sum(int(np.prod(l.shape)) for l in layers) * len(tasks))
     check_masks_equal(layers, tasks, decoded)
     report = formats.storage_report(layers, tasks, decoded.codec, packed_size=len(data))

@@ -208,10 +208,7 @@ def layer_masks(ckpt: Checkpoint, tasks: list[int]) -> list[formats.LayerMasks]:
 def pack_masks(ckpt: Checkpoint, tasks: list[int], codec: str) -> bytes:
     """The masks of `tasks` as a .wsnm file; `auto`: the smallest codec."""
     layers = layer_masks(ckpt, tasks)
-    meta = {"benchmark": ckpt.meta.benchmark}
-    if codec != "auto" or "auto" in getattr(formats, "PACK_CODECS", ()):
-        return formats.pack(layers, tasks, codec=codec, meta=meta)
-    return min((formats.pack(layers, tasks, codec=c, meta=meta) for c in formats.CODECS), key=len)
+    return formats.pack(layers, tasks, codec=codec, meta={"benchmark": ckpt.meta.benchmark})
 
 
 def encode_checkpoint(ckpt: Checkpoint) -> bytes:
