@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import importlib
 
-from formats.errors import FormatError, WsnError
+from formats.errors import FormatError as FormatError
+from formats.errors import WsnError as WsnError
 
 _EXPORTS = {
     "codecs": ("AUTO", "CODECS", "PACK_CODECS"),
