@@ -10,8 +10,11 @@ from typer.core import TyperGroup
 
 from wsncli import __version__
 from wsncli.commands.evaluate import eval_command
+from wsncli.commands.export import export_command
 from wsncli.commands.inspect_file import inspect_command
 from wsncli.commands.pack_masks import pack_masks_command
+from wsncli.commands.predict import predict_command
+from wsncli.commands.report import report_command
 from wsncli.commands.train_task import train_task_command
 from wsncli.commands.unpack_masks import unpack_masks_command
 
@@ -73,6 +76,9 @@ app.command("eval")(eval_command)
 app.command("inspect")(inspect_command)
 app.command("pack-masks")(pack_masks_command)
 app.command("unpack-masks")(unpack_masks_command)
+app.command("predict")(predict_command)
+app.command("export")(export_command)
+app.command("report")(report_command)
 
 
 def main() -> None:

@@ -7,6 +7,8 @@ across commands: `checkpoint` is the checkpoint's path, `tasks` is always a list
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 VERSION = 1
@@ -128,7 +130,7 @@ class InspectCheckpointDoc(Doc, tag="checkpoint", tag_field="kind", kw_only=True
     format: str
     version: int
     benchmark: str
-    model: dict[str, object]
+    model: dict[str, Any]
     method: str
     seed: int
     wsn_version: str | None
@@ -152,9 +154,9 @@ class InspectMasksDoc(Doc, tag="packed-masks", tag_field="kind", kw_only=True):
     header_bytes: int
     payload_bytes: int
     bits_per_weight_per_task: float
-    layers: list[dict[str, object]]
-    streams: list[dict[str, object]]
-    meta: dict[str, object]
+    layers: list[dict[str, Any]]
+    streams: list[dict[str, Any]]
+    meta: dict[str, Any]
     checksums_ok: bool
 
 
@@ -165,7 +167,7 @@ class PackDoc(Doc, kw_only=True):
     codec: str
     requested_codec: str
     bytes: int
-    report: dict[str, object]  # formats.storage_report (docs/FORMAT.md)
+    report: dict[str, Any]  # formats.storage_report (docs/FORMAT.md)
 
 
 class UnpackDoc(Doc, kw_only=True):
@@ -208,3 +210,40 @@ DOCUMENTS: dict[str, type] = {
     "train-task": TrainTaskDoc, "eval": EvalDoc, "inspect": InspectCheckpointDoc | InspectMasksDoc, "pack-masks": PackDoc,
     "unpack-masks": UnpackDoc, "predict": PredictDoc, "export": ExportDoc, "report": ReportDoc,
 }
+
+
+def json_schema_text(command: str) -> str:
+    """The JSON Schema of a command's document, as docs/JSON.md shows it."""
+    return msgspec.json.format(msgspec.json.encode(msgspec.json.schema(DOCUMENTS[command])), indent=2).decode()
+
+
+_INTRO = """# wsn's JSON output
+
+Every command takes `--json` and then writes exactly one JSON document on stdout (for `pack-masks -o -`
+the document goes to stderr, since stdout carries the file). Each document names its schema in
+`"schema": "wsn.<command>/<version>"`; a version changes only when a field is removed or changes
+meaning (new fields may be added in the same version). Across commands the same things have the
+same names: `checkpoint` is the checkpoint's path as given, `tasks` is always a list of task records,
+`task_ids` a list of task ids, in learning order unless said otherwise. A number that could not be
+measured is `null`, never NaN. `tests/cli/test_use_tasks.py` validates every command's output
+against these schemas, and checks this file is current (regenerate it with
+`python -m wsncli.commands.schemas > docs/JSON.md`).
+
+Statuses in `wsn.eval`: `proven` (subnetwork and predictions identical to those at learning),
+`outputs-differ` (subnetwork bit-identical, some predictions differ: near-ties computed differently
+on another machine, thread count or device; a warning, exit 0), `data-changed` (the test data is not
+the one used at learning: accuracy not comparable, left out of BWT; the subnetwork is still proven),
+`changed` (the subnetwork changed: forgetting, exit 3). BWT = mean over the tasks learned before the
+last one, whose test data is unchanged, of (accuracy now - accuracy at learning).
+"""
+
+
+def markdown() -> str:
+    parts = [_INTRO]
+    for command in DOCUMENTS:
+        parts.append(f"## `wsn {command} --json`: `{schema_id(command)}`\n\n```json\n{json_schema_text(command)}\n```\n")
+    return "\n".join(parts)
+
+
+if __name__ == "__main__":
+    print(markdown(), end="")

@@ -389,3 +389,14 @@ def _decode(Image, name: str, path: Path, channels: int, hw: tuple[int, int], im
         except Exception as exc:  # noqa: BLE001 - any failure to decode an untrusted file is bad data
             raise DataError(f"{name}: cannot decode {path} ({type(exc).__name__}: {exc})") from None
     return pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
+
+
+def decode_images(files: list[Path], channels: int, image_size: int | None, expected_size: tuple[int, int]) -> np.ndarray:
+    """Images to predict on, as the task's inputs: uint8 (N, C, H, W), resized to image_size (when
+    the task's images were resized) or required to be expected_size (H, W)."""
+    Image = _pillow()
+    out = np.empty((len(files), channels, *expected_size), dtype=np.uint8)  # (N, C, H, W)
+    with _pillow_limits(Image):
+        for i, path in enumerate(files):
+            out[i] = _decode(Image, "predict", Path(path), channels, tuple(expected_size), image_size)
+    return out

@@ -51,7 +51,7 @@ def predict_logits(model: WSNNet, x: np.ndarray, task: int, device: torch.device
     `transform` maps raw inputs to network inputs (default: x already is)."""
     out = []
     for i in range(0, x.shape[0], batch):
-        xb = torch.from_numpy(np.ascontiguousarray(x[i : i + batch])).to(device)
+        xb = torch.from_numpy(np.array(x[i : i + batch], copy=True)).to(device)  # a copy: inputs may be read-only
         if transform is not None:
             xb = transform(xb)
         out.append(model(xb, task).cpu())  # (b, n_classes)

@@ -65,6 +65,7 @@ def task_record(ckpt: Checkpoint, data: TaskData, settings: TrainSettings, resul
         learned_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         preprocess=prep_spec(data.prep),
         world_size=world_size,
+        input_dtype=np.dtype(data.raw_train.dtype).name,
     )
     return record, predictions
 

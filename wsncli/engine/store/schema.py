@@ -100,6 +100,7 @@ class TaskRecord(msgspec.Struct, forbid_unknown_fields=True):
     digest_version: Annotated[int, msgspec.Meta(ge=1, le=2)] = 2  # 1: subnet digest without the transform
     accuracy_row: Annotated[list[Fraction | None], msgspec.Meta(max_length=MAX_TASK_ID)] = []  # earlier tasks, right after this one
     world_size: Annotated[int, msgspec.Meta(ge=1, le=65536)] = 1
+    input_dtype: Annotated[str, msgspec.Meta(pattern=r"^(uint8|int8|int16|int32|int64|uint16|uint32|uint64|float16|float32|float64|bool)$")] | None = None
 
 
 class CheckpointMeta(msgspec.Struct, forbid_unknown_fields=True):

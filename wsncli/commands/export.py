@@ -1,0 +1,38 @@
+"""`wsn export`: one learned task as a standalone program (.pt2) or weights plus graph (.safetensors)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from wsncli.commands.console import handle_errors, print_json, stdout
+from wsncli.engine.limits import MAX_TASK_ID
+
+
+@handle_errors
+def export_command(
+    ckpt: Annotated[Path, typer.Option("--ckpt", "-c", help="Checkpoint holding the task.")],
+    task: Annotated[int, typer.Option("--task", "-t", min=1, max=MAX_TASK_ID, help="The learned task to export.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="task.pt2 (torch.export program) or task.safetensors (weights + JSON graph).")],
+    force: Annotated[bool, typer.Option(help="Overwrite an existing file of another kind.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print a summary as one JSON object.")] = False,
+) -> None:
+    """Export task TASK of CKPT: loadable with plain torch, no wsn needed (docs/EXPORT.md)."""
+    from wsncli.commands.schemas import ExportDoc, schema_id
+    from wsncli.engine.lifecycle.export import SUFFIXES, ExportError, export_task, output_suffix
+    from wsncli.engine.store.checkpoint import load_checkpoint
+    from wsncli.engine.store.paths import file_prefix, plan_output, write_output
+
+    suffix = output_suffix(output)
+    if suffix not in SUFFIXES:
+        raise ExportError(f"{output}: export writes .pt2 (torch.export program) or .safetensors files")
+    own = (lambda p: file_prefix(p, 4) == b"PK\x03\x04") if suffix == ".pt2" else (lambda p: file_prefix(p, 9)[8:9] == b"{")
+    target = plan_output(output, what=f"{suffix} export", inputs=[ckpt], force=force, is_own_kind=own)
+    result = export_task(load_checkpoint(ckpt), task, suffix)
+    size = write_output(target, result.data)
+    if json_out:
+        print_json(ExportDoc(schema=schema_id("export"), checkpoint=str(ckpt), task=task, output=str(output), format=result.format, bytes=size))
+    else:
+        stdout.print(f"wrote task {task} of {ckpt} to {output} ({result.format}, {size / 1024:.1f} KiB)")

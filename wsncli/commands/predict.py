@@ -1,0 +1,59 @@
+"""`wsn predict`: a learned task's predictions on new inputs, in the user's own labels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal, Optional
+
+import typer
+
+from wsncli.commands.console import handle_errors, print_json, stdout
+from wsncli.engine.limits import DEVICES, MAX_TASK_ID
+
+
+@handle_errors
+def predict_command(
+    inputs: Annotated[Path, typer.Argument(help="A .npy or .npz of inputs shaped like the task's data, or an image / a folder of images.")],
+    ckpt: Annotated[Path, typer.Option("--ckpt", "-c", help="Checkpoint holding the task.")],
+    task: Annotated[int, typer.Option("--task", "-t", min=1, max=MAX_TASK_ID, help="The learned task to use.")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the labels (or, with --proba, the probabilities) as .npy.")] = None,
+    proba: Annotated[bool, typer.Option("--proba", help="Class probabilities (softmax of the head) too.")] = False,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing file that is not a .npy.")] = False,
+    device: Annotated[Literal[DEVICES], typer.Option(help="Where to run.")] = "auto",
+    json_out: Annotated[bool, typer.Option("--json", help="Print the predictions as one JSON object.")] = False,
+) -> None:
+    """Predict with task TASK of CKPT: the task's own transform, subnetwork and head; labels as learned."""
+    import io
+
+    import numpy as np
+
+    from wsncli.commands.schemas import PredictDoc, schema_id
+    from wsncli.engine.lifecycle.predict import predict_task, read_inputs
+    from wsncli.engine.runtime import configure_threads, resolve_device
+    from wsncli.engine.store.checkpoint import load_checkpoint
+    from wsncli.engine.store.paths import file_prefix, plan_output, write_output
+
+    target = None
+    if output is not None:
+        target = plan_output(output, what=".npy file", inputs=[ckpt, inputs], force=force,
+                             is_own_kind=lambda p: file_prefix(p, 6) == b"\x93NUMPY")
+    dev = resolve_device(device)
+    checkpoint = load_checkpoint(ckpt)
+    configure_threads(sum(l.weight.numel() for l in checkpoint.model.subnet_layers().values()), None)
+    result = predict_task(checkpoint, task, read_inputs(inputs, checkpoint), dev, proba, str(inputs))
+    if target is not None:
+        buffer = io.BytesIO()
+        np.save(buffer, result.probabilities if proba else result.labels, allow_pickle=False)
+        write_output(target, buffer.getvalue())
+    if json_out:
+        print_json(PredictDoc(schema=schema_id("predict"), checkpoint=str(ckpt), task=task, input=str(inputs), n=len(result.labels),
+                              classes=list(result.classes), predictions=result.labels.tolist(),
+                              probabilities=None if result.probabilities is None else result.probabilities.tolist(),
+                              output=None if output is None else str(output)))
+        return
+    if output is not None:
+        stdout.print(f"wrote {len(result.labels)} {'probability rows' if proba else 'labels'} to {output}")
+        return
+    for i, label in enumerate(result.labels.tolist()):
+        extra = "" if result.probabilities is None else "  " + " ".join(f"{p:.4f}" for p in result.probabilities[i])
+        stdout.print(f"{label}{extra}", markup=False)

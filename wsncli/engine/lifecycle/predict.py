@@ -1,0 +1,131 @@
+"""Using a learned task on new inputs: read them (.npy, .npz, images), apply the task's own input
+transform, run its subnetwork and head, and map the predictions back to the user's labels."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from wsncli.engine.data import loaders
+from wsncli.engine.data.preprocess import Preprocess, scaled
+from wsncli.engine.data.readers import data_limit, read_npz
+from wsncli.engine.data.splits import pmnist_permutation
+from wsncli.engine.lifecycle.outputs import device_transform, predict_logits, set_task_mode
+from wsncli.engine.store.checkpoint import Checkpoint
+from wsncli.engine.store.paths import read_regular_file
+from wsncli.errors import DataError, TaskError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+NPZ_KEYS = ("x", "x_test", "inputs")
+
+
+@dataclass(frozen=True)
+class Predictions:
+    task: int
+    classes: list
+    indices: np.ndarray  # (N,) head labels
+    labels: np.ndarray  # (N,) the user's labels (int64 or str)
+    probabilities: np.ndarray | None  # (N, K) float32 softmax, when asked
+
+
+def task_transform(ckpt: Checkpoint, task: int, raw: np.ndarray | None = None) -> Preprocess:
+    """The transform the task was learned with: stored (version 2), else the benchmark's fixed one."""
+    if task in ckpt.preps:
+        return ckpt.preps[task]
+    bench = ckpt.meta.benchmark
+    if bench == "split-digits":
+        return scaled(16.0, divide=True)
+    if bench == "pmnist":
+        return scaled(1 / 255.0, mean=loaders.MNIST_NORM[0], std=loaders.MNIST_NORM[1], permutation=pmnist_permutation(task))
+    if bench in ("split-mnist", "split-fashion"):
+        mean, std = loaders.FASHION_NORM if bench == "split-fashion" else loaders.MNIST_NORM
+        return scaled(1 / 255.0, mean=mean, std=std)
+    if bench in ("split-cifar10", "split-cifar100"):
+        mean, std = loaders.CIFAR100_NORM if bench == "split-cifar100" else loaders.CIFAR10_NORM
+        return scaled(1 / 255.0, mean=np.asarray(mean, np.float32)[:, None, None], std=np.asarray(std, np.float32)[:, None, None])
+    return loaders.npz_input_prep(bench, "inputs", raw if raw is not None else np.zeros(1, np.float32))
+
+
+def _npy(path: Path) -> np.ndarray:
+    import io
+
+    raw = read_regular_file(path, data_limit(), "input file", DataError)
+    try:
+        fh = io.BytesIO(raw)
+        version = np.lib.format.read_magic(fh)
+        reader = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+        if reader is None:
+            raise ValueError(f"npy format version {version} is not supported")
+        shape, _fortran, dtype = reader(fh, max_header_size=10000)
+        if dtype.hasobject:
+            raise ValueError("it holds Python objects (pickles), which wsn never loads")
+        if math.prod(shape) * dtype.itemsize > len(raw):
+            raise ValueError(f"its header declares {shape} {dtype}, more than the file holds")
+        return np.load(io.BytesIO(raw), allow_pickle=False)
+    except (ValueError, EOFError, OSError) as exc:
+        raise DataError(f"{path}: not a readable .npy array ({exc})") from None
+
+
+def read_inputs(path: Path, ckpt: Checkpoint) -> np.ndarray:
+    """Raw inputs (N, *sample) from .npy, .npz (x / x_test / inputs / its only array) or images."""
+    path = Path(path)
+    if path.is_dir() or path.suffix.lower() in IMAGE_SUFFIXES:
+        return _images(path, ckpt)
+    prefix = read_regular_file(path, data_limit(), "input file", DataError)[:6]
+    if prefix.startswith(b"\x93NUMPY"):
+        return _npy(path)
+    if prefix.startswith(b"PK"):
+        arrays = read_npz(path)
+        key = next((k for k in NPZ_KEYS if k in arrays), None) or (next(iter(arrays)) if len(arrays) == 1 else None)
+        if key is None:
+            raise DataError(f"{path}: an npz of inputs needs an array named x, x_test or inputs (it has: {', '.join(sorted(arrays))})")
+        return arrays[key]
+    raise DataError(f"{path}: not an input file wsn reads (.npy, .npz, or .png/.jpg images or a folder of them)")
+
+
+def _images(path: Path, ckpt: Checkpoint) -> np.ndarray:
+    from wsncli.engine.data import images
+
+    shape = tuple(ckpt.meta.model.input_shape)
+    if len(shape) != 3:
+        raise DataError(f"{path}: images need a network of image inputs; this one takes {shape}")
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")) if path.is_dir() else [path]
+    if not files:
+        raise DataError(f"{path}: no .png/.jpg/.jpeg images in this folder")
+    return images.decode_images(files, shape[0], shape[1] if ckpt.meta.image_size else None, expected_size=shape[1:])
+
+
+def fit_shape(x: np.ndarray, shape: tuple[int, ...], where: str) -> np.ndarray:
+    """(N, *sample) with the network's sample shape: one sample gets a batch axis; flat networks
+    take any sample with as many values (28x28 images for a 784-input MLP)."""
+    if x.ndim == len(shape) and tuple(x.shape) == shape:
+        x = x[None]
+    if tuple(x.shape[1:]) == shape:
+        return x
+    if len(shape) == 1 and x.ndim >= 2 and math.prod(x.shape[1:]) == shape[0]:
+        return x.reshape(len(x), -1)
+    raise DataError(f"{where}: inputs have shape {tuple(x.shape[1:])} per sample, the task's network takes {shape}")
+
+
+def predict_task(ckpt: Checkpoint, task: int, x: np.ndarray, device: torch.device, probabilities: bool, where: str) -> Predictions:
+    if task not in ckpt.learned():
+        raise TaskError(f"task {task} is not learned in this checkpoint (learned: {', '.join(map(str, ckpt.learned())) or 'none'})")
+    if x.dtype.kind not in "fiub":
+        raise DataError(f"{where}: inputs have dtype {x.dtype}; they must be numbers")
+    x = fit_shape(x, tuple(ckpt.meta.model.input_shape), where)
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        raise DataError(f"{where}: inputs contain NaN or infinite values")
+    record = ckpt.task_record(task)
+    model = ckpt.model.to(device)
+    masks = ckpt.masks.get(task)
+    set_task_mode(model, None if masks is None else {n: m.to(device) for n, m in masks.items()})
+    logits = predict_logits(model, x, task, device, transform=device_transform(task_transform(ckpt, task, x), device))  # (N, K)
+    indices = logits.argmax(1).numpy().astype(np.int64)
+    classes = list(record.classes)
+    labels = np.asarray(classes)[indices] if len(indices) else np.zeros(0, np.int64)
+    probs = torch.softmax(logits, 1).numpy().astype(np.float32) if probabilities else None
+    return Predictions(task, classes, indices, labels, probs)
