@@ -79,8 +79,9 @@ def _matrix_plot(plt, tasks, r) -> bytes:
 def _over_time_plot(plt, tasks, r) -> bytes:
     fig, ax = plt.subplots(figsize=(7, 4))
     steps = np.arange(1, len(tasks) + 1)
+    markers = "osD^vP*Xhp"
     for j, t in enumerate(tasks):
-        ax.plot(steps[j:], 100 * r[j:, j], marker="o", label=f"task {t}")
+        ax.plot(steps[j:], 100 * r[j:, j], marker=markers[j % len(markers)], label=f"task {t}")
     ax.set_xticks(steps, [f"{i}\n(task {t})" for i, t in zip(steps, tasks)])
     ax.set_xlabel("tasks learned so far")
     ax.set_ylabel("test accuracy (%)")
@@ -114,12 +115,13 @@ def _density_plot(plt, desc: CheckpointDescription) -> bytes:
     x = np.arange(len(rows))
     density = [100 * s.mask_density for s in rows]
     reused = [100 * s.mask_density * s.reuse_of_earlier for s in rows]
-    ax.bar(x, density, color="#9ecae1", label="mask density (share of all weights)")
-    ax.bar(x, reused, color="#3182bd", label="of which weights earlier tasks already used")
+    ax.bar(x, reused, color="#3182bd", label="reused: weights earlier tasks already use")
+    ax.bar(x, np.subtract(density, reused), bottom=reused, color="#9ecae1", label="new: weights no earlier task used")
     ax.set_xticks(x, [f"task {s.record.task}" for s in rows])
+    ax.set_ylim(0, max(density, default=1) * 1.15)
     ax.set_ylabel("% of the network's masked weights")
-    ax.set_title("Each task's mask: size and reuse of earlier weights")
-    ax.legend(fontsize=8)
+    ax.set_title("Each task's mask (its density): reused and new weights")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2)
     ax.grid(alpha=0.3, axis="y")
     return _png(fig, plt)
 
