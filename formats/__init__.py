@@ -18,6 +18,7 @@ _EXPORTS = {
                "MAX_META_VALUES", "MAX_NAME_CHARS", "MAX_TASKS", "MAX_TOTAL_BITS"),
     "report": ("storage_report",),
 }
+_SUBMODULES = ("bitio", "codecs", "container", "context", "golomb", "header", "huffman", "report", "stats")
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __all__ = sorted([*_WHERE, "FormatError", "WsnError"])
@@ -26,6 +27,8 @@ __all__ = sorted([*_WHERE, "FormatError", "WsnError"])
 def __getattr__(name: str):
     module = _WHERE.get(name)
     if module is None:
+        if name in _SUBMODULES:  # `formats.container` before anything imported it
+            return importlib.import_module(f"formats.{name}")
         raise AttributeError(f"module 'formats' has no attribute {name!r}")
     value = getattr(importlib.import_module(f"formats.{module}"), name)
     globals()[name] = value

@@ -22,8 +22,8 @@ ENGINE_ALLOWED = {
     "nn": set(),
     "data": set(),
     "store": {"nn", "data"},
-    "lifecycle": {"nn", "data", "store"},
-    "parallel": {"nn", "data", "store"},
+    "lifecycle": {"nn", "data", "store", "parallel"},
+    "parallel": {"nn"},
 }
 ENGINE_TOP = {"wsncli.engine", "wsncli.engine.limits", "wsncli.engine.runtime"}
 

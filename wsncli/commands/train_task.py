@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Literal, Optional
 
@@ -53,6 +54,7 @@ def train_task_command(
         data_root=data_root, n_tasks=n_tasks, threads=threads, image_size=image_size, channels=channels,
         standardize=standardize, matrix=matrix, restart=restart,
     )
+    quiet = quiet or os.environ.get("RANK", "0") != "0"  # in a torchrun group, rank 0 reports
     with progress_bar(show_progress(quiet)) as progress:
         bar = progress.add_task(f"task {task}", total=None, visible=False)
 
@@ -72,6 +74,8 @@ def train_task_command(
         # status lines only on a terminal: a refusal in a script or pipe stays one line on stderr
         status = (lambda msg: stderr.print(msg)) if show_progress(quiet) else None
         result = learn_task(request, callbacks, status, on_decode)
+    if result.record is None:
+        return
     for message in result.warnings:
         warn(message)
     if json_out:

@@ -19,10 +19,11 @@ from wsncli.engine.lifecycle.request import DEFAULT_BENCHMARK, DEFAULT_CAPACITY,
 from wsncli.engine.lifecycle.train import TrainCallbacks, TrainResult, TrainSettings, train_task
 from wsncli.engine.nn.models import ModelConfig, build_model
 from wsncli.engine.nn.subnet import k_for_capacity
+from wsncli.engine.parallel.shard import Shard, world_size_from_env
 from wsncli.engine.runtime import configure_threads, resolve_device
 from wsncli.engine.store.checkpoint import Checkpoint, check_model_size, load_checkpoint, save_checkpoint
 from wsncli.engine.store.lock import CheckpointLock
-from wsncli.engine.store.paths import plan_output, remove_stale_temps
+from wsncli.engine.store.paths import plan_output, remove_stale_temps, resolve
 from wsncli.engine.store.schema import CheckpointMeta, TaskRecord, from_model_config
 from wsncli.errors import CheckpointError, DataError, TaskError, UsageError, WsnError
 
@@ -31,7 +32,7 @@ __all__ = ["LearnResult", "TaskRequest", "learn_task"]
 
 @dataclass
 class LearnResult:
-    record: TaskRecord
+    record: TaskRecord | None  # None in the processes of a parallel run other than rank 0
     created: bool
     checkpoint_bytes: int
     train: TrainResult
@@ -76,82 +77,162 @@ def _hint(benchmark: str, data: TaskData) -> str:
     return ""
 
 
+@dataclass
+class _Job:
+    """A train-task prepared: checkpoint (loaded or new), data, settings, and where it is written."""
+
+    req: TaskRequest
+    real: Path
+    created: bool
+    ckpt: Checkpoint
+    data: TaskData
+    data_root: Path | None
+    settings: TrainSettings
+    frozen: dict[str, torch.Tensor] | None
+    device: torch.device
+    snapshot: resume.Snapshots | None = None
+
+
+def _prepare(req: TaskRequest, real: Path, device: torch.device, status, on_progress) -> _Job:
+    created = not os.path.lexists(real)
+    data_root = resolve_data_root(req.data_root)
+    ckpt = None
+    if created:
+        benchmark, options = req.benchmark or DEFAULT_BENCHMARK, data_options_for(req, on_progress)
+    else:
+        status(f"loading {req.ckpt}")
+        ckpt = load_checkpoint(real, require_signature=False)
+        check_matches(ckpt, req)
+        benchmark, options = ckpt.meta.benchmark, data_options(ckpt, on_progress)
+        if data_root is None and ckpt.meta.data_root:
+            data_root = Path(ckpt.meta.data_root)
+    status(f"loading {benchmark} task {req.task}")
+    n_tasks = req.n_tasks if ckpt is None else ckpt.meta.n_tasks
+    data = load_task(benchmark, req.task, data_root, n_tasks, options, req.standardize)
+    if ckpt is None:
+        ckpt = _new_checkpoint(req, data, data_root)
+    _check_data_fits(ckpt, data, req)
+    meta = ckpt.meta
+    info = benchmark_info(meta.benchmark, data_root, meta.n_tasks, options)
+    settings = TrainSettings(
+        task=req.task,
+        capacity=(req.capacity or meta.default_capacity or DEFAULT_CAPACITY) if meta.method == "wsn" else 1.0,
+        epochs=req.epochs or info.default_epochs,
+        batch_size=req.batch_size or info.default_batch_size,
+        lr=req.lr or DEFAULT_LR,
+        seed=meta.seed,
+        method=meta.method,
+    )
+    configure_threads(sum(l.weight.numel() for l in ckpt.model.subnet_layers().values()), req.threads)
+    _check_capacity_keeps_weights(ckpt.model, settings)
+    ckpt.model.to(device)
+    ckpt.masks = {t: {n: m.to(device) for n, m in lm.items()} for t, lm in ckpt.masks.items()}
+    torch.manual_seed(settings.seed * 7919 + req.task)  # the new head's initial weights
+    ckpt.model.add_task(req.task, data.n_classes)
+    ckpt.model.to(device)
+    frozen = ckpt.used_weights() if settings.method == "wsn" and ckpt.learned() else None
+    return _Job(req, real, created, ckpt, data, data_root, settings, frozen, device)
+
+
+def _train(job: _Job, callbacks: TrainCallbacks | None, status, shard=None) -> tuple[TrainResult, int]:
+    """Train the task (continuing a snapshot when there is one); returns the result and the epoch resumed after."""
+    main = shard is None or shard.is_main
+    snapshot = resume.Snapshots(job.real, job.ckpt, job.req, job.settings, job.data)
+    state = snapshot.start(job.req.restart and main, status)
+    callbacks = callbacks or TrainCallbacks()
+    callbacks.on_state = snapshot.write if main else None
+    try:
+        result = train_task(job.ckpt.model, job.data, job.settings, job.frozen, job.device, callbacks, state,
+                            _hint(job.ckpt.meta.benchmark, job.data), shard)
+        _check_finite(job.ckpt.model, job.req.task)
+    except WsnError:
+        if main:
+            snapshot.remove()  # diverged or broken: continuing from it would fail the same way
+        raise
+    job.snapshot = snapshot
+    return result, state.epoch if state else 0
+
+
+def _record_and_save(job: _Job, result: TrainResult, target, status) -> tuple[TaskRecord, int, list[str]]:
+    ckpt, req = job.ckpt, job.req
+    warnings: list[str] = []
+    row = [None] * len(ckpt.learned())
+    if req.matrix and ckpt.learned():
+        status("re-measuring earlier tasks for the accuracy matrix")
+        row = accuracy_row(ckpt, job.data_root, job.device, on_warning=warnings.append)
+    record, predictions = task_record(ckpt, job.data, job.settings, result, job.device, world_size_from_env())
+    record.accuracy_row = row
+    if result.masks is not None:
+        ckpt.masks[req.task] = result.masks
+    ckpt.preps[req.task] = job.data.prep
+    ckpt.predictions[req.task] = predictions
+    ckpt.meta.tasks.append(record)
+    status(f"saving {req.ckpt}")
+    ckpt.model.to("cpu")
+    ckpt.masks = {t: {n: m.cpu() for n, m in lm.items()} for t, lm in ckpt.masks.items()}
+    size = save_checkpoint(ckpt, target)
+    job.snapshot.remove()
+    return record, size, warnings
+
+
 def learn_task(req: TaskRequest, callbacks: TrainCallbacks | None = None, on_status: Callable[[str], None] | None = None,
                on_progress: Callable[[int, int], None] | None = None) -> LearnResult:
-    """Learn one task into the checkpoint. The file changes only by one atomic rename at the end."""
+    """Learn one task into the checkpoint. The file changes only by one atomic rename at the end.
+
+    Launched by torchrun with several processes, the task is trained data-parallel (engine.parallel)."""
     status = on_status or (lambda _msg: None)
     check_request(req)
     device = resolve_device(req.device)
+    if world_size_from_env() > 1:
+        return _learn_parallel(req, device, callbacks, status, on_progress)
     target = plan_output(req.ckpt, what="checkpoint", allow_stream=False, error=CheckpointError)
     with CheckpointLock(req.ckpt):
         remove_stale_temps(target.real)  # left by a writer that was killed (SIGKILL, power cut)
-        created = not os.path.lexists(target.real)
-        data_root = resolve_data_root(req.data_root)
-        if created:
-            ckpt = None
-            benchmark = req.benchmark or DEFAULT_BENCHMARK
-            options = data_options_for(req, on_progress)
-        else:
-            status(f"loading {req.ckpt}")
-            ckpt = load_checkpoint(target.real, require_signature=False)
-            check_matches(ckpt, req)
-            benchmark = ckpt.meta.benchmark
-            if data_root is None and ckpt.meta.data_root:
-                data_root = Path(ckpt.meta.data_root)
-            options = data_options(ckpt, on_progress)
-        status(f"loading {benchmark} task {req.task}")
-        n_tasks = req.n_tasks if ckpt is None else ckpt.meta.n_tasks
-        data = load_task(benchmark, req.task, data_root, n_tasks, options, req.standardize)
-        if ckpt is None:
-            ckpt = _new_checkpoint(req, data, data_root)
-        _check_data_fits(ckpt, data, req)
-        meta = ckpt.meta
-        info = benchmark_info(meta.benchmark, data_root, meta.n_tasks, options)
-        settings = TrainSettings(
-            task=req.task,
-            capacity=(req.capacity or meta.default_capacity or DEFAULT_CAPACITY) if meta.method == "wsn" else 1.0,
-            epochs=req.epochs or info.default_epochs,
-            batch_size=req.batch_size or info.default_batch_size,
-            lr=req.lr or DEFAULT_LR,
-            seed=meta.seed,
-            method=meta.method,
-        )
-        configure_threads(sum(l.weight.numel() for l in ckpt.model.subnet_layers().values()), req.threads)
-        _check_capacity_keeps_weights(ckpt.model, settings)
-        model = ckpt.model.to(device)
-        ckpt.masks = {t: {n: m.to(device) for n, m in lm.items()} for t, lm in ckpt.masks.items()}
-        torch.manual_seed(settings.seed * 7919 + req.task)  # the new head's initial weights
-        model.add_task(req.task, data.n_classes)
-        model.to(device)
-        frozen = ckpt.used_weights() if settings.method == "wsn" and ckpt.learned() else None
-        snapshot = resume.Snapshots(target.real, ckpt, req, settings, data)
-        state = snapshot.start(req.restart, status)
-        callbacks = callbacks or TrainCallbacks()
-        callbacks.on_state = snapshot.write
-        try:
-            result = train_task(model, data, settings, frozen, device, callbacks, state, _hint(meta.benchmark, data))
-            _check_finite(model, req.task)
-        except WsnError:
-            snapshot.remove()  # diverged or broken: continuing from it would fail the same way
-            raise
-        warnings: list[str] = []
-        row = [None] * len(ckpt.learned())
-        if req.matrix and ckpt.learned():
-            status("re-measuring earlier tasks for the accuracy matrix")
-            row = accuracy_row(ckpt, data_root, device, on_warning=warnings.append)
-        record, predictions = task_record(ckpt, data, settings, result, device)
-        record.accuracy_row = row
-        if result.masks is not None:
-            ckpt.masks[req.task] = result.masks
-        ckpt.preps[req.task] = data.prep
-        ckpt.predictions[req.task] = predictions
-        meta.tasks.append(record)
-        status(f"saving {req.ckpt}")
-        model.to("cpu")
-        ckpt.masks = {t: {n: m.cpu() for n, m in lm.items()} for t, lm in ckpt.masks.items()}
-        size = save_checkpoint(ckpt, target)
-        snapshot.remove()
-    return LearnResult(record, created, size, result, ckpt.learned(), state.epoch if state else 0, warnings)
+        job = _prepare(req, target.real, device, status, on_progress)
+        result, resumed = _train(job, callbacks, status)
+        record, size, warnings = _record_and_save(job, result, target, status)
+    return LearnResult(record, job.created, size, result, job.ckpt.learned(), resumed, warnings)
+
+
+def _learn_parallel(req: TaskRequest, device: torch.device, callbacks, status, on_progress) -> LearnResult:
+    """The same, one process of several: rank 0 locks and writes; every phase ends in agreement."""
+    shard = Shard(device)
+    lock, target, error, clean = None, None, None, False
+    try:
+        if shard.is_main:
+            try:
+                target = plan_output(req.ckpt, what="checkpoint", allow_stream=False, error=CheckpointError)
+                lock = CheckpointLock(req.ckpt).__enter__()
+                remove_stale_temps(target.real)
+            except WsnError as exc:
+                error = exc
+        shard.agree(error)
+        job = _phase(shard, lambda: _prepare(req, resolve(req.ckpt), shard.device, status if shard.is_main else _quiet, on_progress))
+        result, resumed = _phase(shard, lambda: _train(job, callbacks if shard.is_main else None, status, shard))
+        shard.unwrap()
+        _phase(shard, lambda: shard.check_same_state(job.ckpt.model, result.masks))
+        saved = _phase(shard, lambda: _record_and_save(job, result, target, status) if shard.is_main else None)
+        record = saved[0] if saved else None
+        clean = True
+        return LearnResult(record, job.created, saved[1] if saved else 0, result, job.ckpt.learned(), resumed, saved[2] if saved else [])
+    finally:
+        if lock is not None:
+            lock.__exit__(None, None, None)
+        shard.close(clean)
+
+
+def _phase(shard: Shard, work):
+    error, value = None, None
+    try:
+        value = work()
+    except WsnError as exc:
+        error = exc
+    shard.agree(error)
+    return value
+
+
+def _quiet(_message: str) -> None:
+    return None
 
 
 def data_options_for(req: TaskRequest, on_progress=None):

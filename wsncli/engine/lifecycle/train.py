@@ -10,6 +10,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -18,6 +19,10 @@ import torch.nn.functional as F
 from wsncli.engine.data.registry import TaskData
 from wsncli.engine.lifecycle.outputs import device_transform
 from wsncli.engine.nn.models import WSNNet
+from wsncli.engine.nn.selection import NonFiniteScores
+
+if TYPE_CHECKING:
+    from wsncli.engine.parallel.shard import Shard
 from wsncli.errors import TaskError, WsnError
 
 EXPLODED_LOSS = 1e3  # a mean cross-entropy above this means the run diverged
@@ -162,14 +167,20 @@ def _loss_and_accuracy(model: WSNNet, split: DeviceSplit, task: int, batch: int 
     return float(total_loss) / len(split), int(correct) / len(split)
 
 
-def _check_loss(loss_sum: torch.Tensor, steps: int, settings: TrainSettings, epoch: int, hint: str) -> None:
-    """One host synchronisation: stop when the mean loss of the last steps is not finite or exploded."""
+def _diverged(settings: TrainSettings, epoch: int, what: str, hint: str) -> TrainingDiverged:
+    return TrainingDiverged(f"task {settings.task}: {what} in epoch {epoch}; nothing was saved. Try a smaller --lr (now {settings.lr:g}){hint}")
+
+
+def _check_loss(loss_sum: torch.Tensor, steps: int, settings: TrainSettings, epoch: int, hint: str, model: WSNNet) -> None:
+    """One host synchronisation: stop when the mean loss of the last steps is not finite or exploded,
+    or when a weight or score is no longer finite."""
     mean = float(loss_sum) / max(steps, 1)
-    if math.isfinite(mean) and mean <= EXPLODED_LOSS:
-        return
-    what = "became NaN" if math.isnan(mean) else "became infinite" if math.isinf(mean) else f"exploded to {mean:.3g}"
-    raise TrainingDiverged(f"task {settings.task}: the training loss {what} in epoch {epoch}; nothing was saved. "
-                           f"Try a smaller --lr (now {settings.lr:g}){hint}")
+    if not (math.isfinite(mean) and mean <= EXPLODED_LOSS):
+        what = "became NaN" if math.isnan(mean) else "became infinite" if math.isinf(mean) else f"exploded to {mean:.3g}"
+        raise _diverged(settings, epoch, f"the training loss {what}", hint)
+    finite = torch.stack([torch.isfinite(p).all() for layer in model.subnet_layers().values() for p in (layer.weight, layer.scores)])
+    if not bool(finite.all()):
+        raise _diverged(settings, epoch, "weights or scores became NaN or infinite", hint)
 
 
 def train_task(
@@ -181,79 +192,114 @@ def train_task(
     callbacks: TrainCallbacks | None = None,
     resume: TrainState | None = None,
     diverged_hint: str = "",
+    shard: Shard | None = None,
 ) -> TrainResult:
     """Train `settings.task` on `data`; return its mask (top-c of the best epoch's scores).
 
     The task's head (and BatchNorm) must already exist (`model.add_task`). `frozen` marks, per layer,
     the weights earlier tasks use: they get no gradient and are checked bit for bit afterwards.
+    `shard` (engine.parallel) makes this process train its part of every batch, data-parallel.
     """
-    cb = callbacks or TrainCallbacks()
-    start = time.perf_counter()
-    task = settings.task
-    generator = torch.Generator().manual_seed(task_seed(settings.seed, task))
-    torch.manual_seed(task_seed(settings.seed, task))  # dropout
-    frozen_before = _frozen_values(model, frozen)
-    if settings.method == "wsn":
-        model.train_subnet(settings.capacity, frozen)
-    else:
-        model.dense()
-    params = trainable_parameters(model, task, settings.method)
-    optimizer = torch.optim.Adam(params, lr=settings.lr, fused=_fused_ok(device))
-    train, val = DeviceSplit(data, "train", device), DeviceSplit(data, "val", device)
-    n, bs = len(train), settings.batch_size
-    n_batches = (n + bs - 1) // bs
-    best_loss, best_epoch, best_state, history, first = float("inf"), 0, None, [], 1
+    run = _Run(model, data, settings, frozen, device, callbacks or TrainCallbacks(), diverged_hint, shard)
     if resume is not None:
-        restore_task_state(model, task, resume.model)
-        optimizer.load_state_dict(resume.optimizer)
-        generator.set_state(resume.generator)
-        torch.set_rng_state(resume.rng)
-        best_loss, best_epoch, best_state, history = resume.best_loss, resume.best_epoch, resume.best, list(resume.history)
-        first = resume.epoch + 1
-    for epoch in range(first, settings.epochs + 1):
-        model.train()
+        run.restore(resume)
+    try:
+        for epoch in range(run.first, settings.epochs + 1):
+            run.epoch(epoch)
+    except NonFiniteScores as exc:
+        raise _diverged(settings, len(run.history) + 1, f"training left {exc}", diverged_hint) from None
+    return run.finish()
+
+
+class _Run:
+    """One task's training: model, optimizer, generators, best epoch and history."""
+
+    def __init__(self, model, data, settings, frozen, device, cb, hint, shard) -> None:
+        self.model, self.settings, self.frozen, self.device, self.cb, self.hint = model, settings, frozen, device, cb, hint
+        self.start = time.perf_counter()
+        self.generator = torch.Generator().manual_seed(task_seed(settings.seed, settings.task))
+        torch.manual_seed(task_seed(settings.seed, settings.task))  # dropout
+        self.frozen_before = _frozen_values(model, frozen)
+        if settings.method == "wsn":
+            model.train_subnet(settings.capacity, frozen)
+        else:
+            model.dense()
+        params = trainable_parameters(model, settings.task, settings.method)
+        self.optimizer = torch.optim.Adam(params, lr=settings.lr, fused=_fused_ok(device))
+        self.shard = shard
+        self.forward = model if shard is None else shard.wrap(model, settings.task, params)
+        self.train, self.val = DeviceSplit(data, "train", device), DeviceSplit(data, "val", device)
+        self.best_loss, self.best_epoch, self.best_state, self.history, self.first = float("inf"), 0, None, [], 1
+
+    def restore(self, state: TrainState) -> None:
+        restore_task_state(self.model, self.settings.task, state.model)
+        self.optimizer.load_state_dict(state.optimizer)
+        self.generator.set_state(state.generator)
+        torch.set_rng_state(state.rng)
+        self.best_loss, self.best_epoch, self.best_state, self.history = state.best_loss, state.best_epoch, state.best, list(state.history)
+        self.first = state.epoch + 1
+
+    def _step(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step on a batch; returns (loss x samples, correct) of this process's part."""
+        if self.shard is not None:
+            xb, yb, scale = self.shard.part(xb, yb)
+        logits = self.forward(xb, self.settings.task)  # (b, n_classes)
+        loss = F.cross_entropy(logits, yb)
+        self.optimizer.zero_grad(set_to_none=True)
+        (loss if self.shard is None else loss * scale).backward()
+        self.optimizer.step()
+        return loss.detach() * xb.shape[0], (logits.detach().argmax(1) == yb).sum()
+
+    def epoch(self, epoch: int) -> None:
+        s, cb, task = self.settings, self.cb, self.settings.task
+        n, bs = len(self.train), s.batch_size
+        n_batches = (n + bs - 1) // bs
+        self.model.train()
         if cb.on_epoch_start:
             cb.on_epoch_start(epoch, n_batches)
-        order = torch.randperm(n, generator=generator).to(device)
-        xs, ys = train.x[order], train.y[order]  # shuffled copy; batches are views
-        loss_sum = torch.zeros((), device=device)
-        checked, checked_n = torch.zeros((), device=device), 0  # loss_sum and samples at the last check
-        correct = torch.zeros((), dtype=torch.long, device=device)
+        order = torch.randperm(n, generator=self.generator).to(self.device)
+        xs, ys = self.train.x[order], self.train.y[order]  # shuffled copy; batches are views
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        checked, checked_n = torch.zeros((), device=self.device), 0  # loss_sum and samples at the last check
         for b in range(n_batches):
-            xb, yb = train.inputs(xs[b * bs : (b + 1) * bs]), ys[b * bs : (b + 1) * bs]
-            logits = model(xb, task)  # (b, n_classes)
-            loss = F.cross_entropy(logits, yb)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.detach() * xb.shape[0]
-            correct += (logits.detach().argmax(1) == yb).sum()
+            batch_loss, batch_correct = self._step(self.train.inputs(xs[b * bs : (b + 1) * bs]), ys[b * bs : (b + 1) * bs])
+            loss_sum += batch_loss
+            correct += batch_correct
             if (b + 1) % CHECK_EVERY == 0:
                 seen = min((b + 1) * bs, n)
-                _check_loss(loss_sum - checked, seen - checked_n, settings, epoch, diverged_hint)
-                checked, checked_n = loss_sum.clone(), seen
+                total = self._global(loss_sum)
+                _check_loss(total - checked, seen - checked_n, s, epoch, self.hint, self.model)
+                checked, checked_n = total, seen
             if cb.on_batch_end:
                 cb.on_batch_end(b)
-        _check_loss(loss_sum, n, settings, epoch, diverged_hint)
-        model.eval()
-        val_loss, val_acc = _loss_and_accuracy(model, val, task)
-        score = val_loss if len(val) else -epoch  # no validation set: keep the last epoch
-        is_best = score < best_loss
+        loss_sum, correct = self._global(loss_sum), self._global(correct)
+        _check_loss(loss_sum, n, s, epoch, self.hint, self.model)
+        self.model.eval()
+        val_loss, val_acc = _loss_and_accuracy(self.model, self.val, task)
+        score = val_loss if len(self.val) else -epoch  # no validation set: keep the last epoch
+        is_best = score < self.best_loss
         if is_best:
-            best_loss, best_epoch, best_state = score, epoch, task_state(model, task)
+            self.best_loss, self.best_epoch, self.best_state = score, epoch, task_state(self.model, task)
         stats = EpochStats(epoch, float(loss_sum) / n, int(correct) / n, val_loss, val_acc, is_best)
-        history.append(stats)
+        self.history.append(stats)
         if cb.on_epoch_end:
             cb.on_epoch_end(stats)
-        if cb.on_state and epoch < settings.epochs:
-            cb.on_state(TrainState(epoch, task_state(model, task), optimizer.state_dict(), generator.get_state(),
-                                   torch.get_rng_state(), best_loss, best_epoch, best_state, list(history)))
-    if best_state is not None:
-        restore_task_state(model, task, best_state)
-    masks = model.current_masks() if settings.method == "wsn" else None
-    _check_frozen(model, frozen, frozen_before)
-    model.eval()
-    return TrainResult(masks, best_epoch, history, time.perf_counter() - start)
+        if cb.on_state and epoch < s.epochs:
+            cb.on_state(TrainState(epoch, task_state(self.model, task), self.optimizer.state_dict(), self.generator.get_state(),
+                                   torch.get_rng_state(), self.best_loss, self.best_epoch, self.best_state, list(self.history)))
+
+    def _global(self, value: torch.Tensor) -> torch.Tensor:
+        """A per-process sum, summed over every process (itself when not data-parallel)."""
+        return value.clone() if self.shard is None else self.shard.sum(value)
+
+    def finish(self) -> TrainResult:
+        if self.best_state is not None:
+            restore_task_state(self.model, self.settings.task, self.best_state)
+        masks = self.model.current_masks() if self.settings.method == "wsn" else None
+        _check_frozen(self.model, self.frozen, self.frozen_before)
+        self.model.eval()
+        return TrainResult(masks, self.best_epoch, self.history, time.perf_counter() - self.start)
 
 
 def _frozen_values(model: WSNNet, frozen: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:

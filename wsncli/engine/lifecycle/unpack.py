@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import formats
+from formats.container import MAGIC
 from wsncli.engine.store.container import looks_like_container
 from wsncli.engine.store.legacy_v1 import ZIP_MAGIC
 from wsncli.engine.store.paths import read_regular_file
@@ -32,7 +33,7 @@ def mask_bits_limit() -> int | None:
 
 def file_kind(data: bytes) -> str:
     """"packed-masks", "checkpoint", "npz" or "other", from a file's first bytes."""
-    if data[:4] == formats.container.MAGIC[:4]:
+    if data[:4] == MAGIC[:4]:
         return "packed-masks"
     if looks_like_container(data[:16]):
         return "checkpoint"

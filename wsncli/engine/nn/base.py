@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from wsncli.engine.nn.selection import NonFiniteScores
 from wsncli.engine.nn.subnet import SubnetLayer, k_for_capacity
 from wsncli.errors import UsageError
 
@@ -94,4 +95,13 @@ class WSNNet(nn.Module):
             layer.dense()
 
     def current_masks(self) -> dict[str, torch.Tensor]:
-        return {name: layer.current_mask().clone() for name, layer in self.subnet_layers().items()}
+        """Each layer's top-k mask of its current scores; refuses scores that are not finite (no
+        mask of exactly k weights is defined then)."""
+        masks = {}
+        for name, layer in self.subnet_layers().items():
+            if not bool(torch.isfinite(layer.scores.detach()).all()):
+                raise NonFiniteScores(f"scores of layer {name!r} are NaN or infinite")
+            masks[name] = layer.current_mask().clone()
+            if int(masks[name].sum()) != layer.k:  # never: the selection is exact
+                raise RuntimeError(f"internal error: mask of layer {name!r} keeps {int(masks[name].sum())} weights, not {layer.k}")
+        return masks

@@ -15,85 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-_MIN_BAND = 64  # target size of the candidate band around the threshold
+from wsncli.engine.nn.selection import TopKSelector, fused_grads, kernels_available, static_topk_mask
+from wsncli.engine.nn.selection import exact_top_k as exact_top_k  # re-exported for callers of 0.1
+from wsncli.engine.nn.selection import k_for_capacity as k_for_capacity
 
-
-def k_for_capacity(n: int, capacity: float) -> int:
-    """Number of weights a mask keeps in a layer of n weights: exactly round(c·n)."""
-    return int(round(capacity * n))
-
-
-def exact_top_k(values: torch.Tensor, k: int, threshold: torch.Tensor) -> torch.Tensor:
-    """Bool mask of exactly k entries: values > threshold, then ties == threshold by flat index."""
-    mask = values >= threshold  # (n,)
-    if int(mask.sum()) == k:  # the usual case: no tie at the threshold
-        return mask
-    mask = values > threshold
-    missing = k - int(mask.sum())
-    ties = values == threshold
-    tie_rank = torch.cumsum(ties, 0)  # 1-based rank of each tie in index order
-    return mask | (ties & (tie_rank <= missing))
-
-
-class TopKSelector:
-    """Exact top-k of a slowly changing vector without a sort per call.
-
-    Keeps a band (lo, hi] around the last threshold; the k-th largest value is found among the few
-    entries inside the band. When the band misses it (scores moved far), one full kthvalue recentres
-    it and the band widens, so it settles at the width the per-step drift needs.
-    """
-
-    def __init__(self) -> None:
-        self.lo: float | None = None
-        self.hi: float | None = None
-        self.width = 0.0
-        self.ties = True
-        self.full_selections = 0  # how often the fallback ran (tests and benchmarks read it)
-
-    def reset(self) -> None:
-        self.lo = self.hi = None
-        self.width = 0.0
-
-    def select(self, values: torch.Tensor, k: int) -> torch.Tensor:
-        """values: (n,) non-negative; returns a bool mask (n,) with exactly k True."""
-        n = values.numel()
-        if k >= n:
-            return torch.ones_like(values, dtype=torch.bool)
-        if k <= 0:
-            return torch.zeros_like(values, dtype=torch.bool)
-        threshold = self._threshold_in_band(values, k)
-        if threshold is None:
-            threshold = self._full_threshold(values, k)
-        elif not self.ties:
-            return values >= threshold  # no tie at the threshold: exactly k entries
-        return exact_top_k(values, k, threshold)
-
-    def _threshold_in_band(self, values: torch.Tensor, k: int) -> torch.Tensor | None:
-        if self.lo is None:
-            return None
-        over_lo = values > self.lo  # (n,)
-        in_band = over_lo & (values <= self.hi)
-        band = values[in_band]  # (m,)
-        above = int(over_lo.sum()) - band.numel()  # entries over hi
-        need = k - above  # the need-th largest inside the band is the threshold
-        if need < 1 or need > band.numel():
-            return None
-        threshold = torch.kthvalue(band, band.numel() - need + 1).values
-        if band.numel() > 64 * _MIN_BAND:
-            self.width *= 0.9  # drift has slowed: a narrower band is cheaper
-        t = float(threshold)
-        self.lo, self.hi = t - self.width / 2, t + self.width / 2
-        self.ties = int((band == threshold).sum()) > 1
-        return threshold
-
-    def _full_threshold(self, values: torch.Tensor, k: int) -> torch.Tensor:
-        self.full_selections += 1
-        n = values.numel()
-        threshold = torch.kthvalue(values, n - k + 1).values
-        t = float(threshold)
-        self.width = max(2.0 * self.width, abs(t) * 0.02, 1e-12)
-        self.lo, self.hi = t - self.width / 2, t + self.width / 2
-        return threshold
+# Layers up to this many weights take the fused CPU kernel when torch runs on one thread (bigger
+# ones are faster in torch's multithreaded operations).
+FUSED_MAX_WEIGHTS = 1 << 26
 
 
 class _MaskedWeight(torch.autograd.Function):
@@ -115,6 +43,24 @@ class _MaskedWeight(torch.autograd.Function):
         return grad * trainable_f, (grad * weight).mul_(scores.sign()), None, None  # one temporary, same bits
 
 
+class _FusedMaskedWeight(torch.autograd.Function):
+    """_MaskedWeight with the selection, masks and both products in the C kernels (same bits)."""
+
+    @staticmethod
+    def forward(ctx, weight, scores, layer):
+        free = None if layer._free is None else layer._free
+        mask, trainable, w_eff = layer.selector.fused_select(scores.detach(), weight.detach(), free, layer.k, layer._work)
+        layer._last_mask = mask.view(weight.shape)
+        ctx.save_for_backward(weight, scores, trainable)
+        return w_eff.view(weight.shape)
+
+    @staticmethod
+    def backward(ctx, grad):
+        weight, scores, trainable = ctx.saved_tensors
+        gw, gs = fused_grads(grad, weight.detach(), scores.detach(), trainable)
+        return gw, gs, None
+
+
 class SubnetLayer(nn.Module):
     """Shared machinery of masked layers; subclasses define `_apply_weight(x, w)`."""
 
@@ -129,6 +75,8 @@ class SubnetLayer(nn.Module):
         self.k = self.weight.numel()
         self.frozen: torch.Tensor | None = None  # bool, weight shape: weights earlier tasks use
         self._free_f: torch.Tensor | None = None
+        self._free: torch.Tensor | None = None  # bool (n,): ~frozen, for the fused kernel
+        self._work: torch.Tensor | None = None  # float (n,): the kernel's scratch buffer
         self.fixed_mask: torch.Tensor | None = None
         self._cached_weight: torch.Tensor | None = None
         self._last_mask: torch.Tensor | None = None
@@ -138,6 +86,8 @@ class SubnetLayer(nn.Module):
         self.mode, self.k = "subnet", k
         self.frozen = frozen
         self._free_f = None if frozen is None else (~frozen).to(self.weight.dtype)  # 1 where trainable
+        self._free = None if frozen is None else (~frozen).reshape(-1).contiguous()
+        self._work = None
         self.fixed_mask = self._cached_weight = None
         self.selector.reset()
 
@@ -151,7 +101,15 @@ class SubnetLayer(nn.Module):
     def current_mask(self) -> torch.Tensor:
         """The top-k mask of the current scores (bool, weight shape)."""
         flat = self.scores.detach().abs().reshape(-1)  # (n,)
+        if flat.is_cuda:
+            return static_topk_mask(flat, self.k).view_as(self.weight)
         return self.selector.select(flat, self.k).view_as(self.weight)
+
+    def _fused(self) -> bool:
+        w = self.weight
+        if not (w.device.type == "cpu" and w.dtype == torch.float32 and 0 < self.k < w.numel() and kernels_available()):
+            return False
+        return w.numel() <= FUSED_MAX_WEIGHTS and torch.get_num_threads() == 1 and w.is_contiguous() and self.scores.is_contiguous()
 
     def effective_weight(self) -> torch.Tensor:
         if self.mode == "dense":
@@ -161,6 +119,10 @@ class SubnetLayer(nn.Module):
                 zero = torch.zeros((), dtype=self.weight.dtype, device=self.weight.device)
                 self._cached_weight = torch.where(self.fixed_mask, self.weight.detach(), zero)
             return self._cached_weight
+        if self._fused():
+            if self._work is None:
+                self._work = torch.empty(self.weight.numel(), dtype=torch.float32)
+            return _FusedMaskedWeight.apply(self.weight, self.scores, self)
         mask = self.current_mask()
         self._last_mask = mask
         mask_f = mask.to(self.weight.dtype)

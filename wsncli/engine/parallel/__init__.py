@@ -1,0 +1,1 @@
+"""Training one task over several processes (torchrun): sharded batches, all-reduced gradients."""
