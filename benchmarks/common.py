@@ -35,17 +35,28 @@ def run_sequence(ckpt: Path, tasks: list[int], **request) -> dict:
     train_seconds = time.perf_counter() - start
     checkpoint = load_checkpoint(ckpt)
     data_root = request.get("data_root")
-    report = evaluate_checkpoint(checkpoint, None, data_root, torch.device(request.get("device", "cpu")))
+    device = request.get("device", "cpu")
+    report = evaluate_checkpoint(checkpoint, None, data_root, torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                                                                             "cpu" if device == "auto" else device))
     return {
         "acc": report.acc,
-        "bwt": report.bwt,
+        "bwt": report.bwt,  # standard BWT: the tasks before the last, re-measured from the file
         "forget_free": report.forget_free,
         "capacity_used": report.capacity_used,
         "per_task": {t.task: t.accuracy for t in report.tasks},
+        "matrix": report.matrix.rows,
         "train_seconds": train_seconds,
         "total_seconds": time.perf_counter() - start,
-        "checkpoint": checkpoint,
+        "checkpoint_bytes": ckpt.stat().st_size,
     }
+
+
+def packed_bits(ckpt: Path, codec: str = "context") -> float:
+    """Bits per weight per task of the checkpoint's masks packed with `codec` (the .wsnm file's size)."""
+    from wsncli.engine.lifecycle.pack import pack_checkpoint_masks
+    from wsncli.engine.store.reader import read_checkpoint_file
+
+    return pack_checkpoint_masks(read_checkpoint_file(ckpt), codec, ckpt.name).report["bits_per_weight_per_task"]
 
 
 def emit(result: dict) -> None:

@@ -16,32 +16,33 @@ import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from common import emit, machine, run_sequence
+from common import emit, machine, packed_bits, run_sequence
 
 PAPER = {0.03: (94.84, 19.87), 0.05: (95.65, 26.49), 0.1: (96.14, 40.41), 0.3: (96.41, 77.73), 0.5: (96.24, 98.10)}
 
 
 def one_run(capacity: float, seed: int, args) -> dict:
-    import torch
+    import shutil
 
-    import formats
-    from wsncli.engine.lifecycle.pack import pack_checkpoint_masks
+    import torch
 
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "pmnist.pt"
         r = run_sequence(
-            Path(tmp) / "pmnist.pt", list(range(1, args.tasks + 1)), benchmark="pmnist", capacity=capacity,
-            epochs=args.epochs, batch_size=args.batch_size, lr=1e-3, seed=seed, device="cpu",
-            data_root=args.data_root, n_tasks=args.tasks, threads=1,
+            path, list(range(1, args.tasks + 1)), benchmark="pmnist", capacity=capacity,
+            epochs=args.epochs, batch_size=args.batch_size, lr=1e-3, seed=seed, device=args.device,
+            data_root=args.data_root, n_tasks=args.tasks, threads=1 if args.device == "cpu" else None,
         )
-        packed = pack_checkpoint_masks(r.pop("checkpoint"), "context", "pmnist.pt")
-    bits = packed.report["bits_per_weight_per_task"]
+        bits = packed_bits(path)
+        if args.keep:
+            shutil.copyfile(path, args.keep / f"pmnist-c{capacity}-s{seed}.pt")
     return {
         "benchmark": "pmnist", "capacity": capacity, "seed": seed, "tasks": args.tasks, "epochs": args.epochs,
-        "batch_size": args.batch_size, "acc": 100 * r["acc"], "bwt": 100 * r["bwt"], "forget_free": r["forget_free"],
-        "used": 100 * r["capacity_used"], "mask_bits_per_weight_per_task": bits,
+        "batch_size": args.batch_size, "device": args.device, "acc": 100 * r["acc"], "bwt": 100 * (r["bwt"] or 0.0),
+        "forget_free": r["forget_free"], "used": 100 * r["capacity_used"], "mask_bits_per_weight_per_task": bits,
         "cap": 100 * (r["capacity_used"] + bits * args.tasks / 32), "train_seconds": r["train_seconds"],
-        "per_task": r["per_task"], "formats_version": getattr(formats, "__version__", None),
+        "total_seconds": r["total_seconds"], "checkpoint_bytes": r["checkpoint_bytes"], "per_task": r["per_task"],
     }
 
 
@@ -54,6 +55,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=10)
     p.add_argument("--jobs", type=int, default=1, help="parallel runs (each single-threaded)")
     p.add_argument("--data-root", type=Path, default=None, help="folder with mnist/ IDX files (default: fetch_data cache)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--keep", type=Path, default=None, help="copy each run's checkpoint into this folder")
     args = p.parse_args()
     if args.data_root is None:
         from fetch_data import ensure_mnist

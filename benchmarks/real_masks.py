@@ -32,6 +32,7 @@ def main() -> None:
         args.data_root = ensure_mnist().parent
     from wsncli.engine.lifecycle.pack import pack_checkpoint_masks
     from wsncli.engine.nn.models import parse_hidden
+    from wsncli.engine.store.reader import read_checkpoint_file
 
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"# {machine()}")
@@ -39,7 +40,7 @@ def main() -> None:
     for c in args.capacity:
         r = run_sequence(args.out / f"pmnist-c{c}.pt", list(range(1, args.tasks + 1)), benchmark="pmnist", hidden=parse_hidden(args.hidden),
                          capacity=c, epochs=args.epochs, batch_size=args.batch_size, seed=0, device="cpu", data_root=args.data_root, n_tasks=args.tasks)
-        packed = pack_checkpoint_masks(r["checkpoint"], "context", f"pmnist-c{c}.pt")
+        packed = pack_checkpoint_masks(read_checkpoint_file(args.out / f"pmnist-c{c}.pt"), "context", f"pmnist-c{c}.pt")
         (args.out / f"pmnist-c{c}.wsnm").write_bytes(packed.data)
         rep = packed.report
         payload_bits = 8 * rep["payload_bytes"] / (rep["weights"] * rep["tasks"])

@@ -58,7 +58,8 @@ def test_forgetting_script():
 def test_speed_script():
     lines = run_script("speed.py", "--quick", "--configs", "mlp-100-b10")
     (r,) = lines
-    assert r["config"] == "mlp-100-b10" and r["step_ratio"] > 0 and r["eval_ratio"] > 0 and r["mem_train_ratio"] > 0
+    assert r["config"] == "mlp-100-b10" and set(r["ratios"]) == {"wsn", "wsn-torch", "floor", "paper"}
+    assert all(v > 0 for v in r["ratios"].values()) and r["wsn_faster_than_paper"] > 0
 
 
 def test_codec_script():

@@ -40,6 +40,8 @@ def train_task_command(
     matrix: Annotated[bool, typer.Option("--matrix/--no-matrix", help="Re-measure every earlier task afterwards (the accuracy matrix).")] = True,
     restart: Annotated[bool, typer.Option(help="Discard a resumable snapshot of this task instead of continuing it.")] = False,
     threads: Annotated[Optional[int], typer.Option(min=1, max=MAX_THREADS, help="CPU threads (default: 1 under 2M weights).")] = None,
+    cuda_graphs: Annotated[Optional[bool], typer.Option("--cuda-graphs/--no-cuda-graphs",
+                                                        help="Replay each step as a CUDA graph (default: on CUDA under 2M weights).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no per-epoch lines.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the task's record as one JSON object on stdout.")] = False,
 ) -> None:
@@ -52,7 +54,7 @@ def train_task_command(
         ckpt=ckpt, task=task, benchmark=benchmark, arch=arch, hidden=parse_hidden(hidden) if hidden else None, width=width,
         capacity=capacity, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, method=method,
         data_root=data_root, n_tasks=n_tasks, threads=threads, image_size=image_size, channels=channels,
-        standardize=standardize, matrix=matrix, restart=restart,
+        standardize=standardize, matrix=matrix, restart=restart, cuda_graphs=cuda_graphs,
     )
     quiet = quiet or os.environ.get("RANK", "0") != "0"  # in a torchrun group, rank 0 reports
     with progress_bar(show_progress(quiet)) as progress:

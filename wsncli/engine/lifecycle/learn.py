@@ -143,7 +143,7 @@ def _train(job: _Job, callbacks: TrainCallbacks | None, status, shard=None) -> t
     callbacks.on_state = snapshot.write if main else None
     try:
         result = train_task(job.ckpt.model, job.data, job.settings, job.frozen, job.device, callbacks, state,
-                            _hint(job.ckpt.meta.benchmark, job.data), shard)
+                            _hint(job.ckpt.meta.benchmark, job.data), shard, job.req.cuda_graphs)
         _check_finite(job.ckpt.model, job.req.task)
     except WsnError:
         if main:

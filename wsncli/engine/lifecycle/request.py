@@ -45,6 +45,7 @@ class TaskRequest:
     standardize: bool | None = None
     matrix: bool = True  # re-measure every earlier task after this one (the accuracy matrix)
     restart: bool = False  # discard a resumable snapshot instead of continuing from it
+    cuda_graphs: bool | None = None  # replay steps as CUDA graphs (None: on CUDA for small networks)
 
 
 def _in(name: str, value, lo, hi) -> None:

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from wsncli.engine.data.registry import TaskData
+from wsncli.engine.lifecycle.graphed import GraphedStep, graphs_pay
 from wsncli.engine.lifecycle.outputs import device_transform
 from wsncli.engine.nn.models import WSNNet
 from wsncli.engine.nn.selection import NonFiniteScores
@@ -84,6 +85,7 @@ class TrainResult:
     best_epoch: int
     history: list[EpochStats] = field(default_factory=list)
     seconds: float = 0.0
+    cuda_graphs: str = "off"  # "on", "off" or "failed (why)": how the steps ran
 
 
 class TrainingDiverged(TaskError):
@@ -193,14 +195,16 @@ def train_task(
     resume: TrainState | None = None,
     diverged_hint: str = "",
     shard: Shard | None = None,
+    cuda_graphs: bool | None = None,
 ) -> TrainResult:
     """Train `settings.task` on `data`; return its mask (top-c of the best epoch's scores).
 
     The task's head (and BatchNorm) must already exist (`model.add_task`). `frozen` marks, per layer,
     the weights earlier tasks use: they get no gradient and are checked bit for bit afterwards.
-    `shard` (engine.parallel) makes this process train its part of every batch, data-parallel.
+    `shard` (engine.parallel) makes this process train its part of every batch, data-parallel;
+    `cuda_graphs` replays each step as one CUDA graph (None: where it pays, lifecycle.graphed).
     """
-    run = _Run(model, data, settings, frozen, device, callbacks or TrainCallbacks(), diverged_hint, shard)
+    run = _Run(model, data, settings, frozen, device, callbacks or TrainCallbacks(), diverged_hint, shard, cuda_graphs)
     if resume is not None:
         run.restore(resume)
     try:
@@ -214,7 +218,7 @@ def train_task(
 class _Run:
     """One task's training: model, optimizer, generators, best epoch and history."""
 
-    def __init__(self, model, data, settings, frozen, device, cb, hint, shard) -> None:
+    def __init__(self, model, data, settings, frozen, device, cb, hint, shard, cuda_graphs=None) -> None:
         self.model, self.settings, self.frozen, self.device, self.cb, self.hint = model, settings, frozen, device, cb, hint
         self.start = time.perf_counter()
         self.generator = torch.Generator().manual_seed(task_seed(settings.seed, settings.task))
@@ -225,9 +229,12 @@ class _Run:
         else:
             model.dense()
         params = trainable_parameters(model, settings.task, settings.method)
-        self.optimizer = torch.optim.Adam(params, lr=settings.lr, fused=_fused_ok(device))
+        n_weights = sum(layer.weight.numel() for layer in model.subnet_layers().values())
+        graphed = shard is None and graphs_pay(device, n_weights, cuda_graphs)
+        self.optimizer = torch.optim.Adam(params, lr=settings.lr, fused=_fused_ok(device), capturable=graphed)
         self.shard = shard
         self.forward = model if shard is None else shard.wrap(model, settings.task, params)
+        self.step = GraphedStep(model, settings.task, self.optimizer, self._step, settings.batch_size) if graphed else self._step
         self.train, self.val = DeviceSplit(data, "train", device), DeviceSplit(data, "val", device)
         self.best_loss, self.best_epoch, self.best_state, self.history, self.first = float("inf"), 0, None, [], 1
 
@@ -263,7 +270,7 @@ class _Run:
         correct = torch.zeros((), dtype=torch.long, device=self.device)
         checked, checked_n = torch.zeros((), device=self.device), 0  # loss_sum and samples at the last check
         for b in range(n_batches):
-            batch_loss, batch_correct = self._step(self.train.inputs(xs[b * bs : (b + 1) * bs]), ys[b * bs : (b + 1) * bs])
+            batch_loss, batch_correct = self.step(self.train.inputs(xs[b * bs : (b + 1) * bs]), ys[b * bs : (b + 1) * bs])
             loss_sum += batch_loss
             correct += batch_correct
             if (b + 1) % CHECK_EVERY == 0:
@@ -299,7 +306,8 @@ class _Run:
         masks = self.model.current_masks() if self.settings.method == "wsn" else None
         _check_frozen(self.model, self.frozen, self.frozen_before)
         self.model.eval()
-        return TrainResult(masks, self.best_epoch, self.history, time.perf_counter() - self.start)
+        graphs = "off" if not isinstance(self.step, GraphedStep) else (f"failed ({self.step.failed})" if self.step.failed else "on")
+        return TrainResult(masks, self.best_epoch, self.history, time.perf_counter() - self.start, graphs)
 
 
 def _frozen_values(model: WSNNet, frozen: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
