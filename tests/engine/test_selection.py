@@ -147,6 +147,7 @@ def test_non_finite_scores_are_refused_by_the_kernel():
         TopKSelector().fused_select(scores, torch.ones(100), None, 30, torch.empty(100))
 
 
+@pytest.mark.cuda
 def test_static_select_needs_no_host_synchronisation_on_cuda():
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device here (the GPU check script runs this)")
