@@ -60,7 +60,7 @@ def test_graphed_steps_give_the_eager_steps_bits():
         g = torch.Generator(device="cpu").manual_seed(1)
         batches = [(torch.randn(10, *shape, generator=g).to(CUDA), torch.randint(0, 10, (10,), generator=g).to(CUDA)) for _ in range(12)]
 
-        def eager(x, y):
+        def eager(x, y, model=model, opt=opt):
             logits = model(x, 1)
             loss = F.cross_entropy(logits, y)
             opt.zero_grad(set_to_none=True)
