@@ -240,7 +240,9 @@ class _Run:
 
     def restore(self, state: TrainState) -> None:
         restore_task_state(self.model, self.settings.task, state.model)
-        self.optimizer.load_state_dict(state.optimizer)
+        saved = self.optimizer.state_dict()  # this run's param groups, the snapshot's moments and step counts
+        saved["state"] = state.optimizer["state"]
+        self.optimizer.load_state_dict(saved)
         self.generator.set_state(state.generator)
         torch.set_rng_state(state.rng)
         self.best_loss, self.best_epoch, self.best_state, self.history = state.best_loss, state.best_epoch, state.best, list(state.history)

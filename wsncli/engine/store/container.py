@@ -66,7 +66,7 @@ def encode_file(format_name: str, version: int, fields: dict[str, str], arrays: 
     metadata = {"format": format_name, "version": str(version), **fields}
     if key is not None:
         metadata["hmac"] = hmac.new(key, _auth_message(format_name, version, fields), hashlib.sha256).hexdigest()
-    raw = safetensors.numpy.save({k: np.ascontiguousarray(v) for k, v in arrays.items()}, metadata=metadata)
+    raw = safetensors.numpy.save({k: np.asarray(v, order="C") for k, v in arrays.items()}, metadata=metadata)  # keeps 0-d
     return _sorted_header(raw)
 
 
