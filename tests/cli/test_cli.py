@@ -403,3 +403,35 @@ def test_python_dash_m_version(tmp_path):
     proc = _run(sys.executable, "-m", "wsncli", "--version", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == f"wsn {wsncli.__version__}"
+
+
+STARTUP = """
+import sys
+sys.argv = ["wsn"] + sys.argv[1:]
+try:
+    from wsncli.cli import main
+    main()
+except SystemExit:
+    pass
+heavy = sorted(m for m in ("numpy", "torch", "formats.codecs") if m in sys.modules)
+print("heavy:" + ",".join(heavy), file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("args", [("--help",), ("--version",), ("train-task", "-h"), ("eval", "-h"), ("report", "-h")])
+def test_help_and_version_load_neither_numpy_nor_torch(args):
+    proc = subprocess.run([sys.executable, "-c", STARTUP, *args], capture_output=True, text=True, timeout=60)
+    assert proc.stderr.strip().splitlines()[-1] == "heavy:", proc.stderr
+
+
+def test_inspect_of_a_version_2_checkpoint_never_imports_torch(digits_ckpt):
+    proc = subprocess.run([sys.executable, "-c", STARTUP, "inspect", str(digits_ckpt)], capture_output=True, text=True, timeout=60)
+    assert "torch" not in proc.stderr.strip().splitlines()[-1], proc.stderr
+    assert "tasks in learning order (3)" in proc.stdout
+
+
+def test_the_command_lines_codec_names_are_formats_own():
+    import formats
+    from wsncli.engine.limits import PACK_CODECS
+
+    assert set(PACK_CODECS) == set(formats.PACK_CODECS) and PACK_CODECS[0] == "auto"

@@ -1,0 +1,72 @@
+"""A whole run as a user makes it: 10-task PMNIST at c = 0.3 (paper protocol), one `wsn train-task`
+process per task, WSN against `--method finetune`, back to back (the two alternate task by task, so
+both see the same load), then `wsn eval` of each. Quoted as the ratio WSN / finetune of the summed
+wall times; every process's start-up, data loading, accuracy-matrix re-measurement and save counted.
+
+    python benchmarks/whole_run.py [--tasks 10] [--epochs 5] [--data-root ~/.cache/wsn]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import emit, machine
+
+
+def wsn(*args, env) -> tuple[float, subprocess.CompletedProcess]:
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "wsncli", *map(str, args)], env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"wsn {' '.join(map(str, args))} failed: {proc.stderr.strip()[-500:]}")
+    return time.perf_counter() - start, proc
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tasks", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=10)
+    p.add_argument("--capacity", type=float, default=0.3)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--data-root", type=Path, default=None)
+    args = p.parse_args()
+    if args.data_root is None:
+        from fetch_data import ensure_mnist
+
+        args.data_root = ensure_mnist().parent
+    env = {k: v for k, v in os.environ.items() if k != "WSN_DATA_ROOT"}
+    print(f"# {machine()}; load {os.getloadavg()[0]:.2f}")
+    seconds = {"wsn": [], "finetune": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = {m: Path(tmp) / f"{m}.pt" for m in seconds}
+        for t in range(1, args.tasks + 1):
+            for method in ("wsn", "finetune"):
+                extra = ["--capacity", args.capacity] if method == "wsn" and t == 1 else []
+                took, _ = wsn("train-task", "--task", t, "--ckpt", paths[method], "--benchmark", "pmnist", "--n-tasks", args.tasks,
+                              "--epochs", args.epochs, "--batch-size", args.batch_size, "--method", method, "--device", args.device,
+                              "--data-root", args.data_root, "-q", *extra, env=env)
+                seconds[method].append(took)
+                print(f"task {t:>2} {method:<9} {took:8.1f} s", flush=True)
+        evals = {}
+        for method, path in paths.items():
+            took, proc = wsn("eval", "--ckpt", path, "--json", "-q", env=env)
+            doc = json.loads(proc.stdout) if proc.stdout.strip() else {}
+            evals[method] = {"seconds": took, "acc": doc.get("acc"), "bwt": doc.get("bwt"), "forget_free": doc.get("forget_free")}
+    total = {m: sum(s) for m, s in seconds.items()}
+    ratio = total["wsn"] / total["finetune"]
+    print(f"\nwhole run: wsn {total['wsn']:.0f} s, finetune {total['finetune']:.0f} s, ratio {ratio:.2f}x; "
+          f"eval ACC wsn {evals['wsn']['acc']}, finetune {evals['finetune']['acc']}")
+    emit({"kind": "whole_run", "benchmark": "pmnist", "tasks": args.tasks, "epochs": args.epochs, "batch_size": args.batch_size,
+          "capacity": args.capacity, "device": args.device, "seconds": seconds, "total": total, "ratio_wsn_over_finetune": ratio,
+          "eval": evals, "load_after": os.getloadavg()[0]})
+
+
+if __name__ == "__main__":
+    main()
