@@ -11,6 +11,17 @@ from wsncli.commands.console import handle_errors, print_json, stdout
 from wsncli.engine.limits import MAX_TASK_ID
 
 
+def _is_pt2_export(path: Path) -> bool:
+    """A .pt2 archive that wsn export wrote (it holds the extra file wsn.json)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return any(name.endswith("wsn.json") for name in zf.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
 @handle_errors
 def export_command(
     ckpt: Annotated[Path, typer.Option("--ckpt", "-c", help="Checkpoint holding the task.")],
@@ -28,7 +39,7 @@ def export_command(
     suffix = output_suffix(output)
     if suffix not in SUFFIXES:
         raise ExportError(f"{output}: export writes .pt2 (torch.export program) or .safetensors files")
-    own = (lambda p: file_prefix(p, 4) == b"PK\x03\x04") if suffix == ".pt2" else (lambda p: file_prefix(p, 9)[8:9] == b"{")
+    own = _is_pt2_export if suffix == ".pt2" else (lambda p: b'"wsn-task-export"' in file_prefix(p, 4096))  # never a checkpoint
     target = plan_output(output, what=f"{suffix} export", inputs=[ckpt], force=force, is_own_kind=own)
     result = export_task(load_checkpoint(ckpt), task, suffix)
     size = write_output(target, result.data)
