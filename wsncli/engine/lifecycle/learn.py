@@ -156,6 +156,8 @@ def _train(job: _Job, callbacks: TrainCallbacks | None, status, shard=None) -> t
 def _record_and_save(job: _Job, result: TrainResult, target, status) -> tuple[TaskRecord, int, list[str]]:
     ckpt, req = job.ckpt, job.req
     warnings: list[str] = []
+    if result.cuda_graphs.startswith("failed"):
+        warnings.append(f"CUDA graph capture {result.cuda_graphs}; the steps ran eagerly (same results, slower)")
     row = [None] * len(ckpt.learned())
     if req.matrix and ckpt.learned():
         status("re-measuring earlier tasks for the accuracy matrix")
