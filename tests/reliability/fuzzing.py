@@ -207,10 +207,16 @@ def mutated_checkpoint(valid: bytes, payload: dict | None, rng: random.Random, l
 
 
 def exercise(path) -> str:
+    """exercise_detail's outcome alone: 'loaded' or the refusal's class name."""
+    return exercise_detail(path)[0]
+
+
+def exercise_detail(path) -> tuple[str, str | None]:
     """Load `path` and, when it loads, use it as every command would: inspect, eval, the checks of
-    train-task, pack-masks, and saving it again. Returns 'loaded' or the loader's refusal class
-    name. The loader may refuse only with CheckpointError, the commands only with a WsnError;
-    anything else propagates (a bug), as does a loaded checkpoint that cannot be saved and read back."""
+    train-task, pack-masks, and saving it again. Returns ('loaded', None) or (the loader's refusal
+    class name, its message). The loader may refuse only with CheckpointError, the commands only
+    with a WsnError; anything else propagates (a bug), as does a loaded checkpoint that the writer
+    accepts but that cannot be read back."""
     from wsncli.engine.lifecycle.evaluate import capacity_used, evaluate_checkpoint
     from wsncli.engine.lifecycle.inspect import describe_checkpoint
     from wsncli.engine.lifecycle.pack import pack_checkpoint_masks
@@ -223,7 +229,7 @@ def exercise(path) -> str:
         found = read_checkpoint_file(path)
         ckpt = load_checkpoint(path)
     except CheckpointError as exc:
-        return type(exc).__name__
+        return type(exc).__name__, str(exc)
     describe_checkpoint(found, path)
     if found.masks:
         pack_checkpoint_masks(found, "auto", source="fuzz")
@@ -242,6 +248,6 @@ def exercise(path) -> str:
         try:
             raw = encode_checkpoint(ckpt)
         except CheckpointError:  # the writer refuses (e.g. NaN weights): nothing is written
-            return "loaded"
+            return "loaded", None
         build_checkpoint(read_checkpoint_bytes(raw, require_signature=False))
-    return "loaded"
+    return "loaded", None

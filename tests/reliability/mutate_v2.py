@@ -85,7 +85,7 @@ def serialize(f: V2File, recompute: bool = True, entry_edits=(), header_edit=Non
         else:
             header[name][key] = value
             if key in ("dtype", "shape") and isinstance(header[name], dict):
-                sums[name] = digest(header[name]["dtype"], header[name]["shape"], f.tensors[i][3])
+                sums[name] = digest(header[name].get("dtype"), header[name].get("shape"), f.tensors[i][3])
     if recompute:
         old = _json_or(metadata.get("checksums"), {})
         table = {n: (s if s is not None else (old.get(n) if isinstance(old, dict) else None) or "0" * 64) for n, s in sums.items()}
@@ -140,7 +140,7 @@ def _dump_meta(meta, ascii_only: bool) -> str:
 def _mutate_meta(f: V2File, rng: random.Random) -> None:
     meta = _json_or(f.metadata.get("meta"), None)
     if not isinstance(meta, dict):
-        f.metadata["meta"] = mutate_bytes(str(f.metadata.get("meta", "")).encode(), rng).decode("utf-8", "replace")
+        f.metadata["meta"] = mutate_bytes(str(f.metadata.get("meta", "")).encode("utf-8", "surrogatepass"), rng).decode("utf-8", "replace")
         return
     op = rng.choice(("value", "value", "value", "delete", "unknown", "duplicate", "swap", "text", "shape"))
     paths = _paths(meta)
@@ -163,10 +163,14 @@ def _mutate_meta(f: V2File, rng: random.Random) -> None:
     elif op == "shape":  # the shape-defining fields, to values a real network could have
         spec = meta.get("model") if isinstance(meta.get("model"), dict) else meta
         spec[rng.choice(("hidden", "input_shape", "arch", "width"))] = rng.choice(
-            [[100, 100], [8], [64, 64, 64], [65536, 1024], [1024, 1024], [16], [1, 8, 8], "conv", "lenet", 4, [65536]])
+            [[100, 100], [8], [64, 64, 64], [65536, 1024], [32768, 2048], [65536, 512], [1024, 1024], [16], [1, 8, 8], "conv", "lenet", 4,
+             [65536]])  # the large ones are legal networks of 0.3 to 0.6 GB: to be refused before they are allocated
     text = _dump_meta(meta, ascii_only=rng.random() < 0.8)
     if op == "text":  # a duplicate key, or bytes changed inside the text
-        text = text.replace('{"', '{"seed": 1, "', 1) if rng.random() < 0.5 else mutate_bytes(text.encode(), rng).decode("utf-8", "replace")
+        if rng.random() < 0.5:
+            text = text.replace('{"', '{"seed": 1, "', 1)
+        else:
+            text = mutate_bytes(text.encode("utf-8", "surrogatepass"), rng).decode("utf-8", "replace")
     f.metadata["meta"] = text
 
 
@@ -287,7 +291,7 @@ def _header_edit(rng: random.Random):
         return "trailing", lambda t: t + rng.choice(["x", "{}", "\x00", "]"])
     if op == "length":
         return "length", None
-    return "bytes", lambda t: mutate_bytes(t.encode(), rng).decode("utf-8", "replace")
+    return "bytes", lambda t: mutate_bytes(t.encode("utf-8", "surrogatepass"), rng).decode("utf-8", "replace")
 
 
 def mutate_v2(raw: bytes, rng: random.Random) -> tuple[str, bytes]:

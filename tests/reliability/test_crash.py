@@ -9,7 +9,7 @@ import time
 
 import torch
 
-from tests.reliability.conftest import AFTER_EPOCHS, leftovers, learned, popen_wsn, run_python, run_wsn, temp_files, tensor_sums, train_args
+from tests.reliability.conftest import AFTER_EPOCHS, learned, leftovers, popen_wsn, run_python, run_wsn, temp_files, tensor_sums, train_args
 
 KILL_SEED = 20240531
 N_KILLS = 8

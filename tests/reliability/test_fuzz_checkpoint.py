@@ -151,3 +151,23 @@ def test_v2_refusals_are_not_only_checksum_failures():
     assert len(behind) >= 0.7 * len(messages), messages[:20]
     assert any("metadata is invalid" in m for m in messages) and any("tensor" in m and "dtype" in m for m in messages)
     assert any("masks tensor" in m for m in messages)
+
+
+def test_the_long_fuzzer_reports_one_json_line(tmp_path):
+    """benchmarks/fuzz_loaders.py --target checkpoint runs the same mutators and ends with one JSON
+    line counting mutants, refusal classes, accepted files, hangs, tracebacks and memory growth."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "fuzz_loaders.py"
+    proc = subprocess.run([sys.executable, str(script), "--target", "checkpoint", "--iterations", "20", "--structure-iterations", "40",
+                           "--out", str(tmp_path / "failures")], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    last = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert last["target"] == "checkpoint" and last["mutants"] == 60 and last["byte_level"] == 20 and last["structure_aware"] == 40
+    assert set(last["by_level"]) == {"v1-bytes", "v2-bytes", "v2-structure", "v1-payload", "v1-pickle"}
+    assert last["accepted"] + last["refused"] + last["unwritable"] == 60 and last["refusal_classes"]
+    assert last["hangs"] == last["tracebacks"] == 0 and last["memory_flag"] is False and last["peak_rss_growth_mib"] < 256
+    assert not (tmp_path / "failures").exists()

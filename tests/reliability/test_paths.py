@@ -239,8 +239,7 @@ def test_an_output_that_is_an_input_is_refused(linked, tmp_path):
 
 def test_overwriting_another_kind_of_file_needs_force(ckpt, packed, tmp_path):
     notes = tmp_path / "notes.txt"
-    for command, output, what, own in (("pack-masks", "out.wsnm", "packed-mask file", packed),
-                                       ("unpack-masks", "out.npz", "masks .npz", None)):
+    for command, output, what in (("pack-masks", "out.wsnm", "packed-mask file"), ("unpack-masks", "out.npz", "masks .npz")):
         args = ["pack-masks", "-c", ckpt] if command == "pack-masks" else ["unpack-masks", packed]
         notes.write_text("my notes\n")
         result = _invoke(*args, "-o", notes)
