@@ -34,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.reliability.fuzzing import exercise, mutate_bytes, mutated_checkpoint  # noqa: E402
+from tests.reliability.fuzzing import exercise_detail, mutate_bytes, mutated_checkpoint  # noqa: E402
 from tests.reliability.payloads import load_payload, make_tiny_checkpoint  # noqa: E402
 from wsncli.errors import WsnError  # noqa: E402
 
@@ -193,9 +193,9 @@ def main() -> int:
     parser.add_argument("--iterations", "-n", type=int, default=5000, help="mutants per target (default 5000)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--target", choices=("checkpoint", "wsnm", "all"), default="all")
-    parser.add_argument("--timeout", type=float, default=20.0, help="seconds one checkpoint load may take")
+    parser.add_argument("--timeout", type=float, default=5.0, help="seconds one checkpoint load (and its use) may take")
     parser.add_argument("--structure-iterations", type=int, default=None,
-                        help="structure-aware .wsnm mutants after the byte-level ones (default: --iterations)")
+                        help="structure-aware mutants after the byte-level ones, per target (default: --iterations)")
     parser.add_argument("--wsnm-timeout", type=float, default=5.0, help="seconds one .wsnm decode may take")
     parser.add_argument("--max-bits", type=int, default=1 << 24,
                         help="decoded-size limit given to unpack (a valid tiny stream may decode to this many bits)")
@@ -211,57 +211,123 @@ def main() -> int:
 
 def run(args: argparse.Namespace, work: Path) -> int:
     valid_path = make_tiny_checkpoint(work / "tiny.pt")
-    valid = valid_path.read_bytes()
-    payload = load_payload(valid)
     signal.signal(signal.SIGALRM, _alarm)
     failures = 0
+    args.checkpoint_summary = None
     if args.target in ("checkpoint", "all"):
-        failures += checkpoint_campaign(args, valid, payload, work)
+        failures += checkpoint_campaign(args, _checkpoint_samples(valid_path, work), work)
     wsnm = _wsnm_samples(valid_path) if args.target in ("wsnm", "all") else []
     if wsnm:
         failures += wsnm_campaign(args, wsnm)
     print("no bugs found" if not failures else f"{failures} bug(s) found; inputs in {args.out}")
-    if args.summary is not None:
-        print(json.dumps(args.summary))
+    for summary in (args.checkpoint_summary, args.summary):
+        if summary is not None:
+            print(json.dumps(summary))
     return 1 if failures else 0
 
 
-def checkpoint_campaign(args: argparse.Namespace, valid: bytes, payload: dict, work: Path) -> int:
-    """Checkpoint mutants at three levels; returns the number of bugs."""
+# -- checkpoints ----------------------------------------------------------------------------------------
+BYTE_LEVELS = ("v1-bytes", "v2-bytes")
+STRUCTURE_LEVELS = ("v2-structure", "v2-structure", "v1-payload", "v1-pickle")  # half the structure-aware mutants are v2
+
+
+def _checkpoint_samples(tiny: Path, work: Path) -> dict[str, list[tuple[bytes, dict | None]]]:
+    """Valid files to mutate: version 1, the golden files of wsn 0.1.1 (wsn writes version 2 only),
+    with their payloads; version 2, a wsn and a finetune checkpoint written here."""
+    from tests.reliability.payloads import GOLDEN_V1, golden_v1
+    from wsncli.engine.lifecycle.learn import TaskRequest, learn_task
+
+    finetune = work / "finetune.pt"
+    for task in (1, 2):
+        learn_task(TaskRequest(ckpt=finetune, task=task, hidden=(8,), epochs=1, device="cpu", method="finetune"))
+    v1 = [golden_v1(p.name) for p in sorted(GOLDEN_V1.glob("v1-*.pt"))]
+    return {"v1": [(raw, load_payload(raw)) for raw in v1], "v2": [(tiny.read_bytes(), None), (finetune.read_bytes(), None)]}
+
+
+def _refusal_class(message: str, path: Path) -> str:
+    """The first words of a refusal, without the file name, quoted values, lists and numbers."""
+    text = message.removeprefix(f"{path}: ")
+    text = re.sub(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|`[^`]*`|\[[^\]]*\]|\([^)]*\)", "", text)
+    text = re.sub(r"(?<![A-Za-z\d-])[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?", "N", text)
+    return " ".join(text.split()[:7])
+
+
+def checkpoint_campaign(args: argparse.Namespace, samples: dict, work: Path) -> int:
+    """Byte-level (--iterations) then structure-aware (--structure-iterations) mutants of version-1
+    and version-2 checkpoints, each loaded and, when accepted, used as every command would
+    (tests/reliability/fuzzing.py `exercise_detail`). Counts refusals by class, accepted mutants,
+    hangs (over --timeout s), peak RSS growth (flagged above --max-rss-growth MiB) and tracebacks
+    (anything but CheckpointError from the loader, or WsnError from the commands); prints a table and
+    sets args.checkpoint_summary (one JSON line). Returns the number of bugs."""
     rng = random.Random(args.seed)
+    levels = [BYTE_LEVELS[i % 2] for i in range(args.iterations)]
+    levels += [STRUCTURE_LEVELS[i % len(STRUCTURE_LEVELS)] for i in range(args.structure_iterations)]
     counts: collections.Counter = collections.Counter()
-    failures = 0
+    refusals: collections.Counter = collections.Counter()
+    bugs = {"hang": 0, "memory": 0, "traceback": 0}
+    rss_start = _max_rss_mib()
+    growth = slowest = 0.0
+    path = work / "mutant.pt"
     start = time.perf_counter()
-    slowest = 0.0
-    for i in range(args.iterations):
-        level = ("bytes", "pickle", "payload")[i % 3]
+    for i, level in enumerate(levels):
+        valid, payload = rng.choice(samples[level[:2]])
         mutant = mutated_checkpoint(valid, payload, rng, level)
         if mutant is None:
-            counts["unwritable"] += 1
+            counts[f"{level}: unwritable"] += 1  # torch.save refused the mutated payload: nothing to load
             continue
-        path = work / "mutant"
         path.write_bytes(mutant)
+        message = None
         t0 = time.perf_counter()
-        signal.setitimer(signal.ITIMER_REAL, args.timeout)
         try:
-            outcome = exercise(path)
+            _ARMED[0] = True
+            signal.setitimer(signal.ITIMER_REAL, args.timeout)
+            outcome, message = exercise_detail(path)
+            outcome = "accepted" if outcome == "loaded" else "refused"
         except Hang:
-            outcome = "BUG: hang"
-        except Exception:  # noqa: BLE001 - anything but a WsnError is what we hunt
-            outcome = "BUG: " + traceback.format_exc().strip().splitlines()[-1][:120]
+            outcome = "hang"
+        except Exception:  # noqa: BLE001 - anything but wsn's own errors is what we hunt
+            outcome, message = "traceback", traceback.format_exc().strip().splitlines()[-1][:160]
         finally:
+            _ARMED[0] = False
             signal.setitimer(signal.ITIMER_REAL, 0)
-        slowest = max(slowest, time.perf_counter() - t0)
+        seconds = time.perf_counter() - t0
+        slowest = max(slowest, seconds)
+        if outcome != "hang" and seconds > args.timeout:
+            outcome = "hang"
         counts[f"{level}: {outcome}"] += 1
-        if outcome.startswith("BUG"):
-            failures += 1
-            saved = _save(args, f"checkpoint-{args.seed}-{i}.bin", mutant)
-            print(f"checkpoint #{i} ({level}): {outcome} -> {saved}")
-    seconds = time.perf_counter() - start
-    print(f"checkpoint: {args.iterations} mutants in {seconds:.1f} s (slowest {slowest * 1000:.0f} ms)")
+        if outcome == "refused":
+            refusals[_refusal_class(message, path)] += 1
+        new_growth = _max_rss_mib() - rss_start
+        if new_growth > args.max_rss_growth and not bugs["memory"]:  # ru_maxrss only grows: flag once
+            bugs["memory"] += 1
+            saved = _save(args, f"checkpoint-memory-{args.seed}-{i}.bin", mutant)
+            print(f"checkpoint #{i} ({level}): peak RSS grew by {new_growth:.0f} MiB -> {saved}")
+        growth = max(growth, new_growth)
+        if outcome in ("hang", "traceback"):
+            bugs[outcome] += 1
+            saved = _save(args, f"checkpoint-{outcome}-{args.seed}-{i}.bin", mutant)
+            print(f"checkpoint #{i} ({level}): {outcome} {message or f'{seconds:.1f} s'} -> {saved}")
+    by_level = {level: {k.split(": ")[1]: n for k, n in counts.items() if k.startswith(level + ":")} for level in dict.fromkeys(levels)}
+    summary = {
+        "target": "checkpoint", "seed": args.seed, "mutants": len(levels), "byte_level": args.iterations,
+        "structure_aware": args.structure_iterations, "by_level": by_level,
+        "accepted": sum(n for k, n in counts.items() if k.endswith(": accepted")),
+        "refused": sum(refusals.values()), "unwritable": sum(n for k, n in counts.items() if k.endswith(": unwritable")),
+        "refusal_classes": _top(refusals, 10), "refusal_class_count": len(refusals),
+        "hangs": bugs["hang"], "tracebacks": bugs["traceback"],
+        "peak_rss_growth_mib": round(growth, 1), "memory_flag": bugs["memory"] > 0,
+        "seconds": round(time.perf_counter() - start, 1), "slowest_ms": round(1000 * slowest),
+    }
+    print(f"checkpoint: {summary['mutants']} mutants ({args.iterations} byte-level, {args.structure_iterations} "
+          f"structure-aware) in {summary['seconds']} s (slowest {summary['slowest_ms']} ms)")
     for key, n in sorted(counts.items()):
         print(f"  {n:7d}  {key}")
-    return failures
+    print(f"  {'':7}  peak RSS growth {growth:.1f} MiB (flag above {args.max_rss_growth:.0f})")
+    print("  refusals by message class (top 12):")
+    for key, n in refusals.most_common(12):
+        print(f"  {n:7d}  {key}")
+    args.checkpoint_summary = summary
+    return sum(bugs.values())
 
 
 if __name__ == "__main__":

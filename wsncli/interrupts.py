@@ -1,5 +1,7 @@
 """Ctrl-C and SIGTERM: one line and exit 130 / 143 during start-up; once a command runs, both raise
-(KeyboardInterrupt, Terminated) so that the command cleans up (lock released, no temporary file)."""
+(KeyboardInterrupt, Terminated) so that the command cleans up (lock released, no temporary file),
+except while a module is being imported (a command loads the engine before it touches any file;
+an exception raised inside torch's import aborts the process), where they leave at once too."""
 
 from __future__ import annotations
 
@@ -21,8 +23,21 @@ def _at_startup(signum, _frame) -> None:
     os._exit(code)
 
 
-def _raise_terminated(_signum, _frame) -> None:
-    raise Terminated
+def _importing(frame) -> bool:
+    """Whether the signal came while a module was being imported (importlib's frames on the stack)."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _raise_interrupted(signum, frame) -> None:
+    # An exception raised inside a C extension's import (torch's) aborts the process with a C++
+    # trace; commands import the engine before touching any file, so leave at once there.
+    if _importing(frame):
+        _at_startup(signum, frame)
+    raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
 
 
 def install_startup_handler() -> None:
@@ -36,6 +51,6 @@ def install_startup_handler() -> None:
 def command_started() -> None:
     """Called as a command begins: Ctrl-C raises KeyboardInterrupt again, SIGTERM raises Terminated."""
     if signal.getsignal(signal.SIGINT) is _at_startup:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGINT, _raise_interrupted)
     if signal.getsignal(signal.SIGTERM) is _at_startup:
-        signal.signal(signal.SIGTERM, _raise_terminated)
+        signal.signal(signal.SIGTERM, _raise_interrupted)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -12,7 +13,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import torch
 
 HIDDEN = "64-64"  # small: the subprocess tests spend their time starting up, not training
 AFTER_EPOCHS = 3  # long enough that some kill points land in training
@@ -111,7 +111,24 @@ def learned(path: Path) -> list[int]:
 
 
 def tensor_sums(path: Path) -> dict[str, str]:
-    return torch.load(path, map_location="cpu", weights_only=True)["checksums"]["tensors"]
+    """The checksum of every tensor, from a version-2 file's header."""
+    from tests.ckpt_tools import read_parts
+
+    return json.loads(read_parts(path)[0]["checksums"])
+
+
+def leftovers(folder: Path, keep=()) -> list[str]:
+    """Names in `folder` a wsn command may have left: locks, temporaries, snapshots (`keep`: allowed)."""
+    return sorted(p.name for p in folder.iterdir() if p.name not in keep and (p.name.endswith((".lock", ".resume")) or ".tmp-" in p.name))
+
+
+def assert_unlocked(ckpt: Path) -> None:
+    """The lock of `ckpt` is released and its file removed: another writer can take it at once."""
+    from wsncli.engine.store.lock import CheckpointLock, lock_path
+
+    assert not lock_path(ckpt).exists(), "the lock file was left behind"
+    with CheckpointLock(ckpt):
+        pass
 
 
 @pytest.fixture(scope="session")

@@ -1,9 +1,13 @@
 """Mutators for fuzzing the checkpoint loader (used by the test suite and benchmarks/fuzz_loaders.py).
 
-Three levels: raw bytes of the file; the pickle inside the ZIP (re-zipped with valid CRCs, so the
-unpickler and the validators behind it see the damage); and the payload dict (wrong types, missing
-keys, other dtypes and shapes, usually with checksums recomputed). Every mutator takes a
-`random.Random`, so hypothesis can drive it through `st.randoms()` and a script through a seed.
+Version 1 (a `torch.save` ZIP; wsn no longer writes it, so mutants start from the golden files of
+wsn 0.1.1), three levels: raw bytes of the file; the pickle inside the ZIP (re-zipped with valid
+CRCs, so the unpickler and the validators behind it see the damage); and the payload dict (wrong
+types, missing keys, other dtypes and shapes, usually with checksums recomputed). Version 2
+(safetensors): raw bytes, and structure-aware mutants with checksums recomputed
+(tests/reliability/mutate_v2.py). Every mutator takes a `random.Random`, so hypothesis can drive it
+through `st.randoms()` and a script through a seed. `exercise` loads a mutant and uses it as the
+commands would; only wsn's own errors may come out.
 """
 
 from __future__ import annotations
@@ -182,12 +186,20 @@ def mutate_payload(payload: dict, rng: random.Random) -> dict:
     return fix_checksums(p) if rng.random() < 0.85 else p
 
 
-def mutated_checkpoint(valid: bytes, payload: dict, rng: random.Random, level: str) -> bytes | None:
-    """Mutated file bytes at `level` ('bytes', 'pickle' or 'payload'); None when torch cannot write it."""
-    if level == "bytes":
+LEVELS = ("v1-bytes", "v1-pickle", "v1-payload", "v2-bytes", "v2-structure")
+
+
+def mutated_checkpoint(valid: bytes, payload: dict | None, rng: random.Random, level: str) -> bytes | None:
+    """Mutated file bytes at `level` (LEVELS; `valid` is a version-1 file for the v1 levels, with its
+    `payload`, a version-2 file for the others); None when torch cannot write the mutant."""
+    if level in ("v1-bytes", "v2-bytes"):
         return mutate_bytes(valid, rng)
-    if level == "pickle":
+    if level == "v1-pickle":
         return mutate_pickle(valid, rng)
+    if level == "v2-structure":
+        from tests.reliability.mutate_v2 import mutate_v2
+
+        return mutate_v2(valid, rng)[1]
     try:
         return dump_payload(mutate_payload(payload, rng))
     except Exception:  # noqa: BLE001 - torch.save refused the mutated object: nothing to load
@@ -195,24 +207,47 @@ def mutated_checkpoint(valid: bytes, payload: dict, rng: random.Random, level: s
 
 
 def exercise(path) -> str:
-    """Load `path` and, when it loads, use it as every command would. Returns 'loaded' or the
-    refusal's class name; anything that is not a WsnError propagates (a bug)."""
+    """exercise_detail's outcome alone: 'loaded' or the refusal's class name."""
+    return exercise_detail(path)[0]
+
+
+def exercise_detail(path) -> tuple[str, str | None]:
+    """Load `path` and, when it loads, use it as every command would: inspect, eval, the checks of
+    train-task, pack-masks, and saving it again. Returns ('loaded', None) or (the loader's refusal
+    class name, its message). The loader may refuse only with CheckpointError, the commands only
+    with a WsnError; anything else propagates (a bug), as does a loaded checkpoint that the writer
+    accepts but that cannot be read back."""
     from wsncli.engine.lifecycle.evaluate import capacity_used, evaluate_checkpoint
     from wsncli.engine.lifecycle.inspect import describe_checkpoint
-    from wsncli.engine.lifecycle.learn import TaskRequest, _check_matches
-    from wsncli.engine.store.checkpoint import load_checkpoint
-    from wsncli.errors import WsnError
+    from wsncli.engine.lifecycle.pack import pack_checkpoint_masks
+    from wsncli.engine.lifecycle.request import TaskRequest, check_matches
+    from wsncli.engine.store.checkpoint import build_checkpoint, encode_checkpoint, load_checkpoint
+    from wsncli.engine.store.reader import read_checkpoint_bytes, read_checkpoint_file
+    from wsncli.errors import CheckpointError, WsnError
 
     try:
+        found = read_checkpoint_file(path)
         ckpt = load_checkpoint(path)
-    except WsnError as exc:
-        return type(exc).__name__
+    except CheckpointError as exc:
+        return type(exc).__name__, str(exc)
+    describe_checkpoint(found, path)
+    if found.masks:
+        pack_checkpoint_masks(found, "auto", source="fuzz")
+    capacity_used(ckpt)
     try:
-        describe_checkpoint(ckpt, path)
-        capacity_used(ckpt)
-        _check_matches(ckpt, TaskRequest(ckpt=path, task=5))
-        report = evaluate_checkpoint(ckpt, None, None, torch.device("cpu"))
-        assert all(math.isfinite(t.accuracy) for t in report.tasks)
+        check_matches(ckpt, TaskRequest(ckpt=path, task=5))
     except WsnError:
         pass
-    return "loaded"
+    try:
+        report = evaluate_checkpoint(ckpt, None, None, torch.device("cpu"))
+        if not all(math.isfinite(t.accuracy) for t in report.tasks):
+            raise AssertionError(f"non-finite accuracy in {report.tasks}")
+    except WsnError:
+        pass
+    if not ckpt.tampered:  # what was accepted and can be written again is read back
+        try:
+            raw = encode_checkpoint(ckpt)
+        except CheckpointError:  # the writer refuses (e.g. NaN weights): nothing is written
+            return "loaded", None
+        build_checkpoint(read_checkpoint_bytes(raw, require_signature=False))
+    return "loaded", None

@@ -135,5 +135,5 @@ def test_corrupt_npz_file_is_one_line(npz_task1, tmp_path, no_training):
     before = ckpt.read_bytes()
     result = _train(ckpt, root, 2)
     assert result.exit_code == 1
-    assert_one_line_error(result.stderr, "task2.npz", "not a readable npz file")
+    assert_one_line_error(result.stderr, "task2.npz", "not an npz file")
     assert ckpt.read_bytes() == before

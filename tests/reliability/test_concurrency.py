@@ -7,7 +7,7 @@ import os
 import signal
 import time
 
-from tests.reliability.conftest import assert_one_line_error, learned, popen_wsn, run_wsn, train_args, wait_for_lock_holder
+from tests.reliability.conftest import assert_one_line_error, learned, leftovers, popen_wsn, run_wsn, train_args, wait_for_lock_holder
 
 FAST = 20  # seconds: "fails fast", generous for a loaded machine (start-up dominates)
 
@@ -27,7 +27,7 @@ def test_second_writer_fails_fast_naming_the_holder(ckpt):
         holder.send_signal(signal.SIGINT)
         holder.communicate(timeout=120)
     assert holder.returncode == 130 and ckpt.read_bytes() == before
-    retry = run_wsn(train_args(ckpt, 3), ckpt.parent)
+    retry = run_wsn(train_args(ckpt, 3, 1, "--restart"), ckpt.parent)  # the holder's snapshot of task 2 is discarded
     assert retry.returncode == 0, retry.stderr
     assert learned(ckpt) == [1, 3]
 
@@ -58,6 +58,6 @@ def test_lock_of_a_killed_process_does_not_block(ckpt):
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # ...but the kernel released its flock
     finally:
         os.close(fd)
-    result = run_wsn(train_args(ckpt, 2), ckpt.parent)
+    result = run_wsn(train_args(ckpt, 2, 1, "--restart"), ckpt.parent)  # other epochs than the killed run's snapshot
     assert result.returncode == 0, result.stderr
-    assert learned(ckpt) == [1, 2]
+    assert learned(ckpt) == [1, 2] and leftovers(ckpt.parent) == []

@@ -9,7 +9,7 @@ import time
 
 import torch
 
-from tests.reliability.conftest import AFTER_EPOCHS, learned, popen_wsn, run_python, run_wsn, temp_files, tensor_sums, train_args
+from tests.reliability.conftest import AFTER_EPOCHS, learned, leftovers, popen_wsn, run_python, run_wsn, temp_files, tensor_sums, train_args
 
 KILL_SEED = 20240531
 N_KILLS = 8
@@ -57,37 +57,50 @@ def test_sigkill_at_random_moments_leaves_old_or_new_checkpoint(base_ckpt, after
     assert "before" in outcomes, (delays, outcomes)
 
 
-SAVE_FAULTS = {
-    # SIGKILL with half of the new checkpoint written to the temporary file
-    "mid-write": """
+# Faults armed only while the checkpoint itself is written (snapshots are written the same way at
+# every epoch end, and must not trip them): the wrapper arms `fault`, then writes.
+_ARM = """
 import wsncli.engine.store.checkpoint as C
-real = C.atomic_write
-def atomic_write(path, write, error):
-    class Half:
-        def __init__(self, f): self.f = f
-        def write(self, data):
-            data = bytes(data)
-            self.f.write(data[: len(data) // 2]); self.f.flush(); os.fsync(self.f.fileno())
-            os.kill(os.getpid(), signal.SIGKILL)
-    return real(path, lambda f: write(Half(f)), error)
-C.atomic_write = atomic_write
+import wsncli.engine.store.paths as P
+real_write_output = C.write_output
+def write_output(target, data, error=None):
+    arm()
+    return real_write_output(target, data, error)
+C.write_output = write_output
+"""
+SAVE_FAULTS = {
+    # SIGKILL with half of the new checkpoint written (and fsynced) to the temporary file
+    "mid-write": """
+def arm():
+    real = os.write
+    def half(fd, data):
+        real(fd, bytes(data)[: len(data) // 2]); os.fsync(fd)
+        os.kill(os.getpid(), signal.SIGKILL)
+    os.write = half
 """,
     # SIGKILL with the new file complete and fsynced but not yet renamed
-    "before-rename": "os.replace = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)\n",
-    # SIGKILL right after the rename, before the folder is fsynced
-    "after-rename": "import wsncli.engine.store.atomic as A\nA._fsync_dir = lambda folder: os.kill(os.getpid(), signal.SIGKILL)\n",
+    "before-rename": """
+def arm():
+    os.replace = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
+""",
+    # SIGKILL right after the rename, before the folder is fsynced (and before the snapshot is removed)
+    "after-rename": """
+def arm():
+    P._fsync_dir = lambda folder: os.kill(os.getpid(), signal.SIGKILL)
+""",
 }
 EXPECTED = {"mid-write": "before", "before-rename": "before", "after-rename": "after"}
 
 
 def _fault_code(fault: str, args: list) -> str:
-    return "import os, signal, sys\n" + SAVE_FAULTS[fault] + (
+    return "import os, signal, sys\n" + SAVE_FAULTS[fault] + _ARM + (
         f"from wsncli.cli import main\nsys.argv = ['wsn'] + {[str(a) for a in args]!r}\nmain()\n"
     )
 
 
 def test_sigkill_while_saving_then_next_run_cleans_up(base_ckpt, after_ckpt, tmp_path):
-    """Deterministic kills inside the save; a later train-task removes the dead writer's temp file."""
+    """Deterministic kills inside the save; a later train-task removes the dead writer's temporary
+    file, and a snapshot left by a kill after the rename (its task is in the checkpoint) is dropped."""
     from concurrent.futures import ThreadPoolExecutor
 
     before = base_ckpt.read_bytes()
@@ -98,11 +111,21 @@ def test_sigkill_while_saving_then_next_run_cleans_up(base_ckpt, after_ckpt, tmp
         assert results[fault].returncode == -signal.SIGKILL, (fault, results[fault].stderr)
         assert _classify(paths[fault], before, after_ckpt.sums) == expected, fault
         _forget_free(paths[fault])
-    # the mid-write kill left its temporary file; the next run (same task) removes it and succeeds
-    path = paths["mid-write"]
-    assert temp_files(path.parent), "the fault did not leave a temporary file behind"
-    again = run_wsn(train_args(path, 2, AFTER_EPOCHS), path.parent)
-    assert again.returncode == 0, again.stderr
-    assert temp_files(path.parent) == []
-    assert learned(path) == [1, 2] and tensor_sums(path) == after_ckpt.sums
-    _forget_free(path)
+    # the kills before the rename left their temporary file (and the task's snapshot); the next run
+    # (same task) removes the temporary, continues from the snapshot and saves the same checkpoint
+    for fault in ("mid-write", "before-rename"):
+        path = paths[fault]
+        assert temp_files(path.parent), f"{fault}: the fault did not leave a temporary file behind"
+        assert (path.parent / "m.pt.resume").exists()
+        again = run_wsn(train_args(path, 2, AFTER_EPOCHS), path.parent)
+        assert again.returncode == 0, again.stderr
+        assert f"resumed after epoch {AFTER_EPOCHS - 1}" in again.stdout  # snapshots at the end of every epoch but the last
+        assert leftovers(path.parent) == []
+        assert learned(path) == [1, 2] and tensor_sums(path) == after_ckpt.sums
+        _forget_free(path)
+    # killed after the rename: task 2 is saved, its snapshot is stale; learning task 3 drops it
+    path = paths["after-rename"]
+    assert leftovers(path.parent) == ["m.pt.lock", "m.pt.resume"]  # a killed holder cannot remove its lock file
+    nxt = run_wsn(train_args(path, 3), path.parent)
+    assert nxt.returncode == 0, nxt.stderr
+    assert leftovers(path.parent) == [] and learned(path) == [1, 2, 3]

@@ -78,6 +78,11 @@ class Snapshots:
         if tampered:
             raise TaskError(f"{self.path}: tensor {tampered[0]!r} fails its checksum (corrupt); pass --restart to discard it")
         identity = json.loads(fields["identity"])
+        if isinstance(identity, dict) and identity.get("task") in self.ckpt.learned():
+            # left by a run killed after its checkpoint was saved: the task is in the file already
+            self.remove()
+            status(f"removed the stale snapshot {self.path} (task {identity['task']} is already learned)")
+            return None
         if identity != self.identity:
             diff = sorted(k for k in set(identity) | set(self.identity) if identity.get(k) != self.identity.get(k))
             raise TaskError(f"{self.path} holds task {identity.get('task')} trained with other settings or data "

@@ -98,13 +98,15 @@ def build_checkpoint(found: CheckpointFile) -> Checkpoint:
     try:
         config = to_model_config(meta.model)
         check_model_size(config)
+        with torch.device("meta"):  # shapes first: a small file must not make us allocate a large network
+            shapes = [(n, tuple(layer.weight.shape)) for n, layer in build_model(config).subnet_layers().items()]
+        declared = [(layer.name, tuple(layer.shape)) for layer in meta.layers]
+        if declared != shapes:
+            raise CheckpointError("malformed checkpoint: meta.layers does not match the network meta.model describes")
         model = build_model(config)
     except UsageError as exc:
         raise CheckpointError(f"malformed checkpoint: {exc}") from None
     layers = model.subnet_layers()
-    declared = [(layer.name, tuple(layer.shape)) for layer in meta.layers]
-    if declared != [(n, tuple(layer.weight.shape)) for n, layer in layers.items()]:
-        raise CheckpointError("malformed checkpoint: meta.layers does not match the network meta.model describes")
     arrays, used = found.arrays, set()
 
     def take(name: str, shape: tuple[int, ...], dtypes: tuple) -> np.ndarray:

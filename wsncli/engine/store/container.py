@@ -129,7 +129,7 @@ def _check_entries(header: dict, data_bytes: int) -> None:
         if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
             raise CheckpointError(f"tensor {short!r}: entry must have exactly dtype, shape and data_offsets")
         dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-        if dtype not in DTYPES:
+        if not isinstance(dtype, str) or dtype not in DTYPES:
             raise CheckpointError(f"tensor {short!r}: dtype {str(dtype)[:10]!r} is not one of {', '.join(DTYPES)}")
         if not isinstance(shape, list) or len(shape) > 8 or not all(type(d) is int and 0 <= d < 2**48 for d in shape):
             raise CheckpointError(f"tensor {short!r}: shape must be a list of at most 8 non-negative integers")

@@ -120,8 +120,10 @@ def _check_tensors(tensors, file_bytes: int) -> dict[str, np.ndarray]:
 def _v1_to_v2(meta: dict) -> dict:
     """Version-1 metadata in the version-2 schema's terms (records marked as digest version 1)."""
     out = dict(meta)
+    if not isinstance(meta.get("tasks", []), list):
+        return out  # the schema refuses it (dropping it would load the file as if no task were learned)
     tasks = []
-    for record in meta.get("tasks", []) if isinstance(meta.get("tasks"), list) else []:
+    for record in meta.get("tasks", []):
         if isinstance(record, dict):
             record = {**record, "digest_version": 1}
             if meta.get("method") == "finetune":

@@ -9,6 +9,7 @@ here whatever the checksums say. Failures raise CheckpointError with a short rea
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Annotated
 
@@ -128,8 +129,22 @@ def decode_meta(raw: bytes) -> CheckpointMeta:
         raise CheckpointError(f"metadata is invalid: {str(exc)[:200]}") from None
     except msgspec.DecodeError as exc:
         raise CheckpointError(f"metadata is not valid JSON: {str(exc)[:200]}") from None
+    _no_duplicate_keys(raw)
     check_meta(meta)
     return meta
+
+
+def _no_duplicate_keys(raw: bytes) -> None:
+    """msgspec keeps the last of repeated keys; another reader may keep the first: refuse them.
+    Called after the typed decode succeeded, so the text's nesting is bounded by the schema."""
+    def pairs(items):
+        keys = [k for k, _ in items]
+        if len(set(keys)) != len(keys):
+            repeated = next(k for k in keys if keys.count(k) > 1)
+            raise CheckpointError(f"metadata is invalid: duplicate key {repeated[:40]!r}")
+        return dict(items)
+
+    json.loads(raw, object_pairs_hook=pairs)
 
 
 def convert_meta(obj: dict) -> CheckpointMeta:
