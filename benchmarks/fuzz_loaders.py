@@ -52,21 +52,18 @@ def _alarm(_signum, _frame):
 
 
 def _wsnm_samples(ckpt_path: Path) -> list[bytes]:
-    """Valid .wsnm files of the tiny checkpoint, one per codec; [] when formats is not there yet."""
-    try:
-        import formats
-        from wsncli.engine.lifecycle.pack import pack_checkpoint_masks
-        from wsncli.engine.store.checkpoint import load_checkpoint
-    except ImportError as exc:
-        print(f"skipping .wsnm: {exc}")
-        return []
-    ckpt = load_checkpoint(ckpt_path)
+    """Valid .wsnm files of the tiny checkpoint, one per codec."""
+    import formats
+    from wsncli.engine.lifecycle.pack import pack_checkpoint_masks
+    from wsncli.engine.store.reader import read_checkpoint_file
+
+    ckpt = read_checkpoint_file(ckpt_path)
     samples = []
     for codec in formats.CODECS:
         try:
             samples.append(pack_checkpoint_masks(ckpt, codec, source="fuzz").data)
         except WsnError as exc:
-            print(f"skipping codec {codec}: {exc}")
+            raise SystemExit(f"cannot pack the sample checkpoint with {codec}: {exc}") from None
     return samples
 
 

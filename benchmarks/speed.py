@@ -3,7 +3,8 @@
     python benchmarks/speed.py [--quick] [--device cpu|cuda] [--configs ...] [--variants ...]
 
 Every variant of a config is measured in the same process, in alternating blocks (this machine is
-shared and noisy), and quoted as a ratio to `dense`; absolute times are printed only on a GPU.
+shared and noisy), and quoted as the median over blocks of its ratio to the `dense` block beside it
+(with the quartiles in the JSON line); absolute times are printed only on a GPU.
 Variants (all with Adam, lr 1e-3, one old task freezing a random 30% of every layer, c = 0.3):
 - dense: the plain network, every weight trains (the fine-tune baseline);
 - wsn: wsn's step as train-task runs it (fused C kernels on one CPU thread when built; on CUDA the
@@ -124,7 +125,8 @@ class Setup:
         return (time.perf_counter() - start) / n
 
 
-def measure(name: str, variants: list[str], device: torch.device, blocks: int, steps: int) -> dict[str, float]:
+def measure(name: str, variants: list[str], device: torch.device, blocks: int, steps: int) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """(median seconds per step, per-block ratios to the dense block beside it) of every variant."""
     setups = {v: Setup(name, v, device) for v in variants}
     for s in setups.values():
         s.steps(max(2, steps // 4))  # warm-up
@@ -132,7 +134,8 @@ def measure(name: str, variants: list[str], device: torch.device, blocks: int, s
     for _ in range(blocks):
         for v, s in setups.items():
             times[v].append(s.steps(steps))
-    return {v: statistics.median(t) for v, t in times.items()}
+    ratios = {v: sorted(t / d for t, d in zip(times[v], times["dense"])) for v in variants if v != "dense"}
+    return {v: statistics.median(t) for v, t in times.items()}, ratios
 
 
 def main() -> None:
@@ -141,7 +144,8 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    p.add_argument("--blocks", type=int, default=7)
+    p.add_argument("--blocks", type=int, default=15)
+    p.add_argument("--steps", type=int, default=None, help="steps per block (default: 100 for small MLPs, 20 for the big one, 6 for convs)")
     args = p.parse_args()
     device = torch.device(args.device)
     variants = ["dense"] + [v for v in args.variants if v != "dense"]
@@ -150,12 +154,14 @@ def main() -> None:
     print(f"{'config':<14} " + " ".join(f"{v + '/dense':>16}" for v in variants[1:]) + f" {'wsn vs paper':>13}")
     for name in args.configs:
         heavy = name.startswith(("conv", "resnet"))
-        blocks, steps = (2, 2) if args.quick else (args.blocks, 10 if heavy else (200 if "100" in name else 30))
-        t = measure(name, variants, device, blocks, steps)
-        ratios = {v: t[v] / t["dense"] for v in variants[1:]}
+        blocks, steps = (2, 2) if args.quick else (args.blocks, args.steps or (6 if heavy else (100 if "100-" in name else 20)))
+        t, per_block = measure(name, variants, device, blocks, steps)
+        ratios = {v: statistics.median(r) for v, r in per_block.items()}  # robust to drift between blocks
         speedup = t["paper"] / t["wsn"] if "paper" in t and "wsn" in t else None
         print(f"{name:<14} " + " ".join(f"{ratios[v]:>15.2f}x" for v in variants[1:]) + (f" {speedup:>12.2f}x" if speedup else ""))
-        result = {"kind": "speed", "config": name, "device": str(device), "ratios": ratios, "wsn_faster_than_paper": speedup,
+        spread = {v: [r[len(r) // 4], r[(3 * len(r)) // 4]] for v, r in per_block.items()}
+        result = {"kind": "speed", "config": name, "device": str(device), "ratios": ratios, "ratio_quartiles": spread,
+                  "wsn_faster_than_paper": speedup,
                   "steps_timed": blocks * steps, "blocks": blocks, "load_before": load, "quick": args.quick,
                   "load_after": os.getloadavg()[0] if hasattr(os, "getloadavg") else None, "kernels": kernels_available()}
         if device.type == "cuda":

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
 
 INTERRUPTED = "interrupted; files are as they were before the command"
 TERMINATED = "terminated (SIGTERM); files are as they were before the command"
@@ -16,9 +17,25 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised like Ctrl-C so every clean-up path runs; exit code 143."""
 
 
+_CLEANUPS: dict[int, Callable[[], None]] = {}  # what leaving at once must still undo (a lock file, a temporary)
+
+
+def on_abrupt_exit(key: int, cleanup: Callable[[], None] | None) -> None:
+    """Register (or, with None, drop) a clean-up that must run even when a signal ends the process at once."""
+    if cleanup is None:
+        _CLEANUPS.pop(key, None)
+    else:
+        _CLEANUPS[key] = cleanup
+
+
 def _at_startup(signum, _frame) -> None:
-    # Nothing has been written yet: leave at once, without a traceback from inside an import.
+    # Leave at once, without a traceback from inside an import; undo what is registered first.
     message, code = (TERMINATED, 143) if signum == signal.SIGTERM else (INTERRUPTED, 130)
+    for cleanup in list(_CLEANUPS.values()):
+        try:
+            cleanup()
+        except Exception:  # noqa: BLE001 - best effort on the way out
+            pass
     os.write(2, f"wsn: error: {message}\n".encode())
     os._exit(code)
 

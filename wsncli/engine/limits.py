@@ -1,5 +1,7 @@
-"""Names and hard limits that options, task data and files are all checked against (no imports, so
-the command line can offer the names without loading numpy or torch)."""
+"""Names and hard limits that options, task data and files are all checked against (nothing heavy is
+imported, so the command line can offer the names without loading numpy or torch)."""
+
+import os
 
 METHODS = ("wsn", "finetune")
 BENCHMARKS = (
@@ -24,3 +26,17 @@ MAX_EPOCHS = 100_000
 MAX_BATCH_SIZE = 1 << 24
 MAX_LR = 1e3
 MAX_THREADS = 4096
+
+
+def env_limit(var: str, default, unit: str, error: type[Exception]):
+    """A limit an environment variable may raise: its positive integer value, else `default`."""
+    text = os.environ.get(var, "").strip()
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise error(f"{var} must be a positive number of {unit}, got {text[:40]!r}")
+    return value

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from wsncli.engine.limits import env_limit
 from wsncli.errors import DataError
 
 MAX_DATA_BYTES = 8 << 30  # default of $WSN_MAX_DATA_BYTES: what one data file may expand to
@@ -168,16 +169,7 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
 
 def data_limit() -> int:
     """The most bytes one data file may expand to: $WSN_MAX_DATA_BYTES, else MAX_DATA_BYTES."""
-    text = os.environ.get("WSN_MAX_DATA_BYTES", "").strip()
-    if not text:
-        return MAX_DATA_BYTES
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise DataError(f"WSN_MAX_DATA_BYTES must be a positive number of bytes, got {text[:40]!r}")
-    return value
+    return env_limit("WSN_MAX_DATA_BYTES", MAX_DATA_BYTES, "bytes", DataError)
 
 
 def _npz_members(path: str, zf: zipfile.ZipFile) -> list[zipfile.ZipInfo]:

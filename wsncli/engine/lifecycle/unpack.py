@@ -3,11 +3,11 @@ limit ($WSN_MAX_MASK_BITS) and errors that name the file."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import formats
 from formats.container import MAGIC
+from wsncli.engine.limits import env_limit
 from wsncli.engine.store.container import looks_like_container
 from wsncli.engine.store.legacy_v1 import ZIP_MAGIC
 from wsncli.engine.store.paths import read_regular_file
@@ -19,16 +19,7 @@ MASK_BITS_ENV = "WSN_MAX_MASK_BITS"
 
 def mask_bits_limit() -> int | None:
     """$WSN_MAX_MASK_BITS as an int, or None for the formats default."""
-    text = os.environ.get(MASK_BITS_ENV, "").strip()
-    if not text:
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise UsageError(f"{MASK_BITS_ENV} must be a positive number of mask bits, got {text[:40]!r}")
-    return value
+    return env_limit(MASK_BITS_ENV, None, "mask bits", UsageError)
 
 
 def file_kind(data: bytes) -> str:

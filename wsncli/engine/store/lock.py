@@ -21,6 +21,7 @@ from pathlib import Path
 
 from wsncli.engine.store.paths import resolve
 from wsncli.errors import LockError
+from wsncli.interrupts import on_abrupt_exit
 
 _ATTEMPTS = 40  # x 25 ms: how long a blocked process waits for the holder's note (or its exit)
 
@@ -45,6 +46,7 @@ class CheckpointLock:
                 if self._still_named(fd):
                     self._fd = fd
                     self._write_note(fd)
+                    on_abrupt_exit(id(self), self._unlink)
                     return self
                 os.close(fd)  # its holder removed it as we locked it: lock the new one
                 continue
@@ -103,12 +105,16 @@ class CheckpointLock:
         except OSError:
             pass
 
+    def _unlink(self) -> None:
+        if self._fd is not None and self._still_named(self._fd):
+            os.unlink(self.path)  # while still held: a waiter then sees the name is gone
+
     def __exit__(self, *exc) -> None:
         if self._fd is None:
             return
+        on_abrupt_exit(id(self), None)
         try:
-            if self._still_named(self._fd):
-                os.unlink(self.path)  # while still held: a waiter then sees the name is gone
+            self._unlink()
         except OSError:
             pass
         try:

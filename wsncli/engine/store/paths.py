@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wsncli.errors import WsnError
+from wsncli.interrupts import on_abrupt_exit
 
 TMP_MARK = ".tmp-"
 
@@ -140,6 +141,7 @@ def _stream(target: OutputTarget, data: bytes | memoryview, error: type[WsnError
 
 def _replace(target: OutputTarget, data: bytes | memoryview, error: type[WsnError]) -> int:
     real, tmp = target.real, temp_path(target.real)
+    on_abrupt_exit(id(tmp), lambda: os.unlink(tmp) if os.path.lexists(tmp) else None)
     try:
         try:
             os.unlink(tmp)  # a stale one of ours (same pid), or a planted symlink: never follow it
@@ -161,6 +163,7 @@ def _replace(target: OutputTarget, data: bytes | memoryview, error: type[WsnErro
     except OSError as exc:
         raise error(f"{target.path}: cannot write: {exc.strerror or exc}; the old file (if any) is unchanged") from None
     finally:
+        on_abrupt_exit(id(tmp), None)
         try:
             os.unlink(tmp)
         except OSError:

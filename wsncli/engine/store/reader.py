@@ -5,13 +5,13 @@ against the metadata. Building the network from it is store.checkpoint's job."""
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 import formats
+from wsncli.engine.limits import env_limit
 from wsncli.engine.store import container
 from wsncli.engine.store.legacy_v1 import ZIP_MAGIC
 from wsncli.engine.store.paths import file_prefix, read_regular_file
@@ -39,16 +39,7 @@ class CheckpointFile:
 
 def checkpoint_limit() -> int:
     """The largest checkpoint wsn reads: $WSN_MAX_CHECKPOINT_BYTES, else MAX_CHECKPOINT_BYTES."""
-    text = os.environ.get("WSN_MAX_CHECKPOINT_BYTES", "").strip()
-    if not text:
-        return MAX_CHECKPOINT_BYTES
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise UsageError(f"WSN_MAX_CHECKPOINT_BYTES must be a positive number of bytes, got {text[:40]!r}")
-    return value
+    return env_limit("WSN_MAX_CHECKPOINT_BYTES", MAX_CHECKPOINT_BYTES, "bytes", UsageError)
 
 
 def is_checkpoint(path: Path) -> bool:
