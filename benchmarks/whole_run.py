@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -20,10 +21,10 @@ from pathlib import Path
 from common import emit, machine
 
 
-def wsn(*args, env) -> tuple[float, subprocess.CompletedProcess]:
+def wsn(*args, env, ok=(0,)) -> tuple[float, subprocess.CompletedProcess]:
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "wsncli", *map(str, args)], env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
+    if proc.returncode not in ok:
         raise SystemExit(f"wsn {' '.join(map(str, args))} failed: {proc.stderr.strip()[-500:]}")
     return time.perf_counter() - start, proc
 
@@ -36,6 +37,7 @@ def main() -> None:
     p.add_argument("--capacity", type=float, default=0.3)
     p.add_argument("--device", default="cpu")
     p.add_argument("--data-root", type=Path, default=None)
+    p.add_argument("--keep", type=Path, default=None, help="copy both checkpoints into this folder")
     args = p.parse_args()
     if args.data_root is None:
         from fetch_data import ensure_mnist
@@ -56,9 +58,13 @@ def main() -> None:
                 print(f"task {t:>2} {method:<9} {took:8.1f} s", flush=True)
         evals = {}
         for method, path in paths.items():
-            took, proc = wsn("eval", "--ckpt", path, "--json", "-q", env=env)
+            took, proc = wsn("eval", "--ckpt", path, "--json", "-q", env=env, ok=(0, 3))  # finetune forgets: exit 3
             doc = json.loads(proc.stdout) if proc.stdout.strip() else {}
-            evals[method] = {"seconds": took, "acc": doc.get("acc"), "bwt": doc.get("bwt"), "forget_free": doc.get("forget_free")}
+            evals[method] = {"seconds": took, "acc": doc.get("acc"), "bwt": doc.get("bwt"), "forget_free": doc.get("forget_free"),
+                             "per_task": {t["task"]: t["accuracy"] for t in doc.get("tasks", [])}}
+            if args.keep:
+                args.keep.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, args.keep / f"pmnist-{method}.pt")
     total = {m: sum(s) for m, s in seconds.items()}
     ratio = total["wsn"] / total["finetune"]
     print(f"\nwhole run: wsn {total['wsn']:.0f} s, finetune {total['finetune']:.0f} s, ratio {ratio:.2f}x; "

@@ -165,7 +165,7 @@ def _read_prep(spec: PreprocessSpec, task: int, take, input_shape: tuple[int, ..
     perm = None
     if spec.permuted:
         n = math.prod(input_shape)
-        perm = take(f"prep/{task}/permutation", (n,), (np.int64,)).copy()
+        perm = take(f"prep/{task}/permutation", (n,), (np.int32, np.int64)).astype(np.int64)
         if not np.array_equal(np.sort(perm), np.arange(n)):
             raise CheckpointError(f"malformed checkpoint: task {task}'s permutation is not a permutation of {n} inputs")
     return Preprocess(spec.scale, spec.divide, mean, std, perm, spec.standardized)
@@ -191,7 +191,7 @@ def checkpoint_arrays(ckpt: Checkpoint) -> dict[str, np.ndarray]:
     for t, prep in ckpt.preps.items():
         arrays[f"prep/{t}/mean"], arrays[f"prep/{t}/std"] = prep.mean, prep.std
         if prep.permutation is not None:
-            arrays[f"prep/{t}/permutation"] = prep.permutation.astype(np.int64)
+            arrays[f"prep/{t}/permutation"] = prep.permutation.astype(np.int32)  # < 2^24 inputs: int32 is exact
     for t, pred in ckpt.predictions.items():
         n_classes = ckpt.task_record(t).n_classes
         arrays[f"pred/{t}"] = pred.astype(np.uint8 if n_classes <= 256 else np.int32)
