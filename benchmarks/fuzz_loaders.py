@@ -173,7 +173,14 @@ def wsnm_campaign(args: argparse.Namespace, samples: list[bytes]) -> int:
         "peak_rss_growth_mib": round(growth, 1), "memory_flag": bugs["memory"] > 0,
         "seconds": round(time.perf_counter() - start, 1), "slowest_ms": round(1000 * slowest),
     }
-    print(f"wsnm: {summary['mutants']} mutants ({args.iterations} byte-level, {args.structure_iterations} "
+    _print_summary("wsnm", summary, args, counts, refusals, growth)
+    args.summary = summary
+    return sum(bugs.values())
+
+
+def _print_summary(target: str, summary: dict, args, counts: collections.Counter, refusals: collections.Counter, growth: float) -> None:
+    """The table of one target's outcomes: counts per outcome, RSS growth, top refusal classes."""
+    print(f"{target}: {summary['mutants']} mutants ({args.iterations} byte-level, {args.structure_iterations} "
           f"structure-aware) in {summary['seconds']} s (slowest {summary['slowest_ms']} ms)")
     for key, n in sorted(counts.items()):
         print(f"  {n:7d}  {key}")
@@ -181,8 +188,6 @@ def wsnm_campaign(args: argparse.Namespace, samples: list[bytes]) -> int:
     print("  refusals by message class (top 12):")
     for key, n in refusals.most_common(12):
         print(f"  {n:7d}  {key}")
-    args.summary = summary
-    return sum(bugs.values())
 
 
 def main() -> int:
@@ -315,14 +320,7 @@ def checkpoint_campaign(args: argparse.Namespace, samples: dict, work: Path) -> 
         "peak_rss_growth_mib": round(growth, 1), "memory_flag": bugs["memory"] > 0,
         "seconds": round(time.perf_counter() - start, 1), "slowest_ms": round(1000 * slowest),
     }
-    print(f"checkpoint: {summary['mutants']} mutants ({args.iterations} byte-level, {args.structure_iterations} "
-          f"structure-aware) in {summary['seconds']} s (slowest {summary['slowest_ms']} ms)")
-    for key, n in sorted(counts.items()):
-        print(f"  {n:7d}  {key}")
-    print(f"  {'':7}  peak RSS growth {growth:.1f} MiB (flag above {args.max_rss_growth:.0f})")
-    print("  refusals by message class (top 12):")
-    for key, n in refusals.most_common(12):
-        print(f"  {n:7d}  {key}")
+    _print_summary("checkpoint", summary, args, counts, refusals, growth)
     args.checkpoint_summary = summary
     return sum(bugs.values())
 

@@ -22,6 +22,19 @@ def pooled_min_side(kernels: tuple[int, ...]) -> int:
     return side
 
 
+def pooled_conv_stack(
+    shape: tuple[int, int, int], channels: tuple[int, ...], kernels: tuple[int, ...]
+) -> tuple[nn.ModuleList, tuple[int, int, int]]:
+    """Unpadded masked convs, each followed (in the net's trunk) by a 2x2 max-pool; returns the
+    convs and the (C, H, W) shape they leave."""
+    c, h, w = shape
+    convs = []
+    for out, k in zip(channels, kernels):
+        convs.append(SubnetConv2d(c, out, k))
+        c, h, w = out, (h - k + 1) // 2, (w - k + 1) // 2
+    return nn.ModuleList(convs), (c, h, w)
+
+
 class ConvNet(WSNNet):
     """The paper's AlexNet-like net: conv 64-128-256 (k 4, 3, 2) + BN + ReLU + 2x2 pool, fc 2048-2048.
 
@@ -35,12 +48,7 @@ class ConvNet(WSNNet):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
-        c, h, w = image_input(config, self.min_side())
-        convs = []
-        for out, k in zip(self.CHANNELS, self.KERNELS):
-            convs.append(SubnetConv2d(c, out, k))
-            c, h, w = out, (h - k + 1) // 2, (w - k + 1) // 2
-        self.convs = nn.ModuleList(convs)
+        self.convs, (c, h, w) = pooled_conv_stack(image_input(config, self.min_side()), self.CHANNELS, self.KERNELS)
         sizes = [c * h * w, *self.FC]
         self.fcs = nn.ModuleList(SubnetLinear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
         self.feature_dim = sizes[-1]
@@ -77,12 +85,7 @@ class LeNet(WSNNet):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
-        c, h, w = image_input(config, self.min_side())
-        convs = []
-        for out, k in zip(self.CHANNELS, self.KERNELS):
-            convs.append(SubnetConv2d(c, out, k))
-            c, h, w = out, (h - k + 1) // 2, (w - k + 1) // 2
-        self.convs = nn.ModuleList(convs)
+        self.convs, (c, h, w) = pooled_conv_stack(image_input(config, self.min_side()), self.CHANNELS, self.KERNELS)
         self.fcs = nn.ModuleList([SubnetLinear(c * h * w, self.FC)])  # 50·4·4 = 800 for 28x28
         self.feature_dim = self.FC
 
