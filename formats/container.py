@@ -18,6 +18,7 @@ from formats.codecs import AUTO, CODECS, PACK_CODECS, LayerDecoder, encode_layer
 from formats.errors import FormatError
 from formats.header import (
     DEFAULT_MAX_BITS,
+    LIMIT_HINT,
     MAX_HEADER_BYTES,
     MAX_LAYER_WEIGHTS,
     MAX_LAYERS,
@@ -94,7 +95,7 @@ def _decode_limit(max_bits: int | None) -> int:
     return max_bits
 
 
-def _read(data: bytes, max_bits: int | None) -> tuple[dict, int, PackedMasks]:
+def _read(data: bytes, max_bits: int | None, limit_hint: str = LIMIT_HINT) -> tuple[dict, int, PackedMasks]:
     """Validate and fully decode; returns (header, byte offset of the stream region, content)."""
     limit = _decode_limit(max_bits)
     data = bytes(data)
@@ -114,7 +115,7 @@ def _read(data: bytes, max_bits: int | None) -> tuple[dict, int, PackedMasks]:
         raise FormatError(f"truncated: {len(data)} bytes, the {header_len}-byte header and the "
                           f"trailer need {start + TRAILER.size}")
     header = parse_header(data[PREFIX.size : start])
-    check_layout(header, limit)
+    check_layout(header, limit, limit_hint)
     check_stream_table(header)
     entries = _stream_entries(header)
     region = len(data) - start - TRAILER.size
@@ -167,9 +168,10 @@ def _decode_streams(header: dict, entries: list[StreamEntry], chunks: list[bytes
     return PackedMasks(VERSION, codec, list(task_ids), layers, header.get("meta", {}))
 
 
-def unpack(data: bytes, max_bits: int | None = None) -> PackedMasks:
-    """Decode a .wsnm file; any malformed, corrupt, truncated or over-limit input raises FormatError."""
-    return _read(data, max_bits)[2]
+def unpack(data: bytes, max_bits: int | None = None, limit_hint: str = LIMIT_HINT) -> PackedMasks:
+    """Decode a .wsnm file; any malformed, corrupt, truncated or over-limit input raises FormatError.
+    `limit_hint` ends the message of a file over `max_bits` (what the caller's user can do about it)."""
+    return _read(data, max_bits, limit_hint)[2]
 
 
 def _as_mask(mask, size: int, what: str) -> np.ndarray:

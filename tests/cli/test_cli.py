@@ -240,6 +240,47 @@ def test_an_edited_recorded_accuracy_is_flagged_as_tampered(digits_ckpt):
     assert json.loads(result.stdout)["tampered"]
 
 
+def test_a_deleted_task_record_is_never_silently_dropped(digits_ckpt, tmp_path):
+    """A task record removed, checksums recomputed: its masks remain, and the file is refused."""
+    middle = tmp_path / "middle.pt"
+    shutil.copyfile(digits_ckpt, middle)
+    last = DIGITS_ORDER[-1]
+    edit_meta(digits_ckpt, lambda m: m.__setitem__("tasks", [r for r in m["tasks"] if r["task"] != last]))
+    line = assert_error(wsn("eval", "--ckpt", digits_ckpt), 1, "masks tensor is not a valid packed-mask file for these 2 task records",
+                        "more than the records and meta.layers declare")
+    assert "WSN_MAX_MASK_BITS" not in line  # no limit to raise: the file contradicts itself
+    # a record from the middle of the learning order breaks the order itself: refused on load
+    edit_meta(middle, lambda m: m.__setitem__("tasks", [r for r in m["tasks"] if r["task"] != DIGITS_ORDER[1]]))
+    assert_error(wsn("eval", "--ckpt", middle), 1, "order is 3, expected 2")
+
+
+def test_tensors_left_by_a_deleted_record_are_reported_as_tampered(finetune_ckpt):
+    """Fine-tuning has no masks tensor: the removed last task's head and predictions remain, named."""
+    edit_meta(finetune_ckpt, lambda m: m.__setitem__("tasks", [r for r in m["tasks"] if r["task"] != 2]))
+    result = wsn("eval", "--ckpt", finetune_ckpt, "--json")
+    assert_error(result, 3, "forgetting detected")  # fine-tuning forgot task 1: that outranks the tampering
+    report = json.loads(result.stdout)
+    assert [t["task"] for t in report["tasks"]] == [1]
+    assert "tensor 'head/2/weight' belongs to no task record (a record was removed?)" in report["tampered"]
+
+
+def test_a_relative_data_root_is_recorded_absolute_and_evaluates_from_elsewhere(tmp_path, monkeypatch):
+    monkeypatch.delenv("WSN_DATA_ROOT", raising=False)
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    _write_npz_task(work / "data", 1, features=6)
+    elsewhere.mkdir()
+    monkeypatch.chdir(work)
+    assert_ok(wsn("train-task", "--task", 1, "--ckpt", "npz.pt", "--benchmark", "npz", "--data-root", "data",
+                  "--epochs", 1, "--hidden", "8"))
+    assert load_checkpoint(work / "npz.pt").meta.data_root == str((work / "data").resolve())
+    monkeypatch.chdir(elsewhere)
+    assert json_out(wsn("eval", "--ckpt", work / "npz.pt", "--json"))["forget_free"] is True
+    # precedence: --data-root, then WSN_DATA_ROOT, then the recorded folder
+    monkeypatch.setenv("WSN_DATA_ROOT", str(elsewhere))
+    assert_error(wsn("eval", "--ckpt", work / "npz.pt"), 1, str(elsewhere))
+    assert_ok(wsn("eval", "--ckpt", work / "npz.pt", "--data-root", work / "data"))
+
+
 def test_changed_test_data_is_not_called_proven_and_is_left_out_of_bwt(digits_ckpt):
     edit_meta(digits_ckpt, lambda m: m["tasks"][0].__setitem__("data_digest", "f" * 64))
     result = wsn("eval", "--ckpt", digits_ckpt, "--json")

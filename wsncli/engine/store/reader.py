@@ -113,7 +113,7 @@ def _decode_masks(blob: bytes, meta: CheckpointMeta, tasks: list[int]) -> tuple[
     """The .wsnm file inside a checkpoint, decoded with its size bounded by what meta declares."""
     expected_bits = sum(math.prod(layer.shape) for layer in meta.layers) * len(tasks)
     try:
-        packed = formats.unpack(blob, max_bits=expected_bits)
+        packed = formats.unpack(blob, max_bits=expected_bits, limit_hint="more than the records and meta.layers declare")
     except formats.FormatError as exc:
         raise CheckpointError(f"the masks tensor is not a valid packed-mask file for these {len(tasks)} task records ({exc})") from None
     if list(packed.task_ids) != tasks:
