@@ -1,7 +1,7 @@
 """wsn's exception hierarchy: every deliberate failure is a WsnError with an exit code.
 
 Exit codes (documented in README.md): 0 ok, 1 bad input/data/file, 2 usage, 3 forgetting
-detected, 130 interrupted.
+detected, 130 interrupted, 141 standard output closed by its reader, 143 terminated.
 """
 
 from formats.errors import FormatError, WsnError
@@ -39,6 +39,10 @@ class ForgettingDetected(WsnError):
     exit_code = 3
 
 
+class OutputError(WsnError):
+    """Standard output cannot be written (a full device, a closed descriptor); exit 1."""
+
+
 class Interrupted(WsnError):
     """The user stopped the command (SIGINT); the checkpoint is as it was before."""
 
@@ -55,5 +59,6 @@ __all__ = [
     "DeviceError",
     "LockError",
     "ForgettingDetected",
+    "OutputError",
     "Interrupted",
 ]

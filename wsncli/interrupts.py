@@ -13,6 +13,32 @@ INTERRUPTED = "interrupted; files are as they were before the command"
 TERMINATED = "terminated (SIGTERM); files are as they were before the command"
 
 
+_WRITTEN: dict[str, None] = {}  # outputs this command has completed (atomically replaced or streamed), in order
+
+
+def record_written(path) -> None:
+    """Note that `path` is written and complete: an interrupt after this point must not claim otherwise."""
+    _WRITTEN[str(path)] = None
+
+
+def record_removed(path) -> None:
+    """Note that `path`, written earlier by this command, is gone again (a snapshot at task end)."""
+    _WRITTEN.pop(str(path), None)
+
+
+def written() -> list[str]:
+    """The outputs this command has completed so far."""
+    return list(_WRITTEN)
+
+
+def interrupted_message(terminated: bool) -> str:
+    """What an interrupt left: nothing, or the outputs completed before it."""
+    what = "terminated (SIGTERM)" if terminated else "interrupted"
+    if not _WRITTEN:
+        return f"{what}; files are as they were before the command"
+    return f"{what} after writing {', '.join(_WRITTEN)} (complete); nothing else was changed"
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised like Ctrl-C so every clean-up path runs; exit code 143."""
 
@@ -63,6 +89,14 @@ def install_startup_handler() -> None:
         signal.signal(signal.SIGINT, _at_startup)
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _at_startup)
+
+
+def command_finished() -> None:
+    """Called once a command's work is done: a signal while the interpreter shuts down is ignored
+    (leaving takes well under a second), so it can neither print a traceback nor turn success into 130."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(signum) in (_raise_interrupted, _at_startup):
+            signal.signal(signum, signal.SIG_IGN)
 
 
 def command_started() -> None:

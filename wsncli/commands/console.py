@@ -13,11 +13,57 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.text import Text
 
-from wsncli.errors import Interrupted, WsnError
-from wsncli.interrupts import INTERRUPTED, TERMINATED, Terminated, command_started
+from wsncli.errors import Interrupted, OutputError, WsnError
+from wsncli.interrupts import Terminated, command_finished, command_started, interrupted_message, written
 
+BROKEN_PIPE = 141  # as a shell reports a process ended by SIGPIPE: the reader (`| head`) has gone
+
+
+class _StandardOutput:
+    """sys.stdout as Rich and print_json write to it: a full device or a closed descriptor becomes
+    an OutputError (one line, exit 1), a reader that went away a BrokenPipeError (exit 141)."""
+
+    def _stream(self):
+        if sys.stdout is None:
+            raise OutputError("standard output is closed")
+        return sys.stdout
+
+    def _guard(self, action):
+        try:
+            return action(self._stream())
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise OutputError(f"cannot write to standard output: {exc.strerror or exc}") from None
+
+    def write(self, text: str) -> int:
+        return self._guard(lambda out: out.write(text))
+
+    def write_bytes(self, data: bytes) -> None:
+        self._guard(lambda out: (out.buffer.write(data), out.buffer.flush()))
+
+    def flush(self) -> None:
+        self._guard(lambda out: out.flush())
+
+    def isatty(self) -> bool:
+        return sys.stdout is not None and sys.stdout.isatty()
+
+    def fileno(self) -> int:
+        return self._stream().fileno()
+
+    @property
+    def encoding(self) -> str:
+        return getattr(sys.stdout, "encoding", None) or "utf-8"
+
+
+class _Console(Console):
+    def on_broken_pipe(self) -> None:  # Rich's own exits 1; handle_errors makes it 141
+        raise BrokenPipeError
+
+
+standard_output = _StandardOutput()
 # Piped output is not wrapped at 80 columns: tables keep their rows on one line for grep and less.
-stdout = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+stdout = _Console(file=standard_output, highlight=False, soft_wrap=True, width=None if standard_output.isatty() else 200)
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
@@ -44,22 +90,45 @@ def handle_errors(fn: Callable) -> Callable:
         try:
             command_started()
             return fn(*args, **kwargs)
+        except OutputError as exc:
+            raise fail(_after_writing(str(exc)), exc.exit_code) from None
         except WsnError as exc:
             raise fail(str(exc), exc.exit_code) from None
+        except BrokenPipeError:
+            _silence_stdout()
+            raise typer.Exit(BROKEN_PIPE) from None
         except Terminated:
-            raise fail(TERMINATED, 143) from None
+            raise fail(interrupted_message(terminated=True), 143) from None
         except KeyboardInterrupt:
-            raise fail(INTERRUPTED, Interrupted.exit_code) from None
+            raise fail(interrupted_message(terminated=False), Interrupted.exit_code) from None
+        finally:
+            command_finished()
 
     return wrapper
+
+
+def _after_writing(message: str) -> str:
+    """An output failure after the command's files were written says so (they are complete)."""
+    done = written()
+    return f"{message}; {', '.join(done)} written and complete" if done else message
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's last flush cannot fail again on the broken pipe."""
+    import os
+
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, AttributeError, ValueError):
+        pass
 
 
 def print_json(document) -> None:
     """One JSON document (a msgspec Struct from commands.schemas) on stdout and nothing else."""
     import msgspec
 
-    sys.stdout.write(msgspec.json.encode(document).decode() + "\n")
-    sys.stdout.flush()
+    standard_output.write(msgspec.json.encode(document).decode() + "\n")
+    standard_output.flush()
 
 
 def show_progress(quiet: bool) -> bool:

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from wsncli.commands.console import handle_errors, print_json, stderr, stdout
+from wsncli.commands.console import handle_errors, print_json, standard_output, stderr, stdout
 from wsncli.engine.limits import PACK_CODECS
 
 _ROWS = [("float32", "float32 masks"), ("bool", "bool bytes"), ("packbits", "packbits"), ("ascii7", "7-bit ASCII bytes"),
@@ -61,8 +61,7 @@ def pack_masks_command(
                              is_own_kind=lambda p: file_kind(file_prefix(p, 16)) == "packed-masks")
     result = pack_checkpoint_masks(read_checkpoint_file(ckpt), codec, source=Path(ckpt).name)
     if to_stdout:
-        sys.stdout.buffer.write(result.data)
-        sys.stdout.buffer.flush()
+        standard_output.write_bytes(result.data)
     else:
         write_output(target, result.data)
     if json_out:

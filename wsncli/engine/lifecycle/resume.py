@@ -27,6 +27,7 @@ from wsncli.engine.store.checkpoint import Checkpoint
 from wsncli.engine.store.paths import plan_output, read_regular_file, write_output
 from wsncli.engine.store.schema import encode_meta
 from wsncli.errors import CheckpointError, TaskError
+from wsncli.interrupts import record_removed
 
 FORMAT_NAME = "wsn-snapshot"
 FORMAT_VERSION = 1
@@ -114,6 +115,7 @@ class Snapshots:
             pass
         except OSError as exc:
             raise TaskError(f"{self.path}: cannot remove the snapshot: {exc.strerror or exc}") from None
+        record_removed(self.path)
 
 
 def _state_from(info: dict, arrays: dict[str, np.ndarray]) -> TrainState:

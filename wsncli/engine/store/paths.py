@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wsncli.errors import WsnError
-from wsncli.interrupts import on_abrupt_exit
+from wsncli.interrupts import on_abrupt_exit, record_written
 
 TMP_MARK = ".tmp-"
 
@@ -130,6 +130,7 @@ def _stream(target: OutputTarget, data: bytes | memoryview, error: type[WsnError
         view, done = memoryview(data), 0
         while done < len(view):
             done += os.write(fd, view[done:])
+        record_written(target.path)
         return done
     except BrokenPipeError:
         raise error(f"{target.path}: the reader closed the pipe") from None
@@ -158,6 +159,7 @@ def _replace(target: OutputTarget, data: bytes | memoryview, error: type[WsnErro
         finally:
             os.close(fd)
         os.replace(tmp, real)
+        record_written(target.path)
         _fsync_dir(real.parent)
         return len(data)
     except OSError as exc:
