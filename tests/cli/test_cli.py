@@ -117,6 +117,21 @@ def _write_npz_task(folder: Path, task: int, features: int, seed: int = 0) -> No
              x_test=rng.normal(size=(10, features)).astype(np.float32), y_test=y[:10])
 
 
+@pytest.mark.parametrize("option, value, applies", [("--image-size", "32", "split-mnist, split-fashion, image-folder"),
+                                                    ("--channels", "3", "image-folder, split-tinyimagenet")])
+def test_image_options_for_a_benchmark_that_would_ignore_them_are_refused(tmp_path, option, value, applies):
+    ckpt = tmp_path / "m.pt"
+    assert_error(wsn("train-task", "--task", 1, "--ckpt", ckpt, option, value), 2,
+                 f"{option} applies to benchmark {applies}", "not split-digits")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_conv_net_on_flat_features_is_a_data_error(tmp_path):
+    assert_error(wsn("train-task", "--task", 1, "--ckpt", tmp_path / "m.pt", "--arch", "conv"), 1,
+                 "arch conv needs image inputs (C, H, W), got shape (64,)")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_npz_task_whose_features_do_not_fit_names_both_shapes_and_the_first_task(tmp_path):
     data, ckpt = tmp_path / "data", tmp_path / "npz.pt"
     _write_npz_task(data, 2, features=10)

@@ -15,7 +15,7 @@ from wsncli.engine.lifecycle.outputs import set_task_mode
 from wsncli.engine.lifecycle.train import TrainSettings, train_task
 from wsncli.engine.nn.models import ARCHS, ModelConfig, ResNet18, build_model, count_parameters
 from wsncli.engine.nn.subnet import SubnetConv2d, SubnetLayer
-from wsncli.errors import UsageError
+from wsncli.errors import DataError, UsageError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -223,11 +223,11 @@ def test_refuses_inputs_it_cannot_take_with_the_smallest_side_it_takes(arch):
     for shape in [(1, side, side), (3, side, side + 7)]:
         assert count_parameters(ModelConfig(arch, shape, width=width))["feature_dim"] > 0  # the minimum runs
     for bad in [(1, side - 1, side - 1), (3, side, side - 1), (3, side - 1, 40)]:
-        with pytest.raises(UsageError) as err:
+        with pytest.raises(DataError) as err:  # exit 1: the shape comes from the data
             build_model(ModelConfig(arch, bad, width=width))
-        assert str(err.value) == f"arch {arch} needs images of at least {side}x{side}, got {bad}"
+        assert str(err.value).startswith(f"arch {arch} needs images of at least {side}x{side}, got {bad}; --image-size {side}")
     for bad in [(64,), (8, 8), (1, 1, 32, 32)]:
-        with pytest.raises(UsageError) as err:
+        with pytest.raises(DataError) as err:
             build_model(ModelConfig(arch, bad, width=width))
         assert str(err.value) == f"arch {arch} needs image inputs (C, H, W), got shape {bad}"
 

@@ -24,7 +24,7 @@ from wsncli.engine.data.loaders import CIFAR10_FILES, CIFAR100_FILES, DEBIAN_FAS
 from wsncli.engine.data.preprocess import Preprocess, standardize
 from wsncli.engine.data.splits import pmnist_permutation, split_seed, stratified_split  # noqa: F401
 from wsncli.engine.limits import BENCHMARKS
-from wsncli.errors import DataError
+from wsncli.errors import DataError, UsageError
 
 _MAX_PMNIST_TASKS = 1000
 
@@ -140,6 +140,18 @@ _RAW = {
     "npz": loaders.npz,
     "image-folder": loaders.image_folder,
 }
+
+
+IMAGE_SIZE_BENCHMARKS = ("split-mnist", "split-fashion", "image-folder", "split-tinyimagenet")  # --image-size
+CHANNELS_BENCHMARKS = ("image-folder", "split-tinyimagenet")  # --channels
+
+
+def check_options_apply(name: str, options: DataOptions) -> None:
+    """Refuse image options for a benchmark that would ignore them (UsageError: exit 2)."""
+    for flag, value, names in (("--image-size", options.image_size, IMAGE_SIZE_BENCHMARKS),
+                               ("--channels", options.channels, CHANNELS_BENCHMARKS)):
+        if value is not None and name not in names:
+            raise UsageError(f"{flag} applies to benchmark {', '.join(names)} only, not {name}")
 
 
 def _spec(name: str) -> _Spec:

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from wsncli import __version__
-from wsncli.engine.data.registry import TaskData, benchmark_info, load_task, resolve_data_root
+from wsncli.engine.data.registry import TaskData, benchmark_info, check_options_apply, load_task, resolve_data_root
 from wsncli.engine.lifecycle import resume
 from wsncli.engine.lifecycle.record import accuracy_row, data_options, task_record
 from wsncli.engine.lifecycle.request import DEFAULT_BENCHMARK, DEFAULT_CAPACITY, DEFAULT_LR, DEFAULT_SEED, TaskRequest, check_matches, check_request
@@ -99,6 +99,7 @@ def _prepare(req: TaskRequest, real: Path, device: torch.device, status, on_prog
     ckpt = None
     if created:
         benchmark, options = req.benchmark or DEFAULT_BENCHMARK, data_options_for(req, on_progress)
+        check_options_apply(benchmark, options)
     else:
         status(f"loading {req.ckpt}")
         ckpt = load_checkpoint(real, require_signature=False)

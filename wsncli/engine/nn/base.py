@@ -9,7 +9,7 @@ from torch import nn
 
 from wsncli.engine.nn.selection import NonFiniteScores
 from wsncli.engine.nn.subnet import SubnetLayer, k_for_capacity
-from wsncli.errors import UsageError
+from wsncli.errors import DataError
 
 
 @dataclass(frozen=True)
@@ -42,12 +42,14 @@ class ModelConfig:
 
 
 def image_input(config: ModelConfig, min_side: int) -> tuple[int, int, int]:
-    """(C, H, W) of config's inputs; refuses other ranks and images smaller than min_side."""
+    """(C, H, W) of config's inputs; refuses other ranks and images smaller than min_side (DataError:
+    the shape comes from the task's data)."""
     if len(config.input_shape) != 3:
-        raise UsageError(f"arch {config.arch} needs image inputs (C, H, W), got shape {config.input_shape}")
+        raise DataError(f"arch {config.arch} needs image inputs (C, H, W), got shape {config.input_shape}")
     c, h, w = config.input_shape
     if h < min_side or w < min_side:
-        raise UsageError(f"arch {config.arch} needs images of at least {min_side}x{min_side}, got {config.input_shape}")
+        raise DataError(f"arch {config.arch} needs images of at least {min_side}x{min_side}, got {config.input_shape}; "
+                        f"--image-size {min_side} (or more) resizes or pads them where the benchmark allows")
     return c, h, w
 
 
