@@ -142,6 +142,20 @@ def test_npz_task_whose_features_do_not_fit_names_both_shapes_and_the_first_task
              needles=("task 1 inputs have shape (12,), the checkpoint's network takes (10,) (fixed by task 2, the first learned)",))
 
 
+def test_a_signed_checkpoint_is_never_extended_into_an_unsigned_one(tmp_path, monkeypatch):
+    ckpt = tmp_path / "m.pt"
+    monkeypatch.setenv("WSN_CHECKPOINT_KEY", "s3cret")
+    assert_ok(wsn("train-task", "--task", 1, "--ckpt", ckpt, "--epochs", 1))
+    before = ckpt.read_bytes()
+    monkeypatch.delenv("WSN_CHECKPOINT_KEY")
+    assert_error(wsn("train-task", "--task", 2, "--ckpt", ckpt, "--epochs", 1), 1,
+                 "the checkpoint is signed; set WSN_CHECKPOINT_KEY")
+    assert ckpt.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]
+    monkeypatch.setenv("WSN_CHECKPOINT_KEY", "s3cret")
+    assert_ok(wsn("train-task", "--task", 2, "--ckpt", ckpt, "--epochs", 1))
+    assert load_checkpoint(ckpt).signature == "verified"
+
+
 def test_training_on_a_tampered_checkpoint_is_refused(digits_ckpt):
     edit_arrays(digits_ckpt, lambda a: a["layer/layers.1/weight"].__setitem__((0, 0), 5.0), recompute=False)
     _refused(digits_ckpt, "--task", 4, needles=("'layer/layers.1/weight' fails its checksum", "refusing to train on it"))

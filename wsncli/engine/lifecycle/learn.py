@@ -22,6 +22,7 @@ from wsncli.engine.nn.subnet import k_for_capacity
 from wsncli.engine.parallel.shard import Shard, world_size_from_env
 from wsncli.engine.runtime import configure_threads, resolve_device
 from wsncli.engine.store.checkpoint import Checkpoint, check_model_size, load_checkpoint, save_checkpoint
+from wsncli.engine.store.container import KEY_ENV
 from wsncli.engine.store.lock import CheckpointLock
 from wsncli.engine.store.paths import plan_output, remove_stale_temps, resolve
 from wsncli.engine.store.schema import CheckpointMeta, TaskRecord, from_model_config
@@ -103,6 +104,9 @@ def _prepare(req: TaskRequest, real: Path, device: torch.device, status, on_prog
     else:
         status(f"loading {req.ckpt}")
         ckpt = load_checkpoint(real, require_signature=False)
+        if ckpt.signature == "unverified":  # signed, and no key here: the new file would silently lose it
+            raise CheckpointError(f"{req.ckpt}: the checkpoint is signed; set {KEY_ENV} to the key it was signed with "
+                                  "to add a task (without it the new file would be unsigned)")
         check_matches(ckpt, req)
         benchmark, options = ckpt.meta.benchmark, data_options(ckpt, on_progress)
         if data_root is None and ckpt.meta.data_root:
