@@ -35,7 +35,10 @@ class WsnGroup(TyperGroup):
         try:
             code = super().main(args=args, prog_name=prog_name or "wsn", complete_var=complete_var, standalone_mode=False, **extra)
         except typer.TyperException as exc:  # usage errors (exit 2) and the parser's other refusals
-            typer.echo(_error_line(exc), err=True)
+            if type(exc).__name__ == "NoArgsIsHelpError":  # a bare `wsn` (or group): the whole help, on stderr
+                typer.echo(exc.format_message(), err=True)
+            else:
+                typer.echo(_error_line(exc), err=True)
             code = exc.exit_code
         except typer.Abort:
             typer.echo("wsn: error: interrupted", err=True)

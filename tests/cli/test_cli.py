@@ -60,10 +60,11 @@ REFUSALS = [
     (("--task", 4, "--hidden", "50-50"), 1, ("'100-100' hidden sizes, not '50-50'",)),
     (("--task", 4, "--method", "finetune"), 1, ("'wsn' method, not 'finetune'",)),
     (("--task", 4, "--seed", 7), 1, ("checkpoint was made with 0 seed, not 7", "fixed when a checkpoint is created")),
-    (("--task", 4, "--capacity", "0"), 2, ("--capacity must be in (0, 1], got 0.0",)),
     (("--task", 4, "--capacity=-0.1"), 2, ("Invalid value for '--capacity'",)),
-    (("--task", 4, "--capacity", "1.5"), 2, ("Invalid value for '--capacity'", "less than or equal to 1")),
-    (("--task", 4, "--capacity", "nan"), 2, ("Invalid value for '--capacity'",)),
+    (("--task", 4, "--capacity", "1.5"), 2, ("Invalid value for '--capacity': must be in (0, 1], got 1.5",)),
+    (("--task", 4, "--capacity", "0"), 2, ("Invalid value for '--capacity': must be in (0, 1], got 0",)),
+    (("--task", 4, "--capacity", "nan"), 2, ("Invalid value for '--capacity': must be a finite number, got nan",)),
+    (("--task", 4, "--lr", "inf"), 2, ("Invalid value for '--lr': must be a finite number, got inf",)),
     (("--task", 4, "--capacity", "1e-9"), 2, ("--capacity 1e-09 keeps no weight of layer 'layers.0' (6400 weights)",)),
     (("--task", 4, "--benchmark", "cifar1000"), 2, ("Invalid value for '--benchmark'", "'cifar1000' is not one of")),
     (("--task", 4, "--arch", "resnet"), 2, ("Invalid value for '--arch'",)),
@@ -74,9 +75,8 @@ REFUSALS = [
     (("--task", 4, "--epochs", 0), 2, ("Invalid value for '--epochs'",)),
     (("--task", 4, "--batch-size", 0), 2, ("Invalid value for '--batch-size'",)),
     (("--task", 4, "--batch-size", 2**70), 2, ("Invalid value for '--batch-size'", "16777216")),
-    (("--task", 4, "--lr", "0"), 2, ("--lr must be a positive number",)),
-    (("--task", 4, "--lr", "inf"), 2, ("Invalid value for '--lr'",)),
-    (("--task", 4, "--lr", "1e30"), 2, ("Invalid value for '--lr'",)),
+    (("--task", 4, "--lr", "0"), 2, ("Invalid value for '--lr': must be in (0, 1000], got 0",)),
+    (("--task", 4, "--lr", "1e30"), 2, ("Invalid value for '--lr': must be in (0, 1000], got 1e+30",)),
     (("--task", 4, "--channels", "2"), 2, ("--channels must be 1 or 3",)),
 ]
 
@@ -428,6 +428,20 @@ def test_inspect_of_something_that_is_not_a_checkpoint(tmp_path, make):
 
 
 # ---- the app itself ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", [["unpack-masks", "x.wsnm"], ["predict", "x.npy", "--ckpt", "m.pt", "--task", "1"],
+                                     ["report", "--ckpt", "m.pt"], ["export", "--ckpt", "m.pt", "--task", "1"]])
+def test_dash_as_an_output_path_is_a_usage_error_where_stdout_is_not_offered(command, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert_error(wsn(*command, "-o", "-"), 2, "'-' (standard output) is offered by pack-masks only; name a path")
+    assert list(tmp_path.iterdir()) == []  # no file or folder named '-'
+
+
+def test_a_bare_wsn_shows_the_whole_help_on_stderr_and_exits_2():
+    result = wsn()
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr.startswith("Usage: wsn [OPTIONS] COMMAND") and "train-task" in result.stderr and "report" in result.stderr
 
 
 def test_version_and_help():

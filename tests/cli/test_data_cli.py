@@ -48,6 +48,11 @@ def test_image_folder_end_to_end_train_eval_inspect_pack_predict(tmp_path, monke
     predicted = json_out(wsn("predict", data / "task2" / "test" / "dog2", "-c", ckpt, "-t", 2, "--json"))
     assert predicted["classes"] == ["cat2", "dog2"] and predicted["n"] == 4
     assert set(predicted["predictions"]) <= {"cat2", "dog2"}
+    folder = data / "task2" / "test" / "dog2"
+    assert predicted["files"] == [str(folder / f"{i}.png") for i in range(4)]  # each label's file, sorted by name
+    table = wsn("predict", folder, "-c", ckpt, "-t", 2)
+    assert_ok(table)
+    assert [line.rsplit("  ", 1) for line in table.stdout.splitlines()] == [[f, p] for f, p in zip(predicted["files"], predicted["predictions"])]
     assert list((tmp_path / "cache").iterdir())  # decoded once, cached
 
 

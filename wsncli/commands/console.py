@@ -67,6 +67,27 @@ stdout = _Console(file=standard_output, highlight=False, soft_wrap=True, width=N
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+def positive_up_to(most: float) -> Callable:
+    """Typer callback of a float option in (0, most]: NaN and infinities are named as such, not as
+    out of range (Typer's own min/max cannot say "above 0", nor tell NaN from a number too large)."""
+
+    def check(value):
+        if value is not None and not math.isfinite(value):
+            raise typer.BadParameter(f"must be a finite number, got {value}")
+        if value is not None and not 0 < value <= most:
+            raise typer.BadParameter(f"must be in (0, {most:g}], got {value:g}")
+        return value
+
+    return check
+
+
+def not_stdout(value):
+    """Typer callback of an -o that names a file or folder: `-` (stdout, as pack-masks offers) is a usage error."""
+    if value is not None and str(value) == "-":
+        raise typer.BadParameter("'-' (standard output) is offered by pack-masks only; name a path")
+    return value
+
+
 def one_line(message: str) -> str:
     return " ".join(str(message).split())
 

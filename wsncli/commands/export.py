@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from wsncli.commands.console import handle_errors, print_json, stdout
+from wsncli.commands.console import handle_errors, not_stdout, print_json, stdout
 from wsncli.engine.limits import MAX_TASK_ID
 
 
@@ -26,7 +26,8 @@ def _is_pt2_export(path: Path) -> bool:
 def export_command(
     ckpt: Annotated[Path, typer.Option("--ckpt", "-c", help="Checkpoint holding the task.")],
     task: Annotated[int, typer.Option("--task", "-t", min=1, max=MAX_TASK_ID, help="The learned task to export.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="task.pt2 (torch.export program) or task.safetensors (weights + JSON graph).")],
+    output: Annotated[Path, typer.Option(
+        "--output", "-o", callback=not_stdout, help="task.pt2 (torch.export program) or task.safetensors (weights + JSON graph).")],
     force: Annotated[bool, typer.Option(help="Overwrite an existing file of another kind.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print a summary as one JSON object.")] = False,
 ) -> None:

@@ -7,7 +7,7 @@ from typing import Annotated, Literal, Optional
 
 import typer
 
-from wsncli.commands.console import handle_errors, print_json, stdout
+from wsncli.commands.console import handle_errors, not_stdout, print_json, stdout
 from wsncli.engine.limits import DEVICES, MAX_TASK_ID
 
 
@@ -16,7 +16,8 @@ def predict_command(
     inputs: Annotated[Path, typer.Argument(help="A .npy or .npz of inputs shaped like the task's data, or an image / a folder of images.")],
     ckpt: Annotated[Path, typer.Option("--ckpt", "-c", help="Checkpoint holding the task.")],
     task: Annotated[int, typer.Option("--task", "-t", min=1, max=MAX_TASK_ID, help="The learned task to use.")],
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the labels (or, with --proba, the probabilities) as .npy.")] = None,
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", callback=not_stdout, help="Write the labels (or, with --proba, the probabilities) as .npy.")] = None,
     proba: Annotated[bool, typer.Option("--proba", help="Class probabilities (softmax of the head) too.")] = False,
     force: Annotated[bool, typer.Option(help="Overwrite an existing file that is not a .npy.")] = False,
     device: Annotated[Literal[DEVICES], typer.Option(help="Where to run.")] = "auto",
@@ -28,7 +29,7 @@ def predict_command(
     import numpy as np
 
     from wsncli.commands.schemas import PredictDoc, schema_id
-    from wsncli.engine.lifecycle.predict import predict_task, read_inputs
+    from wsncli.engine.lifecycle.predict import image_files, is_image_input, predict_task, read_inputs
     from wsncli.engine.runtime import configure_threads, resolve_device
     from wsncli.engine.store.checkpoint import load_checkpoint
     from wsncli.engine.store.paths import file_prefix, plan_output, write_output
@@ -41,12 +42,13 @@ def predict_command(
     checkpoint = load_checkpoint(ckpt)
     configure_threads(sum(l.weight.numel() for l in checkpoint.model.subnet_layers().values()), None)
     result = predict_task(checkpoint, task, read_inputs(inputs, checkpoint), dev, proba, str(inputs))
+    files = [str(f) for f in image_files(inputs)] if is_image_input(inputs) else None
     if target is not None:
         buffer = io.BytesIO()
         np.save(buffer, result.probabilities if proba else result.labels, allow_pickle=False)
         write_output(target, buffer.getvalue())
     if json_out:
-        print_json(PredictDoc(schema=schema_id("predict"), checkpoint=str(ckpt), task=task, input=str(inputs), n=len(result.labels),
+        print_json(PredictDoc(schema=schema_id("predict"), checkpoint=str(ckpt), task=task, input=str(inputs), n=len(result.labels), files=files,
                               classes=list(result.classes), predictions=result.labels.tolist(),
                               probabilities=None if result.probabilities is None else result.probabilities.tolist(),
                               output=None if output is None else str(output)))
@@ -56,4 +58,5 @@ def predict_command(
         return
     for i, label in enumerate(result.labels.tolist()):
         extra = "" if result.probabilities is None else "  " + " ".join(f"{p:.4f}" for p in result.probabilities[i])
-        stdout.print(f"{label}{extra}", markup=False)
+        name = "" if files is None else f"{files[i]}  "  # images: which file each label is for
+        stdout.print(f"{name}{label}{extra}", markup=False)

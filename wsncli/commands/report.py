@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from wsncli.commands.console import handle_errors, print_json, progress_bar, show_progress, stdout
+from wsncli.commands.console import handle_errors, not_stdout, print_json, progress_bar, show_progress, stdout
 
 _MAGIC = {".png": b"\x89PNG", ".csv": b"after_task", ".md": b"# wsn report"}
 
@@ -15,7 +15,8 @@ _MAGIC = {".png": b"\x89PNG", ".csv": b"after_task", ".md": b"# wsn report"}
 @handle_errors
 def report_command(
     ckpt: Annotated[Path, typer.Option("--ckpt", "-c", help="Checkpoint to report on.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for report.md, the PNG plots and accuracy_matrix.csv.")],
+    output: Annotated[Path, typer.Option(
+        "--output", "-o", callback=not_stdout, help="Folder for report.md, the PNG plots and accuracy_matrix.csv.")],
     force: Annotated[bool, typer.Option(help="Overwrite files in the folder that wsn report did not write.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the files written as one JSON object.")] = False,

@@ -186,6 +186,7 @@ class PredictDoc(Doc, kw_only=True):
     task: int
     input: str
     n: int
+    files: list[str] | None  # image inputs: the file of each prediction, in order (None for arrays)
     classes: list[int | str]
     predictions: list[int | str]
     probabilities: list[list[float]] | None

@@ -8,7 +8,7 @@ from typing import Annotated, Literal, Optional
 
 import typer
 
-from wsncli.commands.console import handle_errors, pct, print_json, progress_bar, show_progress, stderr, stdout, warn
+from wsncli.commands.console import handle_errors, pct, positive_up_to, print_json, progress_bar, show_progress, stderr, stdout, warn
 from wsncli.engine.limits import ARCHS, BENCHMARKS, DEVICES, MAX_BATCH_SIZE, MAX_EPOCHS, MAX_LR, MAX_SEED, MAX_TASK_ID, MAX_THREADS, METHODS
 
 TaskOpt = Annotated[int, typer.Option("--task", "-t", min=1, max=MAX_TASK_ID, help="Task id to learn (positive integer of the benchmark).")]
@@ -23,11 +23,11 @@ def train_task_command(
     arch: Annotated[Optional[Literal[ARCHS]], typer.Option(help="Network of a new checkpoint (default: the benchmark's).")] = None,
     hidden: Annotated[Optional[str], typer.Option(help="MLP hidden sizes of a new checkpoint, e.g. 100-100.")] = None,
     width: Annotated[Optional[int], typer.Option(min=1, max=1024, help="resnet18 base width nf (default 20).")] = None,
-    capacity: Annotated[Optional[float], typer.Option(min=0.0, max=1.0,
+    capacity: Annotated[Optional[float], typer.Option(callback=positive_up_to(1.0),
                                                       help="Fraction c of each layer's weights the mask keeps, 0 < c <= 1 (default 0.5).")] = None,
     epochs: Annotated[Optional[int], typer.Option(min=1, max=MAX_EPOCHS, help="Epochs (default: the benchmark's).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(min=1, max=MAX_BATCH_SIZE, help="Batch size (default: the benchmark's).")] = None,
-    lr: Annotated[Optional[float], typer.Option(min=0.0, max=MAX_LR, help="Adam learning rate (default 1e-3).")] = None,
+    lr: Annotated[Optional[float], typer.Option(callback=positive_up_to(MAX_LR), help=f"Adam learning rate, 0 < lr <= {MAX_LR:g} (default 1e-3).")] = None,
     seed: Annotated[Optional[int], typer.Option(min=-MAX_SEED + 1, max=MAX_SEED - 1, help="Seed of a new checkpoint (default 0).")] = None,
     device: Annotated[Literal[DEVICES], typer.Option(help="Where to train.")] = "auto",
     method: Annotated[Optional[Literal[METHODS]], typer.Option(help="wsn (default) or finetune (the dense baseline that forgets).")] = None,

@@ -7,13 +7,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from wsncli.commands.console import handle_errors, print_json, stdout
+from wsncli.commands.console import handle_errors, not_stdout, print_json, stdout
 
 
 @handle_errors
 def unpack_masks_command(
     packed: Annotated[Path, typer.Argument(help="A .wsnm file.")],
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the masks as .npz (keys task<T>/<layer>, bool arrays).")] = None,
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", callback=not_stdout, help="Write the masks as .npz (keys task<T>/<layer>, bool arrays).")] = None,
     ckpt: Annotated[Optional[Path], typer.Option("--ckpt", "-c", help="Check the masks bit for bit against this checkpoint.")] = None,
     force: Annotated[bool, typer.Option(help="Overwrite an existing file that is not an .npz.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print a summary as one JSON object.")] = False,

@@ -73,7 +73,7 @@ def _npy(path: Path) -> np.ndarray:
 def read_inputs(path: Path, ckpt: Checkpoint) -> np.ndarray:
     """Raw inputs (N, *sample) from .npy, .npz (x / x_test / inputs / its only array) or images."""
     path = Path(path)
-    if path.is_dir() or path.suffix.lower() in IMAGE_SUFFIXES:
+    if is_image_input(path):
         return _images(path, ckpt)
     prefix = read_regular_file(path, data_limit(), "input file", DataError)[:6]
     if prefix.startswith(b"\x93NUMPY"):
@@ -87,13 +87,27 @@ def read_inputs(path: Path, ckpt: Checkpoint) -> np.ndarray:
     raise DataError(f"{path}: not an input file wsn reads (.npy, .npz, or .png/.jpg images or a folder of them)")
 
 
+def image_files(path: Path) -> list[Path]:
+    """The images `predict` reads for `path`, in the order of its predictions: the file itself, or the
+    folder's .png/.jpg/.jpeg files (not hidden ones) sorted by name, as Python sorts strings."""
+    path = Path(path)
+    if not path.is_dir():
+        return [path]
+    return sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+
+
+def is_image_input(path: Path) -> bool:
+    path = Path(path)
+    return path.is_dir() or path.suffix.lower() in IMAGE_SUFFIXES
+
+
 def _images(path: Path, ckpt: Checkpoint) -> np.ndarray:
     from wsncli.engine.data import images
 
     shape = tuple(ckpt.meta.model.input_shape)
     if len(shape) != 3:
         raise DataError(f"{path}: images need a network of image inputs; this one takes {shape}")
-    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")) if path.is_dir() else [path]
+    files = image_files(path)
     if not files:
         raise DataError(f"{path}: no .png/.jpg/.jpeg images in this folder")
     return images.decode_images(files, shape[0], shape[1] if ckpt.meta.image_size else None, expected_size=shape[1:])
