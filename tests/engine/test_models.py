@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from tests.conftest import CONV_SHAPE
 from wsncli.engine.nn.models import ConvNet, MLPNet, ModelConfig, build_model, parse_hidden
 from wsncli.engine.nn.subnet import k_for_capacity
-from wsncli.errors import UsageError
+from wsncli.errors import DataError, UsageError
 
 MLP = ModelConfig("mlp", (64,), (30, 20))
 CONV = ModelConfig("conv", CONV_SHAPE)
@@ -117,7 +117,7 @@ def test_config_round_trip_and_validation():
             parse_hidden(bad)
     with pytest.raises(UsageError, match="unknown architecture 'resnet'"):
         build_model(ModelConfig("resnet", (64,)))
-    with pytest.raises(UsageError, match=r"image inputs \(C, H, W\)"):
+    with pytest.raises(DataError, match=r"image inputs \(C, H, W\)"):
         build_model(ModelConfig("conv", (64,)))
 
 
@@ -134,7 +134,7 @@ def test_width_is_stored_only_when_set_and_old_configs_load():
 def test_conv_minimum_image_size_is_what_the_message_says():
     side = ConvNet.min_side()
     build_model(ModelConfig("conv", (1, side, side)))  # fits
-    with pytest.raises(UsageError, match=f"at least {side}x{side}"):
+    with pytest.raises(DataError, match=f"at least {side}x{side}.*--image-size {side}"):
         build_model(ModelConfig("conv", (1, side - 1, side - 1)))
 
 
