@@ -130,6 +130,45 @@ def test_inspect_of_a_fifo_returns_at_once(tmp_path):
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
 
 
+def test_a_folder_block_device_or_socket_is_never_written_into(ckpt, packed, tmp_path):
+    import socket
+
+    folder = tmp_path / "masks.wsnm"
+    folder.mkdir()
+    (folder / "keep.txt").write_text("mine")
+    targets = [(folder, "a folder")]
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = tmp_path / "s.wsnm"
+    server.bind(str(sock))
+    targets.append((sock, "a socket"))
+    if ROOT:  # a private block-device node (a made-up number: nothing behind it is touched)
+        block = tmp_path / "blk.wsnm"
+        os.mknod(block, stat.S_IFBLK | 0o600, os.makedev(7, 250))
+        targets.append((block, "a block device"))
+    try:
+        for target, kind in targets:
+            before = os.lstat(target)
+            for args in (("pack-masks", "-c", ckpt, "-o", target), ("pack-masks", "-c", ckpt, "-o", target, "--force")):
+                result = _invoke(*args)
+                assert result.exit_code == 1, result.output
+                assert_one_line_error(result.stderr, f"{target} is {kind}, not a file: refusing to write")
+            after = os.lstat(target)
+            assert (stat.S_IFMT(after.st_mode), after.st_ino) == (stat.S_IFMT(before.st_mode), before.st_ino)
+        assert _listing(folder) == ["keep.txt"] and (folder / "keep.txt").read_text() == "mine"
+    finally:
+        server.close()
+
+
+def test_inspect_reads_within_the_checkpoint_size_limit(ckpt, monkeypatch):
+    size = ckpt.stat().st_size
+    monkeypatch.setenv("WSN_MAX_CHECKPOINT_BYTES", str(size - 1))
+    result = _invoke("inspect", ckpt)
+    assert result.exit_code == 1, result.output
+    assert_one_line_error(result.stderr, f"{size} bytes is over the {size - 1}-byte limit")
+    monkeypatch.setenv("WSN_MAX_CHECKPOINT_BYTES", str(size))
+    assert _invoke("inspect", ckpt).exit_code == 0
+
+
 def test_train_task_refuses_a_device_or_fifo_as_its_checkpoint(tmp_path, devices):
     fifo = tmp_path / "pipe.pt"
     os.mkfifo(fifo)

@@ -81,7 +81,7 @@ def _over_time_plot(plt, tasks, r) -> bytes:
     steps = np.arange(1, len(tasks) + 1)
     markers = "osD^vP*Xhp"
     for j, t in enumerate(tasks):  # earlier tasks drawn wider, so identical lines stay visible beneath
-        width = min(6.0, 1.5 + 4.5 * (len(tasks) - 1 - j) / max(1, len(tasks) - 1))
+        width = 1.5 + 4.5 * (len(tasks) - 1 - j) / max(1, len(tasks) - 1)  # 6 down to 1.5
         ax.plot(steps[j:], 100 * r[j:, j], marker=markers[j % len(markers)], linewidth=width, label=f"task {t}")
     ax.set_xticks(steps, [f"{i}\n(task {t})" for i, t in zip(steps, tasks)])
     ax.set_xlabel("tasks learned so far")
