@@ -47,14 +47,22 @@ def measure(layers: list[LayerMasks], task_ids: list[int], codec: str, repeat: i
         wall_mid, cpu_mid = time.perf_counter(), time.process_time()
         packed = unpack(data)
         wall_end, cpu_end = time.perf_counter(), time.process_time()
-        for key, value in (("encode", wall_mid - wall), ("decode", wall_end - wall_mid),
-                           ("encode_cpu", cpu_mid - cpu), ("decode_cpu", cpu_end - cpu_mid)):
+        for key, value in (
+            ("encode", wall_mid - wall),
+            ("decode", wall_end - wall_mid),
+            ("encode_cpu", cpu_mid - cpu),
+            ("decode_cpu", cpu_end - cpu_mid),
+        ):
             best[key] = min(best[key], value)
     for want, got in zip(layers, packed.layers):
         if not all(np.array_equal(a, b) for a, b in zip(want.masks, got.masks)):
             raise SystemExit(f"{codec}: round trip failed on layer {want.name!r}")
-    return {"codec": codec, "bytes": len(data), "bits_per_weight_per_task": 8 * len(data) / bits,
-            **{f"{key}_mbit_s": bits / max(seconds, 1e-9) / 1e6 for key, seconds in best.items()}}
+    return {
+        "codec": codec,
+        "bytes": len(data),
+        "bits_per_weight_per_task": 8 * len(data) / bits,
+        **{f"{key}_mbit_s": bits / max(seconds, 1e-9) / 1e6 for key, seconds in best.items()},
+    }
 
 
 def random_source(weights: int, tasks: int, density: float, seed: int) -> tuple[list[LayerMasks], list[int]]:
@@ -67,21 +75,29 @@ def run_source(name: str, layers, task_ids, codecs, repeat: int, density: float 
     bound = bounds(layers)
     results = []
     for codec in codecs:
-        result = {"source": name, "density": density, "weights": sum(int(np.prod(l.shape)) for l in layers),
-                  "tasks": len(task_ids), **measure(layers, task_ids, codec, repeat), "bounds": bound}
-        result["vs_conditional"] = result["bits_per_weight_per_task"] / bound["conditional"] \
-            if bound["conditional"] else None
+        result = {
+            "source": name,
+            "density": density,
+            "weights": sum(int(np.prod(l.shape)) for l in layers),
+            "tasks": len(task_ids),
+            **measure(layers, task_ids, codec, repeat),
+            "bounds": bound,
+        }
+        result["vs_conditional"] = (
+            result["bits_per_weight_per_task"] / bound["conditional"] if bound["conditional"] else None
+        )
         if density in ASCII7_HUFFMAN_REFERENCE and codec in ("ascii7-huffman", "paper-huffman"):
             result["reference"] = ASCII7_HUFFMAN_REFERENCE[density]
-        print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}),
-              flush=True)
+        print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}), flush=True)
         results.append(result)
     return results
 
 
 def print_table(results: list[dict]) -> None:
-    head = (f"{'source':<14}{'c':>6} {'codec':<15}{'bits/w/task':>12}{'indep.':>8}{'cond.':>8}"
-            f"{'x cond':>8}{'enc Mb/s':>10}{'dec Mb/s':>10}{'enc cpu':>9}{'dec cpu':>9}  reference")
+    head = (
+        f"{'source':<14}{'c':>6} {'codec':<15}{'bits/w/task':>12}{'indep.':>8}{'cond.':>8}"
+        f"{'x cond':>8}{'enc Mb/s':>10}{'dec Mb/s':>10}{'enc cpu':>9}{'dec cpu':>9}  reference"
+    )
     print("\n" + head + "\n" + "-" * len(head))
     for r in results:
         c = f"{r['density']:.2f}" if r["density"] is not None else "-"
@@ -89,10 +105,12 @@ def print_table(results: list[dict]) -> None:
         ref = ""
         if "reference" in r:
             ref = f"{r['reference']:.3f} ({100 * (r['bits_per_weight_per_task'] / r['reference'] - 1):+.1f}%)"
-        print(f"{r['source']:<14}{c:>6} {r['codec']:<15}{r['bits_per_weight_per_task']:>12.4f}"
-              f"{r['bounds']['independent']:>8.4f}{r['bounds']['conditional']:>8.4f}{ratio:>8}"
-              f"{r['encode_mbit_s']:>10.0f}{r['decode_mbit_s']:>10.0f}{r['encode_cpu_mbit_s']:>9.0f}"
-              f"{r['decode_cpu_mbit_s']:>9.0f}  {ref}")
+        print(
+            f"{r['source']:<14}{c:>6} {r['codec']:<15}{r['bits_per_weight_per_task']:>12.4f}"
+            f"{r['bounds']['independent']:>8.4f}{r['bounds']['conditional']:>8.4f}{ratio:>8}"
+            f"{r['encode_mbit_s']:>10.0f}{r['decode_mbit_s']:>10.0f}{r['encode_cpu_mbit_s']:>9.0f}"
+            f"{r['decode_cpu_mbit_s']:>9.0f}  {ref}"
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -115,9 +133,11 @@ def main(argv: list[str] | None = None) -> None:
         results += run_source(path.name[:14], packed.layers, packed.task_ids, args.codecs, args.repeat, None)
     print_table(results)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"\nMb/s: Mbit of mask per second of wall-clock time; cpu: per second of this process's CPU "
-          f"time (steadier when other work shares the CPU; load average now {load:.2f} on "
-          f"{os.cpu_count()} CPUs)")
+    print(
+        f"\nMb/s: Mbit of mask per second of wall-clock time; cpu: per second of this process's CPU "
+        f"time (steadier when other work shares the CPU; load average now {load:.2f} on "
+        f"{os.cpu_count()} CPUs)"
+    )
 
 
 if __name__ == "__main__":

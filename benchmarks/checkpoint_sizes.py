@@ -24,10 +24,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from common import emit  # noqa: E402
 
-from wsncli.engine.lifecycle.inspect import describe_checkpoint  # noqa: E402
 from wsncli.engine.store.checkpoint import load_checkpoint  # noqa: E402
 from wsncli.engine.store.container import tensor_digest  # noqa: E402
 from wsncli.engine.store.reader import read_checkpoint_file  # noqa: E402
+from wsncli.engine.usecases.inspect import describe_checkpoint  # noqa: E402
 
 V2_ONLY = ("preprocess", "digest_version", "accuracy_row", "world_size", "input_dtype")
 
@@ -53,9 +53,16 @@ def version1_bytes(path: Path) -> int:
     for record in meta["tasks"]:
         for key in V2_ONLY:
             record.pop(key, None)
-    payload = {"format": "wsn-checkpoint", "version": 1, "meta": meta, "tensors": tensors,
-               "checksums": {"meta": hashlib.sha256(json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()).hexdigest(),
-                             "tensors": {k: tensor_digest(v.numpy()) for k, v in tensors.items()}}}
+    payload = {
+        "format": "wsn-checkpoint",
+        "version": 1,
+        "meta": meta,
+        "tensors": tensors,
+        "checksums": {
+            "meta": hashlib.sha256(json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()).hexdigest(),
+            "tensors": {k: tensor_digest(v.numpy()) for k, v in tensors.items()},
+        },
+    }
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     return len(buffer.getvalue())
@@ -65,14 +72,28 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("checkpoints", nargs="+", type=Path)
     args = p.parse_args()
-    print(f"{'checkpoint':<28} {'tasks':>5} {'v1 bytes':>10} {'v2 bytes':>10} {'v2/v1':>6} {'v2 masks':>9} {'codec':>14}")
+    print(
+        f"{'checkpoint':<28} {'tasks':>5} {'v1 bytes':>10} {'v2 bytes':>10} {'v2/v1':>6} {'v2 masks':>9} {'codec':>14}"
+    )
     for path in args.checkpoints:
         found = read_checkpoint_file(path)
         desc = describe_checkpoint(found, path)
         v1, v2 = version1_bytes(path), path.stat().st_size
-        print(f"{path.name:<28} {len(found.meta.tasks):>5} {v1:>10} {v2:>10} {v2 / v1:>6.3f} {found.mask_bytes:>9} {found.mask_codec or '-':>14}")
-        emit({"kind": "checkpoint_size", "checkpoint": path.name, "tasks": len(found.meta.tasks), "v1_bytes": v1, "v2_bytes": v2,
-              "v2_parts": desc.size, "mask_codec": found.mask_codec})
+        print(
+            f"{path.name:<28} {len(found.meta.tasks):>5} {v1:>10} {v2:>10} {v2 / v1:>6.3f} {found.mask_bytes:>9} "
+            f"{found.mask_codec or '-':>14}"
+        )
+        emit(
+            {
+                "kind": "checkpoint_size",
+                "checkpoint": path.name,
+                "tasks": len(found.meta.tasks),
+                "v1_bytes": v1,
+                "v2_bytes": v2,
+                "v2_parts": desc.size,
+                "mask_codec": found.mask_codec,
+            }
+        )
 
 
 if __name__ == "__main__":

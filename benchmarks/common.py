@@ -13,9 +13,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from wsncli.engine.lifecycle.evaluate import evaluate_checkpoint  # noqa: E402
-from wsncli.engine.lifecycle.learn import TaskRequest, learn_task  # noqa: E402
 from wsncli.engine.store.checkpoint import load_checkpoint  # noqa: E402
+from wsncli.engine.usecases.evaluate import evaluate_checkpoint  # noqa: E402
+from wsncli.engine.usecases.learn import TaskRequest, learn_task  # noqa: E402
 
 
 def machine() -> str:
@@ -36,8 +36,14 @@ def run_sequence(ckpt: Path, tasks: list[int], **request) -> dict:
     checkpoint = load_checkpoint(ckpt)
     data_root = request.get("data_root")
     device = request.get("device", "cpu")
-    report = evaluate_checkpoint(checkpoint, None, data_root, torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                                                                             "cpu" if device == "auto" else device))
+    report = evaluate_checkpoint(
+        checkpoint,
+        None,
+        data_root,
+        torch.device(
+            "cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device
+        ),
+    )
     return {
         "acc": report.acc,
         "bwt": report.bwt,  # standard BWT: the tasks before the last, re-measured from the file
@@ -53,8 +59,8 @@ def run_sequence(ckpt: Path, tasks: list[int], **request) -> dict:
 
 def packed_bits(ckpt: Path, codec: str = "context") -> float:
     """Bits per weight per task of the checkpoint's masks packed with `codec` (the .wsnm file's size)."""
-    from wsncli.engine.lifecycle.pack import pack_checkpoint_masks
     from wsncli.engine.store.reader import read_checkpoint_file
+    from wsncli.engine.usecases.pack import pack_checkpoint_masks
 
     return pack_checkpoint_masks(read_checkpoint_file(ckpt), codec, ckpt.name).report["bits_per_weight_per_task"]
 

@@ -32,11 +32,28 @@ def main() -> None:
         for method in ("wsn", "finetune"):
             for seed in args.seeds:
                 with tempfile.TemporaryDirectory() as tmp:
-                    r = run_sequence(Path(tmp) / "m.pt", list(range(1, args.tasks + 1)), benchmark=bench, method=method,
-                                     capacity=args.capacity if method == "wsn" else None, epochs=args.epochs, seed=seed, device="cpu")
-                row = {"kind": "forgetting", "benchmark": bench, "method": method, "seed": seed, "acc": 100 * r["acc"],
-                       "bwt": 100 * r["bwt"], "forget_free": r["forget_free"], "per_task": r["per_task"], "epochs": args.epochs,
-                       "matrix": r["matrix"]}
+                    r = run_sequence(
+                        Path(tmp) / "m.pt",
+                        list(range(1, args.tasks + 1)),
+                        benchmark=bench,
+                        method=method,
+                        capacity=args.capacity if method == "wsn" else None,
+                        epochs=args.epochs,
+                        seed=seed,
+                        device="cpu",
+                    )
+                row = {
+                    "kind": "forgetting",
+                    "benchmark": bench,
+                    "method": method,
+                    "seed": seed,
+                    "acc": 100 * r["acc"],
+                    "bwt": 100 * r["bwt"],
+                    "forget_free": r["forget_free"],
+                    "per_task": r["per_task"],
+                    "epochs": args.epochs,
+                    "matrix": r["matrix"],
+                }
                 rows.append(row)
                 emit(row)
     print(f"\n{'benchmark':<14} {'method':<9} {'ACC %':>13} {'BWT (pts)':>14} {'forget-free':>12}")
@@ -47,9 +64,23 @@ def main() -> None:
             bwt = [r["bwt"] for r in rs]
             sd = lambda v: statistics.stdev(v) if len(v) > 1 else 0.0  # noqa: E731
             ff = f"{sum(r['forget_free'] for r in rs)}/{len(rs)} runs"
-            print(f"{bench:<14} {method:<9} {statistics.mean(acc):>7.2f}±{sd(acc):<5.2f} {statistics.mean(bwt):>+8.2f}±{sd(bwt):<5.2f} {ff:>12}")
-            emit({"kind": "forgetting_summary", "benchmark": bench, "method": method, "seeds": len(rs), "acc_mean": statistics.mean(acc),
-                  "acc_std": sd(acc), "bwt_mean": statistics.mean(bwt), "bwt_std": sd(bwt), "forget_free_runs": sum(r["forget_free"] for r in rs)})
+            print(
+                f"{bench:<14} {method:<9} {statistics.mean(acc):>7.2f}±{sd(acc):<5.2f} "
+                f"{statistics.mean(bwt):>+8.2f}±{sd(bwt):<5.2f} {ff:>12}"
+            )
+            emit(
+                {
+                    "kind": "forgetting_summary",
+                    "benchmark": bench,
+                    "method": method,
+                    "seeds": len(rs),
+                    "acc_mean": statistics.mean(acc),
+                    "acc_std": sd(acc),
+                    "bwt_mean": statistics.mean(bwt),
+                    "bwt_std": sd(bwt),
+                    "forget_free_runs": sum(r["forget_free"] for r in rs),
+                }
+            )
 
 
 if __name__ == "__main__":

@@ -54,8 +54,8 @@ def _alarm(_signum, _frame):
 def _wsnm_samples(ckpt_path: Path) -> list[bytes]:
     """Valid .wsnm files of the tiny checkpoint, one per codec."""
     import formats
-    from wsncli.engine.lifecycle.pack import pack_checkpoint_masks
     from wsncli.engine.store.reader import read_checkpoint_file
+    from wsncli.engine.usecases.pack import pack_checkpoint_masks
 
     ckpt = read_checkpoint_file(ckpt_path)
     samples = []
@@ -164,24 +164,36 @@ def wsnm_campaign(args: argparse.Namespace, samples: list[bytes]) -> int:
             saved = _save(args, f"wsnm-{outcome}-{args.seed}-{i}.bin", mutant)
             print(f"wsnm #{i} ({kind}): {outcome} {message or f'{seconds:.1f} s'} -> {saved}")
     summary = {
-        "target": "wsnm", "seed": args.seed, "mutants": len(levels), "byte_level": args.iterations,
-        "structure_aware": args.structure_iterations, "max_bits": args.max_bits,
+        "target": "wsnm",
+        "seed": args.seed,
+        "mutants": len(levels),
+        "byte_level": args.iterations,
+        "structure_aware": args.structure_iterations,
+        "max_bits": args.max_bits,
         "accepted": sum(n for k, n in counts.items() if k.endswith(": accepted")),
-        "refused": sum(refusals.values()), "refusal_classes": _top(refusals, 10),
+        "refused": sum(refusals.values()),
+        "refusal_classes": _top(refusals, 10),
         "refusal_class_count": len(refusals),
-        "hangs": bugs["hang"], "tracebacks": bugs["traceback"],
-        "peak_rss_growth_mib": round(growth, 1), "memory_flag": bugs["memory"] > 0,
-        "seconds": round(time.perf_counter() - start, 1), "slowest_ms": round(1000 * slowest),
+        "hangs": bugs["hang"],
+        "tracebacks": bugs["traceback"],
+        "peak_rss_growth_mib": round(growth, 1),
+        "memory_flag": bugs["memory"] > 0,
+        "seconds": round(time.perf_counter() - start, 1),
+        "slowest_ms": round(1000 * slowest),
     }
     _print_summary("wsnm", summary, args, counts, refusals, growth)
     args.summary = summary
     return sum(bugs.values())
 
 
-def _print_summary(target: str, summary: dict, args, counts: collections.Counter, refusals: collections.Counter, growth: float) -> None:
+def _print_summary(
+    target: str, summary: dict, args, counts: collections.Counter, refusals: collections.Counter, growth: float
+) -> None:
     """The table of one target's outcomes: counts per outcome, RSS growth, top refusal classes."""
-    print(f"{target}: {summary['mutants']} mutants ({args.iterations} byte-level, {args.structure_iterations} "
-          f"structure-aware) in {summary['seconds']} s (slowest {summary['slowest_ms']} ms)")
+    print(
+        f"{target}: {summary['mutants']} mutants ({args.iterations} byte-level, {args.structure_iterations} "
+        f"structure-aware) in {summary['seconds']} s (slowest {summary['slowest_ms']} ms)"
+    )
     for key, n in sorted(counts.items()):
         print(f"  {n:7d}  {key}")
     print(f"  {'':7}  peak RSS growth {growth:.1f} MiB (flag above {args.max_rss_growth:.0f})")
@@ -196,11 +208,19 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--target", choices=("checkpoint", "wsnm", "all"), default="all")
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds one checkpoint load (and its use) may take")
-    parser.add_argument("--structure-iterations", type=int, default=None,
-                        help="structure-aware mutants after the byte-level ones, per target (default: --iterations)")
+    parser.add_argument(
+        "--structure-iterations",
+        type=int,
+        default=None,
+        help="structure-aware mutants after the byte-level ones, per target (default: --iterations)",
+    )
     parser.add_argument("--wsnm-timeout", type=float, default=5.0, help="seconds one .wsnm decode may take")
-    parser.add_argument("--max-bits", type=int, default=1 << 24,
-                        help="decoded-size limit given to unpack (a valid tiny stream may decode to this many bits)")
+    parser.add_argument(
+        "--max-bits",
+        type=int,
+        default=1 << 24,
+        help="decoded-size limit given to unpack (a valid tiny stream may decode to this many bits)",
+    )
     parser.add_argument("--max-rss-growth", type=float, default=256.0, help="MiB of peak RSS growth that is a bug")
     parser.add_argument("--out", type=Path, default=Path("fuzz-failures"), help="where failing inputs are saved")
     args = parser.parse_args()
@@ -230,20 +250,28 @@ def run(args: argparse.Namespace, work: Path) -> int:
 
 # -- checkpoints ----------------------------------------------------------------------------------------
 BYTE_LEVELS = ("v1-bytes", "v2-bytes")
-STRUCTURE_LEVELS = ("v2-structure", "v2-structure", "v1-payload", "v1-pickle")  # half the structure-aware mutants are v2
+STRUCTURE_LEVELS = (
+    "v2-structure",
+    "v2-structure",
+    "v1-payload",
+    "v1-pickle",
+)  # half the structure-aware mutants are v2
 
 
 def _checkpoint_samples(tiny: Path, work: Path) -> dict[str, list[tuple[bytes, dict | None]]]:
     """Valid files to mutate: version 1, the golden files of wsn 0.1.1 (wsn writes version 2 only),
     with their payloads; version 2, a wsn and a finetune checkpoint written here."""
     from tests.reliability.payloads import GOLDEN_V1, golden_v1
-    from wsncli.engine.lifecycle.learn import TaskRequest, learn_task
+    from wsncli.engine.usecases.learn import TaskRequest, learn_task
 
     finetune = work / "finetune.pt"
     for task in (1, 2):
         learn_task(TaskRequest(ckpt=finetune, task=task, hidden=(8,), epochs=1, device="cpu", method="finetune"))
     v1 = [golden_v1(p.name) for p in sorted(GOLDEN_V1.glob("v1-*.pt"))]
-    return {"v1": [(raw, load_payload(raw)) for raw in v1], "v2": [(tiny.read_bytes(), None), (finetune.read_bytes(), None)]}
+    return {
+        "v1": [(raw, load_payload(raw)) for raw in v1],
+        "v2": [(tiny.read_bytes(), None), (finetune.read_bytes(), None)],
+    }
 
 
 def _refusal_class(message: str, path: Path) -> str:
@@ -309,16 +337,28 @@ def checkpoint_campaign(args: argparse.Namespace, samples: dict, work: Path) -> 
             bugs[outcome] += 1
             saved = _save(args, f"checkpoint-{outcome}-{args.seed}-{i}.bin", mutant)
             print(f"checkpoint #{i} ({level}): {outcome} {message or f'{seconds:.1f} s'} -> {saved}")
-    by_level = {level: {k.split(": ")[1]: n for k, n in counts.items() if k.startswith(level + ":")} for level in dict.fromkeys(levels)}
+    by_level = {
+        level: {k.split(": ")[1]: n for k, n in counts.items() if k.startswith(level + ":")}
+        for level in dict.fromkeys(levels)
+    }
     summary = {
-        "target": "checkpoint", "seed": args.seed, "mutants": len(levels), "byte_level": args.iterations,
-        "structure_aware": args.structure_iterations, "by_level": by_level,
+        "target": "checkpoint",
+        "seed": args.seed,
+        "mutants": len(levels),
+        "byte_level": args.iterations,
+        "structure_aware": args.structure_iterations,
+        "by_level": by_level,
         "accepted": sum(n for k, n in counts.items() if k.endswith(": accepted")),
-        "refused": sum(refusals.values()), "unwritable": sum(n for k, n in counts.items() if k.endswith(": unwritable")),
-        "refusal_classes": _top(refusals, 10), "refusal_class_count": len(refusals),
-        "hangs": bugs["hang"], "tracebacks": bugs["traceback"],
-        "peak_rss_growth_mib": round(growth, 1), "memory_flag": bugs["memory"] > 0,
-        "seconds": round(time.perf_counter() - start, 1), "slowest_ms": round(1000 * slowest),
+        "refused": sum(refusals.values()),
+        "unwritable": sum(n for k, n in counts.items() if k.endswith(": unwritable")),
+        "refusal_classes": _top(refusals, 10),
+        "refusal_class_count": len(refusals),
+        "hangs": bugs["hang"],
+        "tracebacks": bugs["traceback"],
+        "peak_rss_growth_mib": round(growth, 1),
+        "memory_flag": bugs["memory"] > 0,
+        "seconds": round(time.perf_counter() - start, 1),
+        "slowest_ms": round(1000 * slowest),
     }
     _print_summary("checkpoint", summary, args, counts, refusals, growth)
     args.checkpoint_summary = summary

@@ -30,19 +30,40 @@ def one_run(capacity: float, seed: int, args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "pmnist.pt"
         r = run_sequence(
-            path, list(range(1, args.tasks + 1)), benchmark="pmnist", capacity=capacity,
-            epochs=args.epochs, batch_size=args.batch_size, lr=1e-3, seed=seed, device=args.device,
-            data_root=args.data_root, n_tasks=args.tasks, threads=1 if args.device == "cpu" else None,
+            path,
+            list(range(1, args.tasks + 1)),
+            benchmark="pmnist",
+            capacity=capacity,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=1e-3,
+            seed=seed,
+            device=args.device,
+            data_root=args.data_root,
+            n_tasks=args.tasks,
+            threads=1 if args.device == "cpu" else None,
         )
         bits = packed_bits(path)
         if args.keep:
             shutil.copyfile(path, args.keep / f"pmnist-c{capacity}-s{seed}.pt")
     return {
-        "benchmark": "pmnist", "capacity": capacity, "seed": seed, "tasks": args.tasks, "epochs": args.epochs,
-        "batch_size": args.batch_size, "device": args.device, "acc": 100 * r["acc"], "bwt": 100 * (r["bwt"] or 0.0),
-        "forget_free": r["forget_free"], "used": 100 * r["capacity_used"], "mask_bits_per_weight_per_task": bits,
-        "cap": 100 * (r["capacity_used"] + bits * args.tasks / 32), "train_seconds": r["train_seconds"],
-        "total_seconds": r["total_seconds"], "checkpoint_bytes": r["checkpoint_bytes"], "per_task": r["per_task"],
+        "benchmark": "pmnist",
+        "capacity": capacity,
+        "seed": seed,
+        "tasks": args.tasks,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "device": args.device,
+        "acc": 100 * r["acc"],
+        "bwt": 100 * (r["bwt"] or 0.0),
+        "forget_free": r["forget_free"],
+        "used": 100 * r["capacity_used"],
+        "mask_bits_per_weight_per_task": bits,
+        "cap": 100 * (r["capacity_used"] + bits * args.tasks / 32),
+        "train_seconds": r["train_seconds"],
+        "total_seconds": r["total_seconds"],
+        "checkpoint_bytes": r["checkpoint_bytes"],
+        "per_task": r["per_task"],
     }
 
 
@@ -54,7 +75,9 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=10)
     p.add_argument("--jobs", type=int, default=1, help="parallel runs (each single-threaded)")
-    p.add_argument("--data-root", type=Path, default=None, help="folder with mnist/ IDX files (default: fetch_data cache)")
+    p.add_argument(
+        "--data-root", type=Path, default=None, help="folder with mnist/ IDX files (default: fetch_data cache)"
+    )
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--keep", type=Path, default=None, help="copy each run's checkpoint into this folder")
     args = p.parse_args()
@@ -82,9 +105,22 @@ def main() -> None:
         secs = statistics.mean(r["train_seconds"] for r in rs)
         paper = PAPER.get(c)
         print(f"{c:>5} {mean:>8.2f}±{sd:<5.2f} {cap:>8.2f} {bwt:>6.2f} {str(ff):>12} {secs:>7.0f} | {paper}")
-        emit({"kind": "summary", "benchmark": "pmnist", "capacity": c, "seeds": len(rs), "acc_mean": mean, "acc_std": sd,
-              "cap_mean": cap, "bwt_mean": bwt, "forget_free": ff, "train_seconds_mean": secs,
-              "paper_acc": paper and paper[0], "paper_cap": paper and paper[1]})
+        emit(
+            {
+                "kind": "summary",
+                "benchmark": "pmnist",
+                "capacity": c,
+                "seeds": len(rs),
+                "acc_mean": mean,
+                "acc_std": sd,
+                "cap_mean": cap,
+                "bwt_mean": bwt,
+                "forget_free": ff,
+                "train_seconds_mean": secs,
+                "paper_acc": paper and paper[0],
+                "paper_cap": paper and paper[1],
+            }
+        )
 
 
 if __name__ == "__main__":

@@ -40,20 +40,47 @@ def main() -> None:
         for arch in args.archs:
             with tempfile.TemporaryDirectory() as tmp:
                 start = time.perf_counter()
-                r = run_sequence(Path(tmp) / "m.pt", list(range(1, args.tasks + 1)), benchmark=bench, arch=arch, image_size=32,
-                                 capacity=args.capacity, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-                                 device="cpu", data_root=None if bench == "split-fashion" else args.data_root, threads=args.threads)
-            row = {"kind": "real_data", "benchmark": bench, "arch": arch, "input": "1x32x32 (28x28 zero-padded)", "capacity": args.capacity,
-                   "epochs": args.epochs, "batch_size": args.batch_size, "tasks": args.tasks, "seed": args.seed, "acc": 100 * r["acc"],
-                   "bwt": 100 * (r["bwt"] or 0.0), "forget_free": r["forget_free"], "capacity_used": 100 * r["capacity_used"],
-                   "per_task": r["per_task"], "train_seconds": r["train_seconds"], "total_seconds": time.perf_counter() - start,
-                   "load_after": os.getloadavg()[0]}
+                r = run_sequence(
+                    Path(tmp) / "m.pt",
+                    list(range(1, args.tasks + 1)),
+                    benchmark=bench,
+                    arch=arch,
+                    image_size=32,
+                    capacity=args.capacity,
+                    epochs=args.epochs,
+                    batch_size=args.batch_size,
+                    seed=args.seed,
+                    device="cpu",
+                    data_root=None if bench == "split-fashion" else args.data_root,
+                    threads=args.threads,
+                )
+            row = {
+                "kind": "real_data",
+                "benchmark": bench,
+                "arch": arch,
+                "input": "1x32x32 (28x28 zero-padded)",
+                "capacity": args.capacity,
+                "epochs": args.epochs,
+                "batch_size": args.batch_size,
+                "tasks": args.tasks,
+                "seed": args.seed,
+                "acc": 100 * r["acc"],
+                "bwt": 100 * (r["bwt"] or 0.0),
+                "forget_free": r["forget_free"],
+                "capacity_used": 100 * r["capacity_used"],
+                "per_task": r["per_task"],
+                "train_seconds": r["train_seconds"],
+                "total_seconds": time.perf_counter() - start,
+                "load_after": os.getloadavg()[0],
+            }
             rows.append(row)
             emit(row)
     print(f"\n{'benchmark':<14} {'arch':<9} {'ACC %':>7} {'BWT':>6} {'forget-free':>12} {'used %':>7} {'train s':>8}")
     for r in rows:
-        print(f"{r['benchmark']:<14} {r['arch']:<9} {r['acc']:>7.2f} {r['bwt']:>6.2f} {str(r['forget_free']):>12} "
-              f"{r['capacity_used']:>7.2f} {r['train_seconds']:>8.0f}")
+        print(
+            f"{r['benchmark']:<14} {r['arch']:<9} {r['acc']:>7.2f} {r['bwt']:>6.2f} {str(r['forget_free']):>12} "
+            f"{r['capacity_used']:>7.2f} {r['train_seconds']:>8.0f}"
+        )
 
 
 if __name__ == "__main__":

@@ -30,26 +30,58 @@ def main() -> None:
         from fetch_data import ensure_mnist
 
         args.data_root = ensure_mnist().parent
-    from wsncli.engine.lifecycle.pack import pack_checkpoint_masks
     from wsncli.engine.nn.models import parse_hidden
     from wsncli.engine.store.reader import read_checkpoint_file
+    from wsncli.engine.usecases.pack import pack_checkpoint_masks
 
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"# {machine()}")
-    print(f"{'c':>5} {'context':>8} {'paper-huff':>10} {'ascii7-huff':>11} {'H alone':>8} {'H|ctx':>8} {'ctx/bound':>9} {'acc':>6}")
+    print(
+        f"{'c':>5} {'context':>8} {'paper-huff':>10} {'ascii7-huff':>11} {'H alone':>8} {'H|ctx':>8} "
+        f"{'ctx/bound':>9} {'acc':>6}"
+    )
     for c in args.capacity:
-        r = run_sequence(args.out / f"pmnist-c{c}.pt", list(range(1, args.tasks + 1)), benchmark="pmnist", hidden=parse_hidden(args.hidden),
-                         capacity=c, epochs=args.epochs, batch_size=args.batch_size, seed=0, device="cpu", data_root=args.data_root, n_tasks=args.tasks)
+        r = run_sequence(
+            args.out / f"pmnist-c{c}.pt",
+            list(range(1, args.tasks + 1)),
+            benchmark="pmnist",
+            hidden=parse_hidden(args.hidden),
+            capacity=c,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            seed=0,
+            device="cpu",
+            data_root=args.data_root,
+            n_tasks=args.tasks,
+        )
         packed = pack_checkpoint_masks(read_checkpoint_file(args.out / f"pmnist-c{c}.pt"), "context", f"pmnist-c{c}.pt")
         (args.out / f"pmnist-c{c}.wsnm").write_bytes(packed.data)
         rep = packed.report
         payload_bits = 8 * rep["payload_bytes"] / (rep["weights"] * rep["tasks"])
         ratio = payload_bits / rep["bounds"]["conditional"]
-        print(f"{c:>5} {rep['bits_per_weight_per_task']:>8.4f} {rep['baselines']['paper_huffman']:>10.4f} {rep['baselines']['ascii7_huffman']:>11.4f} "
-              f"{rep['bounds']['independent']:>8.4f} {rep['bounds']['conditional']:>8.4f} {ratio:>9.4f} {100 * r['acc']:>6.2f}")
-        emit({"kind": "real_masks", "hidden": args.hidden, "capacity": c, "tasks": args.tasks, "epochs": args.epochs, "acc": r["acc"],
-              "forget_free": r["forget_free"], "context_file": rep["bits_per_weight_per_task"], "context_payload": payload_bits,
-              "payload_over_conditional_bound": ratio, "baselines": rep["baselines"], "bounds": rep["bounds"], "bytes": rep["bytes"]})
+        print(
+            f"{c:>5} {rep['bits_per_weight_per_task']:>8.4f} {rep['baselines']['paper_huffman']:>10.4f} "
+            f"{rep['baselines']['ascii7_huffman']:>11.4f} "
+            f"{rep['bounds']['independent']:>8.4f} {rep['bounds']['conditional']:>8.4f} {ratio:>9.4f} "
+            f"{100 * r['acc']:>6.2f}"
+        )
+        emit(
+            {
+                "kind": "real_masks",
+                "hidden": args.hidden,
+                "capacity": c,
+                "tasks": args.tasks,
+                "epochs": args.epochs,
+                "acc": r["acc"],
+                "forget_free": r["forget_free"],
+                "context_file": rep["bits_per_weight_per_task"],
+                "context_payload": payload_bits,
+                "payload_over_conditional_bound": ratio,
+                "baselines": rep["baselines"],
+                "bounds": rep["bounds"],
+                "bytes": rep["bytes"],
+            }
+        )
 
 
 if __name__ == "__main__":

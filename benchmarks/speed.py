@@ -94,6 +94,7 @@ class Setup:
 
     def _paper_forward(self) -> None:
         for layer in self.model.subnet_layers().values():
+
             def effective(layer=layer):
                 return layer.weight * PaperMask.apply(layer.scores, layer.k)
 
@@ -125,7 +126,9 @@ class Setup:
         return (time.perf_counter() - start) / n
 
 
-def measure(name: str, variants: list[str], device: torch.device, blocks: int, steps: int) -> tuple[dict[str, float], dict[str, list[float]]]:
+def measure(
+    name: str, variants: list[str], device: torch.device, blocks: int, steps: int
+) -> tuple[dict[str, float], dict[str, list[float]]]:
     """(median seconds per step, per-block ratios to the dense block beside it) of every variant."""
     setups = {v: Setup(name, v, device) for v in variants}
     for s in setups.values():
@@ -145,25 +148,49 @@ def main() -> None:
     p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--blocks", type=int, default=15)
-    p.add_argument("--steps", type=int, default=None, help="steps per block (default: 100 for small MLPs, 20 for the big one, 6 for convs)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="steps per block (default: 100 for small MLPs, 20 for the big one, 6 for convs)",
+    )
     args = p.parse_args()
     device = torch.device(args.device)
     variants = ["dense"] + [v for v in args.variants if v != "dense"]
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"# {machine()}; device {device}; fused kernels {'built' if kernels_available() else 'not built'}; load {load:.2f}")
+    print(
+        f"# {machine()}; device {device}; fused kernels {'built' if kernels_available() else 'not built'}; load "
+        f"{load:.2f}"
+    )
     print(f"{'config':<14} " + " ".join(f"{v + '/dense':>16}" for v in variants[1:]) + f" {'wsn vs paper':>13}")
     for name in args.configs:
         heavy = name.startswith(("conv", "resnet"))
-        blocks, steps = (2, 2) if args.quick else (args.blocks, args.steps or (6 if heavy else (100 if "100-" in name else 20)))
+        blocks, steps = (
+            (2, 2) if args.quick else (args.blocks, args.steps or (6 if heavy else (100 if "100-" in name else 20)))
+        )
         t, per_block = measure(name, variants, device, blocks, steps)
         ratios = {v: statistics.median(r) for v, r in per_block.items()}  # robust to drift between blocks
         speedup = t["paper"] / t["wsn"] if "paper" in t and "wsn" in t else None
-        print(f"{name:<14} " + " ".join(f"{ratios[v]:>15.2f}x" for v in variants[1:]) + (f" {speedup:>12.2f}x" if speedup else ""))
+        print(
+            f"{name:<14} "
+            + " ".join(f"{ratios[v]:>15.2f}x" for v in variants[1:])
+            + (f" {speedup:>12.2f}x" if speedup else "")
+        )
         spread = {v: [r[len(r) // 4], r[(3 * len(r)) // 4]] for v, r in per_block.items()}
-        result = {"kind": "speed", "config": name, "device": str(device), "ratios": ratios, "ratio_quartiles": spread,
-                  "wsn_faster_than_paper": speedup,
-                  "steps_timed": blocks * steps, "blocks": blocks, "load_before": load, "quick": args.quick,
-                  "load_after": os.getloadavg()[0] if hasattr(os, "getloadavg") else None, "kernels": kernels_available()}
+        result = {
+            "kind": "speed",
+            "config": name,
+            "device": str(device),
+            "ratios": ratios,
+            "ratio_quartiles": spread,
+            "wsn_faster_than_paper": speedup,
+            "steps_timed": blocks * steps,
+            "blocks": blocks,
+            "load_before": load,
+            "quick": args.quick,
+            "load_after": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+            "kernels": kernels_available(),
+        }
         if device.type == "cuda":
             result["step_seconds"] = t
         emit(result)

@@ -41,21 +41,53 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         for task in range(1, 6):
-            subprocess.run([wsn, "train-task", "--task", str(task), "--ckpt", "model.pt", "--benchmark", "split-digits",
-                            "--epochs", "1"], cwd=folder, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        commands = {"wsn --help": [wsn, "--help"], "wsn --version": [wsn, "--version"],
-                    "wsn eval -h": [wsn, "eval", "-h"], "wsn inspect model.pt": [wsn, "inspect", "model.pt"]}
+            subprocess.run(
+                [
+                    wsn,
+                    "train-task",
+                    "--task",
+                    str(task),
+                    "--ckpt",
+                    "model.pt",
+                    "--benchmark",
+                    "split-digits",
+                    "--epochs",
+                    "1",
+                ],
+                cwd=folder,
+                check=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        commands = {
+            "wsn --help": [wsn, "--help"],
+            "wsn --version": [wsn, "--version"],
+            "wsn eval -h": [wsn, "eval", "-h"],
+            "wsn inspect model.pt": [wsn, "inspect", "model.pt"],
+        }
         times: dict[str, list[float]] = {name: [] for name in commands}
         for _ in range(args.repeats):
             for name, argv in commands.items():
                 times[name].append(_time(argv, folder))
     load = os.getloadavg()[0]
-    print(f"{'command':24} {'best s':>8} {'median s':>9}   (load {load:.2f}, {os.cpu_count()} CPUs, python {sys.version.split()[0]})")
+    print(
+        f"{'command':24} {'best s':>8} {'median s':>9}   (load {load:.2f}, {os.cpu_count()} CPUs, python "
+        f"{sys.version.split()[0]})"
+    )
     for name, values in times.items():
         print(f"{name:24} {min(values):8.3f} {statistics.median(values):9.3f}")
     for name, values in times.items():
-        print(json.dumps({"command": name, "best_s": round(min(values), 4), "median_s": round(statistics.median(values), 4),
-                          "repeats": args.repeats, "load": round(load, 2)}))
+        print(
+            json.dumps(
+                {
+                    "command": name,
+                    "best_s": round(min(values), 4),
+                    "median_s": round(statistics.median(values), 4),
+                    "repeats": args.repeats,
+                    "load": round(load, 2),
+                }
+            )
+        )
     return 0
 
 

@@ -31,8 +31,11 @@ def make_tasks(folder: Path) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarr
     iris = load_iris()
     x_iris = iris.data.copy()
     x_iris[:, 0] *= 10_000  # cm -> "micrometres": one feature thousands of times larger
-    sets = [("breast-cancer", load_breast_cancer().data, load_breast_cancer().target, [3, 7]),
-            ("wine", load_wine().data, load_wine().target, [10, 20, 30]), ("iris", x_iris, iris.target, [5, 42, 100])]
+    sets = [
+        ("breast-cancer", load_breast_cancer().data, load_breast_cancer().target, [3, 7]),
+        ("wine", load_wine().data, load_wine().target, [10, 20, 30]),
+        ("iris", x_iris, iris.target, [5, 42, 100]),
+    ]
     out = []
     for t, (name, x, y, labels) in enumerate(sets, start=1):
         x = np.pad(x, ((0, 0), (0, WIDTH - x.shape[1]))).astype(np.float64)
@@ -48,8 +51,10 @@ def logistic_reference(tasks) -> list[float]:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    return [100 * make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000)).fit(xtr, ytr).score(xte, yte)
-            for _, xtr, ytr, xte, yte in tasks]
+    return [
+        100 * make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000)).fit(xtr, ytr).score(xte, yte)
+        for _, xtr, ytr, xte, yte in tasks
+    ]
 
 
 def main() -> None:
@@ -66,15 +71,37 @@ def main() -> None:
         rows = []
         for standardize in (False, True):
             for seed in args.seeds:
-                r = run_sequence(folder / "m.pt", [1, 2, 3], benchmark="npz", data_root=folder, capacity=args.capacity, epochs=args.epochs,
-                                 seed=seed, device="cpu", standardize=standardize)
-                row = {"kind": "tabular", "standardize": standardize, "seed": seed, "epochs": args.epochs, "acc": 100 * r["acc"],
-                       "bwt": 100 * (r["bwt"] or 0.0), "forget_free": r["forget_free"],
-                       "per_task": {name: 100 * r["per_task"][t] for t, (name, *_rest) in enumerate(tasks, start=1)}}
+                r = run_sequence(
+                    folder / "m.pt",
+                    [1, 2, 3],
+                    benchmark="npz",
+                    data_root=folder,
+                    capacity=args.capacity,
+                    epochs=args.epochs,
+                    seed=seed,
+                    device="cpu",
+                    standardize=standardize,
+                )
+                row = {
+                    "kind": "tabular",
+                    "standardize": standardize,
+                    "seed": seed,
+                    "epochs": args.epochs,
+                    "acc": 100 * r["acc"],
+                    "bwt": 100 * (r["bwt"] or 0.0),
+                    "forget_free": r["forget_free"],
+                    "per_task": {name: 100 * r["per_task"][t] for t, (name, *_rest) in enumerate(tasks, start=1)},
+                }
                 rows.append(row)
                 emit(row)
-    emit({"kind": "tabular_reference", "model": "StandardScaler + LogisticRegression, per task", "acc": statistics.mean(reference),
-          "per_task": {name: a for (name, *_rest), a in zip(tasks, reference)}})
+    emit(
+        {
+            "kind": "tabular_reference",
+            "model": "StandardScaler + LogisticRegression, per task",
+            "acc": statistics.mean(reference),
+            "per_task": {name: a for (name, *_rest), a in zip(tasks, reference)},
+        }
+    )
     print(f"\n{'method':<34} {'ACC %':>13} {'BWT':>6} " + " ".join(f"{name:>14}" for name, *_ in tasks))
     for standardize in (False, True):
         rs = [r for r in rows if r["standardize"] == standardize]
@@ -82,9 +109,14 @@ def main() -> None:
         sd = statistics.stdev(acc) if len(acc) > 1 else 0.0
         per = {name: statistics.mean(r["per_task"][name] for r in rs) for name, *_ in tasks}
         label = "wsn, --standardize" if standardize else "wsn, raw features (--no-standardize)"
-        print(f"{label:<34} {statistics.mean(acc):>7.2f}±{sd:<5.2f} {statistics.mean(r['bwt'] for r in rs):>6.2f} "
-              + " ".join(f"{per[name]:>14.2f}" for name, *_ in tasks))
-    print(f"{'logistic regression (per task)':<34} {statistics.mean(reference):>13.2f} {'-':>6} " + " ".join(f"{a:>14.2f}" for a in reference))
+        print(
+            f"{label:<34} {statistics.mean(acc):>7.2f}±{sd:<5.2f} {statistics.mean(r['bwt'] for r in rs):>6.2f} "
+            + " ".join(f"{per[name]:>14.2f}" for name, *_ in tasks)
+        )
+    print(
+        f"{'logistic regression (per task)':<34} {statistics.mean(reference):>13.2f} {'-':>6} "
+        + " ".join(f"{a:>14.2f}" for a in reference)
+    )
 
 
 if __name__ == "__main__":

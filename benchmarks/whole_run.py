@@ -51,27 +51,68 @@ def main() -> None:
         for t in range(1, args.tasks + 1):
             for method in ("wsn", "finetune"):
                 extra = ["--capacity", args.capacity] if method == "wsn" and t == 1 else []
-                took, _ = wsn("train-task", "--task", t, "--ckpt", paths[method], "--benchmark", "pmnist", "--n-tasks", args.tasks,
-                              "--epochs", args.epochs, "--batch-size", args.batch_size, "--method", method, "--device", args.device,
-                              "--data-root", args.data_root, "-q", *extra, env=env)
+                took, _ = wsn(
+                    "train-task",
+                    "--task",
+                    t,
+                    "--ckpt",
+                    paths[method],
+                    "--benchmark",
+                    "pmnist",
+                    "--n-tasks",
+                    args.tasks,
+                    "--epochs",
+                    args.epochs,
+                    "--batch-size",
+                    args.batch_size,
+                    "--method",
+                    method,
+                    "--device",
+                    args.device,
+                    "--data-root",
+                    args.data_root,
+                    "-q",
+                    *extra,
+                    env=env,
+                )
                 seconds[method].append(took)
                 print(f"task {t:>2} {method:<9} {took:8.1f} s", flush=True)
         evals = {}
         for method, path in paths.items():
             took, proc = wsn("eval", "--ckpt", path, "--json", "-q", env=env, ok=(0, 3))  # finetune forgets: exit 3
             doc = json.loads(proc.stdout) if proc.stdout.strip() else {}
-            evals[method] = {"seconds": took, "acc": doc.get("acc"), "bwt": doc.get("bwt"), "forget_free": doc.get("forget_free"),
-                             "per_task": {t["task"]: t["accuracy"] for t in doc.get("tasks", [])}}
+            evals[method] = {
+                "seconds": took,
+                "acc": doc.get("acc"),
+                "bwt": doc.get("bwt"),
+                "forget_free": doc.get("forget_free"),
+                "per_task": {t["task"]: t["accuracy"] for t in doc.get("tasks", [])},
+            }
             if args.keep:
                 args.keep.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(path, args.keep / f"pmnist-{method}.pt")
     total = {m: sum(s) for m, s in seconds.items()}
     ratio = total["wsn"] / total["finetune"]
-    print(f"\nwhole run: wsn {total['wsn']:.0f} s, finetune {total['finetune']:.0f} s, ratio {ratio:.2f}x; "
-          f"eval ACC wsn {evals['wsn']['acc']}, finetune {evals['finetune']['acc']}")
-    emit({"kind": "whole_run", "benchmark": "pmnist", "tasks": args.tasks, "epochs": args.epochs, "batch_size": args.batch_size,
-          "capacity": args.capacity, "device": args.device, "seconds": seconds, "total": total, "ratio_wsn_over_finetune": ratio,
-          "eval": evals, "load_after": os.getloadavg()[0]})
+    print(
+        f"\nwhole run: wsn {total['wsn']:.0f} s, finetune {total['finetune']:.0f} s, ratio {ratio:.2f}x; "
+        f"eval ACC wsn {evals['wsn']['acc']}, finetune {evals['finetune']['acc']}"
+    )
+    emit(
+        {
+            "kind": "whole_run",
+            "benchmark": "pmnist",
+            "tasks": args.tasks,
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "capacity": args.capacity,
+            "device": args.device,
+            "seconds": seconds,
+            "total": total,
+            "ratio_wsn_over_finetune": ratio,
+            "eval": evals,
+            "load_after": os.getloadavg()[0],
+        }
+    )
 
 
 if __name__ == "__main__":

@@ -14,8 +14,17 @@ from formats.errors import WsnError as WsnError
 _EXPORTS = {
     "codecs": ("AUTO", "CODECS", "PACK_CODECS"),
     "container": ("LayerMasks", "PackedMasks", "auto_codec", "describe", "pack", "unpack"),
-    "header": ("DEFAULT_MAX_BITS", "MAX_HEADER_BYTES", "MAX_JSON_DEPTH", "MAX_LAYER_WEIGHTS", "MAX_LAYERS",
-               "MAX_META_VALUES", "MAX_NAME_CHARS", "MAX_TASKS", "MAX_TOTAL_BITS"),
+    "header": (
+        "DEFAULT_MAX_BITS",
+        "MAX_HEADER_BYTES",
+        "MAX_JSON_DEPTH",
+        "MAX_LAYER_WEIGHTS",
+        "MAX_LAYERS",
+        "MAX_META_VALUES",
+        "MAX_NAME_CHARS",
+        "MAX_TASKS",
+        "MAX_TOTAL_BITS",
+    ),
     "report": ("storage_report",),
 }
 _SUBMODULES = ("bitio", "codecs", "container", "context", "golomb", "header", "huffman", "report", "stats")

@@ -46,8 +46,7 @@ class ByteReader:
     def take(self, size: int, field: str) -> bytes:
         if size > self.remaining:
             raise FormatError(
-                f"{self.what} ends inside {field}: needs {size} bytes at byte {self.pos}, "
-                f"has {self.remaining}"
+                f"{self.what} ends inside {field}: needs {size} bytes at byte {self.pos}, has {self.remaining}"
             )
         chunk = self.data[self.pos : self.pos + size]
         self.pos += size

@@ -33,6 +33,7 @@ def stream_groups(codec: str, n_tasks: int) -> list[range]:
 
 # --- groupings into 7-bit symbols -------------------------------------------------------------
 
+
 def article_symbols(mask: np.ndarray) -> np.ndarray:
     """7 consecutive weights per symbol, first weight = most significant bit; last one zero-padded."""
     n_sym = -(-mask.size // GROUP)
@@ -66,6 +67,7 @@ def paper_masks(symbols: np.ndarray, n_tasks: int, what: str) -> list[np.ndarray
 
 # --- Huffman-coded symbol streams --------------------------------------------------------------
 
+
 def huffman_stream(symbols: np.ndarray) -> bytes:
     """Canonical table (HuffmanTable.to_bytes) followed by the codes, zero-padded to a byte."""
     table = table_from_frequencies(np.bincount(symbols, minlength=128))
@@ -88,6 +90,7 @@ def huffman_symbols(data: bytes, n_symbols: int, what: str) -> np.ndarray:
 
 # --- per-codec stream encoders / decoders ------------------------------------------------------
 
+
 def encode_layer(codec: str, masks: list[np.ndarray]) -> list[bytes]:
     """All streams of one layer, in stream order."""
     if codec == "context":
@@ -99,8 +102,7 @@ def encode_layer(codec: str, masks: list[np.ndarray]) -> list[bytes]:
     if codec == "ascii7-huffman":
         return [huffman_stream(article_symbols(m)) for m in masks]
     if codec == "paper-huffman":
-        return [huffman_stream(paper_symbols(masks[g.start : g.stop]))
-                for g in stream_groups(codec, len(masks))]
+        return [huffman_stream(paper_symbols(masks[g.start : g.stop])) for g in stream_groups(codec, len(masks))]
     raise FormatError(f"unknown codec {codec!r} (known: {', '.join(CODECS)})")
 
 

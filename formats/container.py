@@ -31,8 +31,20 @@ from formats.header import (
     parse_header,
 )
 
-__all__ = ["DEFAULT_MAX_BITS", "MAX_HEADER_BYTES", "MAX_LAYERS", "MAX_LAYER_WEIGHTS", "MAX_TASKS",
-           "MAX_TOTAL_BITS", "LayerMasks", "PackedMasks", "auto_codec", "describe", "pack", "unpack"]
+__all__ = [
+    "DEFAULT_MAX_BITS",
+    "MAX_HEADER_BYTES",
+    "MAX_LAYERS",
+    "MAX_LAYER_WEIGHTS",
+    "MAX_TASKS",
+    "MAX_TOTAL_BITS",
+    "LayerMasks",
+    "PackedMasks",
+    "auto_codec",
+    "describe",
+    "pack",
+    "unpack",
+]
 
 MAGIC = b"WSNM\x89\r\n\x1a"
 VERSION = 1
@@ -83,8 +95,10 @@ def _stream_entries(header: dict) -> list[StreamEntry]:
     groups = stream_groups(header["codec"], len(header["task_ids"]))
     n_layers = len(header["layers"])
     table = header["streams"]
-    return [StreamEntry(i, i % n_layers, groups[i // n_layers], table["offset"][i], table["length"][i],
-                        table["crc32"][i]) for i in range(len(groups) * n_layers)]
+    return [
+        StreamEntry(i, i % n_layers, groups[i // n_layers], table["offset"][i], table["length"][i], table["crc32"][i])
+        for i in range(len(groups) * n_layers)
+    ]
 
 
 def _decode_limit(max_bits: int | None) -> int:
@@ -112,8 +126,9 @@ def _read(data: bytes, max_bits: int | None, limit_hint: str = LIMIT_HINT) -> tu
         raise FormatError(f"header length {header_len} exceeds the limit of {MAX_HEADER_BYTES} bytes")
     start = PREFIX.size + header_len
     if len(data) < start + TRAILER.size:
-        raise FormatError(f"truncated: {len(data)} bytes, the {header_len}-byte header and the "
-                          f"trailer need {start + TRAILER.size}")
+        raise FormatError(
+            f"truncated: {len(data)} bytes, the {header_len}-byte header and the trailer need {start + TRAILER.size}"
+        )
     header = parse_header(data[PREFIX.size : start])
     check_layout(header, limit, limit_hint)
     check_stream_table(header)
@@ -122,15 +137,18 @@ def _read(data: bytes, max_bits: int | None, limit_hint: str = LIMIT_HINT) -> tu
     end = 0
     for e in entries:
         if e.offset + e.length > region:
-            raise FormatError(f"{_stream_label(header, e)}: bytes {e.offset}..{e.offset + e.length} lie "
-                              f"outside the {region}-byte stream region (truncated file?)")
+            raise FormatError(
+                f"{_stream_label(header, e)}: bytes {e.offset}..{e.offset + e.length} lie "
+                f"outside the {region}-byte stream region (truncated file?)"
+            )
         if e.offset != end:
-            raise FormatError(f"{_stream_label(header, e)}: offset {e.offset}, expected {end} "
-                              f"(streams are stored back to back)")
+            raise FormatError(
+                f"{_stream_label(header, e)}: offset {e.offset}, expected {end} (streams are stored back to back)"
+            )
         end += e.length
     if end != region:
         raise FormatError(f"trailing garbage: {region - end} bytes more than the header describes")
-    stored, = TRAILER.unpack_from(data, len(data) - TRAILER.size)
+    (stored,) = TRAILER.unpack_from(data, len(data) - TRAILER.size)
     computed = zlib.crc32(data[: len(data) - TRAILER.size])
     if stored != computed:
         raise FormatError(f"file CRC32 mismatch: stored 0x{stored:08x}, computed 0x{computed:08x}")
@@ -139,8 +157,9 @@ def _read(data: bytes, max_bits: int | None, limit_hint: str = LIMIT_HINT) -> tu
         chunk = data[start + e.offset : start + e.offset + e.length]
         crc = zlib.crc32(chunk)
         if crc != e.crc32:
-            raise FormatError(f"{_stream_label(header, e)}: CRC32 mismatch: stored 0x{e.crc32:08x}, "
-                              f"computed 0x{crc:08x}")
+            raise FormatError(
+                f"{_stream_label(header, e)}: CRC32 mismatch: stored 0x{e.crc32:08x}, computed 0x{crc:08x}"
+            )
         chunks.append(chunk)
     return header, start, _decode_streams(header, entries, chunks)
 
@@ -152,7 +171,7 @@ def _decode_streams(header: dict, entries: list[StreamEntry], chunks: list[bytes
     for e, chunk in zip(entries, chunks):
         what = _stream_label(header, e)
         try:
-            masks = decoders[e.layer].decode(chunk, len(e.tasks), what, [header['ones'][t][e.layer] for t in e.tasks])
+            masks = decoders[e.layer].decode(chunk, len(e.tasks), what, [header["ones"][t][e.layer] for t in e.tasks])
         except FormatError:
             raise
         except MemoryError:
@@ -162,8 +181,7 @@ def _decode_streams(header: dict, entries: list[StreamEntry], chunks: list[bytes
         for t, mask in zip(e.tasks, masks):
             found, stated = int(np.count_nonzero(mask)), header["ones"][t][e.layer]
             if found != stated:
-                raise FormatError(f"{what}: task {task_ids[t]} decoded with {found} ones, "
-                                  f"the header says {stated}")
+                raise FormatError(f"{what}: task {task_ids[t]} decoded with {found} ones, the header says {stated}")
         layers[e.layer].masks.extend(masks)
     return PackedMasks(VERSION, codec, list(task_ids), layers, header.get("meta", {}))
 
@@ -192,13 +210,13 @@ def normalized_masks(layers: list[LayerMasks], task_ids: list[int]) -> list[list
         if len(layer.masks) != len(task_ids):
             raise FormatError(f"layer {layer.name!r}: {len(layer.masks)} masks for {len(task_ids)} tasks")
         size = layer_size(layer.shape)
-        out.append([_as_mask(m, size, f"layer {layer.name!r}, task {t}")
-                    for m, t in zip(layer.masks, task_ids)])
+        out.append([_as_mask(m, size, f"layer {layer.name!r}, task {t}") for m, t in zip(layer.masks, task_ids)])
     return out
 
 
-def _prepare(layers: list[LayerMasks], task_ids: list[int], codec: str,
-             meta: dict | None) -> tuple[dict, list[list[np.ndarray]]]:
+def _prepare(
+    layers: list[LayerMasks], task_ids: list[int], codec: str, meta: dict | None
+) -> tuple[dict, list[list[np.ndarray]]]:
     """Check everything `pack` is given; returns the header without its stream table, and the masks."""
     meta = {} if meta is None else meta
     check_meta(meta)  # bounded and iterative, before json.dumps could recurse
@@ -212,16 +230,19 @@ def _prepare(layers: list[LayerMasks], task_ids: list[int], codec: str,
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
             raise FormatError(f"task ids and shapes must be integers, got {value!r}")
     header = {
-        "codec": codec, "meta": meta, "task_ids": [int(t) for t in task_ids],
+        "codec": codec,
+        "meta": meta,
+        "task_ids": [int(t) for t in task_ids],
         "layers": [{"name": layer.name, "shape": [int(d) for d in layer.shape]} for layer in layers],
-        "ones": [], "streams": {}}  # filled in by _assemble
+        "ones": [],
+        "streams": {},
+    }  # filled in by _assemble
     try:
         check_layout(header, MAX_TOTAL_BITS, hint="the most one .wsnm file may hold")
     except FormatError as exc:  # the same rules as for reading, reported without the "header:" prefix
         raise FormatError(str(exc).removeprefix("header: ")) from None
     masks = normalized_masks(layers, header["task_ids"])
-    header["ones"] = [[int(np.count_nonzero(layer_masks[t])) for layer_masks in masks]
-                      for t in range(len(task_ids))]
+    header["ones"] = [[int(np.count_nonzero(layer_masks[t])) for layer_masks in masks] for t in range(len(task_ids))]
     return header, masks
 
 
@@ -231,8 +252,11 @@ def _assemble(prepared: dict, codec: str, masks: list[list[np.ndarray]]) -> byte
     per_layer = [encode_layer(codec, layer_masks) for layer_masks in masks]
     body = [chunk for unit in zip(*per_layer) for chunk in unit] if per_layer else []
     offsets = np.cumsum([0] + [len(chunk) for chunk in body])[:-1]
-    header["streams"] = {"crc32": [zlib.crc32(chunk) for chunk in body],
-                         "length": [len(chunk) for chunk in body], "offset": [int(o) for o in offsets]}
+    header["streams"] = {
+        "crc32": [zlib.crc32(chunk) for chunk in body],
+        "length": [len(chunk) for chunk in body],
+        "offset": [int(o) for o in offsets],
+    }
     check_stream_table(header)
     raw = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     if len(raw) > MAX_HEADER_BYTES:
@@ -265,8 +289,7 @@ def _check_codec(codec) -> None:
         raise FormatError(f"unknown codec {codec!r} (known: {', '.join(PACK_CODECS)})")
 
 
-def pack(layers: list[LayerMasks], task_ids: list[int], codec: str = "context",
-         meta: dict | None = None) -> bytes:
+def pack(layers: list[LayerMasks], task_ids: list[int], codec: str = "context", meta: dict | None = None) -> bytes:
     """Encode every layer's masks into a .wsnm file with `codec`, one of PACK_CODECS.
 
     `auto` writes the file of every codec in CODECS and returns the smallest (ties: the first in
@@ -291,17 +314,33 @@ def describe(data: bytes, max_bits: int | None = None) -> dict:
     for e in _stream_entries(header):
         size = layer_size(header["layers"][e.layer]["shape"])
         ones = [header["ones"][t][e.layer] for t in e.tasks]
-        streams.append({
-            "layer": header["layers"][e.layer]["name"], "task_ids": [packed.task_ids[t] for t in e.tasks],
-            "offset": start + e.offset, "bytes": e.length, "crc32": f"0x{e.crc32:08x}", "ones": ones,
-            "density": [k / size if size else 0.0 for k in ones],
-            "bits_per_weight_per_task": 8 * e.length / (size * len(e.tasks)) if size else 0.0})
+        streams.append(
+            {
+                "layer": header["layers"][e.layer]["name"],
+                "task_ids": [packed.task_ids[t] for t in e.tasks],
+                "offset": start + e.offset,
+                "bytes": e.length,
+                "crc32": f"0x{e.crc32:08x}",
+                "ones": ones,
+                "density": [k / size if size else 0.0 for k in ones],
+                "bits_per_weight_per_task": 8 * e.length / (size * len(e.tasks)) if size else 0.0,
+            }
+        )
     return {
-        "version": packed.version, "codec": packed.codec, "task_ids": packed.task_ids,
-        "tasks": n_tasks, "weights": weights,
-        "layers": [{"name": layer.name, "shape": list(layer.shape), "weights": layer_size(layer.shape)}
-                   for layer in packed.layers],
-        "meta": packed.meta, "bytes": len(data), "header_bytes": start - PREFIX.size,
+        "version": packed.version,
+        "codec": packed.codec,
+        "task_ids": packed.task_ids,
+        "tasks": n_tasks,
+        "weights": weights,
+        "layers": [
+            {"name": layer.name, "shape": list(layer.shape), "weights": layer_size(layer.shape)}
+            for layer in packed.layers
+        ],
+        "meta": packed.meta,
+        "bytes": len(data),
+        "header_bytes": start - PREFIX.size,
         "payload_bytes": sum(s["bytes"] for s in streams),
         "bits_per_weight_per_task": 8 * len(data) / (weights * n_tasks) if weights and n_tasks else 0.0,
-        "streams": streams, "checksums_ok": True}
+        "streams": streams,
+        "checksums_ok": True,
+    }

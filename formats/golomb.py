@@ -80,8 +80,9 @@ def coded_size(gaps: np.ndarray, m: int) -> int:
     return size
 
 
-def decode_positions(bits: np.ndarray, start: int, unary_bits: int, k: int, m: int, n: int,
-                     what: str) -> tuple[np.ndarray, int]:
+def decode_positions(
+    bits: np.ndarray, start: int, unary_bits: int, k: int, m: int, n: int, what: str
+) -> tuple[np.ndarray, int]:
     """Read the three streams from 0/1 array `bits` at `start`; returns (LPS positions, end)."""
     if unary_bits > bits.size - start:
         raise FormatError(f"{what}: unary stream of {unary_bits} bits runs past the end of the stream")

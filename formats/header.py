@@ -35,8 +35,9 @@ _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _CONTROL_OR_SURROGATE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")  # categories Cc and Cs
 # White_Space characters outside Cc (as of Unicode 14); a name may not start or end with one
-SPACES = frozenset("\u0020\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
-                   "\u2028\u2029\u202f\u205f\u3000")
+SPACES = frozenset(
+    "\u0020\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
 _BRACKET_STEP = np.zeros(256, dtype=np.int8)
 _BRACKET_STEP[[0x5B, 0x7B]] = 1
 _BRACKET_STEP[[0x5D, 0x7D]] = -1
@@ -63,6 +64,7 @@ def _code_point(ch: str) -> str:
 
 # --- parsing ------------------------------------------------------------------------------------
 
+
 def _check_nesting(raw: bytes) -> None:
     """Bound the bracket depth before the (recursive) JSON parser sees the text."""
     outside = _JSON_STRING.sub(lambda m: b"_" * len(m[0]), raw)  # strings blanked, offsets kept
@@ -78,6 +80,7 @@ def _json_error(exc: Exception) -> str:
 
 def parse_header(raw: bytes):
     """UTF-8 JSON with no duplicate keys, NaN/Infinity, non-finite numbers or deep nesting."""
+
     def no_duplicates(pairs):
         out = {}
         for key, value in pairs:
@@ -99,8 +102,7 @@ def parse_header(raw: bytes):
         raise FormatError(f"header: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
     _check_nesting(raw)
     try:
-        header = json.loads(text, object_pairs_hook=no_duplicates, parse_constant=no_constants,
-                            parse_float=finite)
+        header = json.loads(text, object_pairs_hook=no_duplicates, parse_constant=no_constants, parse_float=finite)
     except (ValueError, RecursionError) as exc:
         raise FormatError(f"header: not valid JSON ({_json_error(exc)})") from None
     check_values(header, "", 1)
@@ -151,8 +153,9 @@ def check_values(root, path: str, depth: int, prefix: str = "header: ") -> None:
 def _check_string(text: str, what: str) -> None:
     bad = _SURROGATE.search(text)
     if bad:
-        raise FormatError(f"{what} holds a lone surrogate {_code_point(bad[0])} at character {bad.start()} "
-                          f"(not valid Unicode)")
+        raise FormatError(
+            f"{what} holds a lone surrogate {_code_point(bad[0])} at character {bad.start()} (not valid Unicode)"
+        )
 
 
 def check_meta(meta) -> None:
@@ -163,6 +166,7 @@ def check_meta(meta) -> None:
 
 
 # --- the schema and the limits -----------------------------------------------------------------
+
 
 def name_problem(name) -> str | None:
     """Why `name` cannot be a layer name, or None (FORMAT.md 3: names are safe path components)."""
@@ -229,8 +233,9 @@ def check_layout(header, max_bits: int, hint: str = LIMIT_HINT) -> None:
             raise FormatError(f"header: layer {name!r} shape must be a list of at most {MAX_DIMS} integers")
         for d in shape:
             if not is_int(d) or not 0 <= d <= MAX_LAYER_WEIGHTS:
-                raise FormatError(f"header: layer {name!r} shape has dimension {d!r}, "
-                                  f"expected an integer in 0..{MAX_LAYER_WEIGHTS}")
+                raise FormatError(
+                    f"header: layer {name!r} shape has dimension {d!r}, expected an integer in 0..{MAX_LAYER_WEIGHTS}"
+                )
         size = layer_size(shape)
         if size > MAX_LAYER_WEIGHTS:
             raise FormatError(f"header: layer {name!r} has {size} weights, over the limit of {MAX_LAYER_WEIGHTS}")
@@ -244,8 +249,7 @@ def check_stream_table(header: dict) -> None:
     expected = len(stream_groups(header["codec"], n_tasks)) * n_layers
     table = header["streams"]
     if not isinstance(table, dict) or set(table) != set(STREAM_KEYS):
-        raise FormatError(f"header: 'streams' must be an object with exactly the lists "
-                          f"{', '.join(STREAM_KEYS)}")
+        raise FormatError(f"header: 'streams' must be an object with exactly the lists {', '.join(STREAM_KEYS)}")
     for key in STREAM_KEYS:
         column = table[key]
         if not isinstance(column, list) or len(column) != expected:
@@ -262,7 +266,11 @@ def check_stream_table(header: dict) -> None:
         raise FormatError(f"header: 'ones' must be a list of {n_tasks} lists (one per task)")
     sizes = [layer_size(layer["shape"]) for layer in header["layers"]]
     for t, row in enumerate(ones):
-        if not isinstance(row, list) or len(row) != n_layers or not all(
-                is_int(k) and 0 <= k <= n for k, n in zip(row, sizes)):
-            raise FormatError(f"header: ones[{t}] = {row!r} is not a list of {n_layers} counts, "
-                              f"each between 0 and its layer's size")
+        if (
+            not isinstance(row, list)
+            or len(row) != n_layers
+            or not all(is_int(k) and 0 <= k <= n for k, n in zip(row, sizes))
+        ):
+            raise FormatError(
+                f"header: ones[{t}] = {row!r} is not a list of {n_layers} counts, each between 0 and its layer's size"
+            )

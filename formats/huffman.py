@@ -125,14 +125,13 @@ def decode_symbols(code: bitarray, table: HuffmanTable, n: int, what: str) -> tu
         raise FormatError(f"{what}: empty Huffman table for {n} symbols")
     shortest = next(bits for bits, count in enumerate(table.count) if count)
     if n * shortest > len(code):  # checked before the n-symbol output is allocated
-        raise FormatError(f"{what}: {n} symbols need at least {n * shortest} bits of Huffman code, "
-                          f"the stream has {len(code)}")
+        raise FormatError(
+            f"{what}: {n} symbols need at least {n * shortest} bits of Huffman code, the stream has {len(code)}"
+        )
     try:
-        symbols = np.fromiter(canonical_decode(code, list(table.count), list(table.symbol)),
-                              dtype=np.uint8, count=n)
+        symbols = np.fromiter(canonical_decode(code, list(table.count), list(table.symbol)), dtype=np.uint8, count=n)
     except ValueError:  # bitarray or numpy: the bits ran out, or an unassigned code came up
-        raise FormatError(f"{what}: Huffman code ends or uses an unassigned code before "
-                          f"{n} symbols") from None
+        raise FormatError(f"{what}: Huffman code ends or uses an unassigned code before {n} symbols") from None
     return symbols, int(table.lengths[symbols].sum())
 
 

@@ -18,7 +18,7 @@ def read_parts(path: Path) -> tuple[dict[str, str], dict[str, np.ndarray]]:
     """(the header's metadata strings, every tensor) of a safetensors file."""
     raw = Path(path).read_bytes()
     (n,) = struct.unpack_from("<Q", raw)
-    header = json.loads(raw[8:8 + n])
+    header = json.loads(raw[8 : 8 + n])
     return dict(header["__metadata__"]), dict(safetensors.numpy.load(raw))
 
 
@@ -28,7 +28,9 @@ def write_parts(path: Path, metadata: dict[str, str], arrays: dict[str, np.ndarr
     if recompute:
         if "meta" in metadata:
             metadata["meta_sha256"] = hashlib.sha256(metadata["meta"].encode()).hexdigest()
-        metadata["checksums"] = json.dumps({k: tensor_digest(v) for k, v in arrays.items()}, sort_keys=True, separators=(",", ":"))
+        metadata["checksums"] = json.dumps(
+            {k: tensor_digest(v) for k, v in arrays.items()}, sort_keys=True, separators=(",", ":")
+        )
     Path(path).write_bytes(safetensors.numpy.save(arrays, metadata=metadata))
 
 

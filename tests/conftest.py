@@ -28,7 +28,7 @@ def _no_data_root_env(monkeypatch):
 
 
 def _learn(path: Path, task: int, **kwargs):
-    from wsncli.engine.lifecycle.learn import TaskRequest, learn_task
+    from wsncli.engine.usecases.learn import TaskRequest, learn_task
 
     return learn_task(TaskRequest(ckpt=path, task=task, device="cpu", **kwargs))
 
@@ -116,9 +116,9 @@ def torch_threads(n: int):
 
 
 def _train_conv() -> SimpleNamespace:
-    from wsncli.engine.lifecycle.outputs import set_task_mode
-    from wsncli.engine.lifecycle.train import TrainSettings, train_task
     from wsncli.engine.nn.models import ModelConfig, build_model
+    from wsncli.engine.training.loop import TrainSettings, train_task
+    from wsncli.engine.usecases.outputs import set_task_mode
 
     torch.manual_seed(0)
     model = build_model(ModelConfig("conv", CONV_SHAPE))
@@ -130,7 +130,9 @@ def _train_conv() -> SimpleNamespace:
         frozen = None
         if masks:
             frozen = {n: torch.stack([m[n] for m in masks.values()]).any(0) for n in masks[1]}
-        settings = TrainSettings(task=task, capacity=0.1, epochs=1, batch_size=16, lr=1e-3, seed=0)  # 2 steps: step 1 uses m_{t-1}, all frozen
+        settings = TrainSettings(
+            task=task, capacity=0.1, epochs=1, batch_size=16, lr=1e-3, seed=0
+        )  # 2 steps: step 1 uses m_{t-1}, all frozen
         result = train_task(model, data[task], settings, frozen, torch.device("cpu"))
         masks[task] = result.masks
         states[task] = copy.deepcopy(model.state_dict())

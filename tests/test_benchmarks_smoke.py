@@ -19,7 +19,9 @@ BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
 def run_script(name: str, *args: str, timeout: int = 300) -> list[dict]:
-    proc = subprocess.run([sys.executable, str(BENCH / name), *args], capture_output=True, text=True, timeout=timeout, cwd=BENCH)
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / name), *args], capture_output=True, text=True, timeout=timeout, cwd=BENCH
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = [json.loads(l) for l in proc.stdout.splitlines() if l.startswith("{")]
     assert lines, proc.stdout
@@ -42,7 +44,21 @@ def tiny_mnist(tmp_path: Path) -> Path:
 
 
 def test_pmnist_script(tiny_mnist):
-    lines = run_script("pmnist.py", "--capacity", "0.5", "--seeds", "0", "--tasks", "2", "--epochs", "1", "--batch-size", "32", "--data-root", str(tiny_mnist))
+    lines = run_script(
+        "pmnist.py",
+        "--capacity",
+        "0.5",
+        "--seeds",
+        "0",
+        "--tasks",
+        "2",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "32",
+        "--data-root",
+        str(tiny_mnist),
+    )
     run = next(l for l in lines if l["kind"] == "run")
     assert run["bwt"] == 0.0 and run["forget_free"] is True
     assert 0.0 < run["cap"] <= 100.0 + 32 and set(run["per_task"]) == {"1", "2"}

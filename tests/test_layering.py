@@ -22,7 +22,8 @@ ENGINE_ALLOWED = {
     "nn": set(),
     "data": set(),
     "store": {"nn", "data"},
-    "lifecycle": {"nn", "data", "store", "parallel"},
+    "training": {"nn", "data", "store", "parallel"},
+    "usecases": {"nn", "data", "store", "parallel", "training"},
     "parallel": {"nn"},
 }
 ENGINE_TOP = {"wsncli.engine", "wsncli.engine.limits", "wsncli.engine.runtime"}
@@ -79,7 +80,7 @@ def test_no_import_cycles(graph):
         stack.append(node)
         for nxt in sorted(edges[node]):
             if state.get(nxt) == 1:
-                cycle = stack[stack.index(nxt):] + [nxt]
+                cycle = stack[stack.index(nxt) :] + [nxt]
                 pytest.fail("import cycle: " + " -> ".join(cycle))
             if nxt not in state:
                 visit(nxt)
@@ -140,7 +141,9 @@ print("ok")
 """
 
 
-@pytest.mark.parametrize(("package", "blocked"), [("wsncli.engine", {"typer", "rich", "click"}), ("formats", {"torch", "wsncli"})])
+@pytest.mark.parametrize(
+    ("package", "blocked"), [("wsncli.engine", {"typer", "rich", "click"}), ("formats", {"torch", "wsncli"})]
+)
 def test_layer_imports_with_the_layers_above_blocked(package, blocked):
     code = BLOCK.format(package=package, blocked=blocked)
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -150,5 +153,15 @@ def test_layer_imports_with_the_layers_above_blocked(package, blocked):
 def test_ruff_is_clean():
     ruff = Path(sys.executable).with_name("ruff")
     assert ruff.exists(), "ruff is not installed: pip install -e '.[test]'"
-    result = subprocess.run([str(ruff), "check", "--no-cache", "."], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [str(ruff), "check", "--no-cache", "."], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ruff_format_is_clean():
+    ruff = Path(sys.executable).with_name("ruff")
+    result = subprocess.run(
+        [str(ruff), "format", "--check", "--no-cache", "."], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stdout + result.stderr

@@ -7,7 +7,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_ci_runs_exactly_the_readme_test_command():
     readme = (ROOT / "README.md").read_text()
-    ci_lines = [l for l in (ROOT / ".ci" / "run").read_text().splitlines() if l and not l.startswith(("#", "set ", "cd ", "rm "))]
+    ci_lines = [
+        l
+        for l in (ROOT / ".ci" / "run").read_text().splitlines()
+        if l and not l.startswith(("#", "set ", "cd ", "rm "))
+    ]
     assert len(ci_lines) == 1, ci_lines
     assert ci_lines[0] in readme.splitlines(), f"README does not give the command CI runs: {ci_lines[0]}"
 

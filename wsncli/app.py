@@ -33,7 +33,9 @@ class WsnGroup(TyperGroup):
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         try:
-            code = super().main(args=args, prog_name=prog_name or "wsn", complete_var=complete_var, standalone_mode=False, **extra)
+            code = super().main(
+                args=args, prog_name=prog_name or "wsn", complete_var=complete_var, standalone_mode=False, **extra
+            )
         except typer.TyperException as exc:  # usage errors (exit 2) and the parser's other refusals
             if type(exc).__name__ == "NoArgsIsHelpError":  # a bare `wsn` (or group): the whole help, on stderr
                 typer.echo(exc.format_message(), err=True)
@@ -52,7 +54,10 @@ class WsnGroup(TyperGroup):
 app = typer.Typer(
     name="wsn",
     cls=WsnGroup,
-    help="Forget-free continual learning with Winning SubNetworks: one task per command, proven zero forgetting, compressed masks.",
+    help=(
+        "Forget-free continual learning with Winning SubNetworks: one task per command, proven zero forgetting, "
+        "compressed masks."
+    ),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -69,7 +74,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def root(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
 ) -> None:
     """Forget-free continual learning with Winning SubNetworks."""
 

@@ -30,7 +30,12 @@ def test_train_task_creates_then_extends_a_checkpoint(tmp_path):
     ckpt = tmp_path / "m.pt"
     first = json_out(wsn("train-task", "--task", 1, "--ckpt", ckpt, "--epochs", 1, "--capacity", 0.2, "--json"))
     assert first["schema"] == "wsn.train-task/1" and first["checkpoint"] == str(ckpt)
-    assert first["created"] is True and first["task_ids"] == [1] and first["task"]["task"] == 1 and first["task"]["order"] == 1
+    assert (
+        first["created"] is True
+        and first["task_ids"] == [1]
+        and first["task"]["task"] == 1
+        and first["task"]["order"] == 1
+    )
     assert first["checkpoint_bytes"] == ckpt.stat().st_size
     assert first["task"]["kept_per_layer"] == {n: round(0.2 * w) for n, w in LAYERS.items()}
     assert 0.0 <= first["task"]["accuracy"] <= 1.0 and first["task"]["capacity"] == 0.2
@@ -49,7 +54,9 @@ def _refused(ckpt: Path, *args, needles=(), code=1):
     assert_error(result, code, *needles)
     after = ckpt.read_bytes() if ckpt.exists() else None
     assert after == before, "a refused train-task changed the checkpoint"
-    assert not [p for p in ckpt.parent.iterdir() if p.name != ckpt.name and p.name.startswith((ckpt.name, "." + ckpt.name))]
+    assert not [
+        p for p in ckpt.parent.iterdir() if p.name != ckpt.name and p.name.startswith((ckpt.name, "." + ckpt.name))
+    ]
     return result
 
 
@@ -81,7 +88,9 @@ REFUSALS = [
 ]
 
 
-@pytest.mark.parametrize(("args", "code", "needles"), [pytest.param(a, c, n, id=" ".join(map(str, a))) for a, c, n in REFUSALS])
+@pytest.mark.parametrize(
+    ("args", "code", "needles"), [pytest.param(a, c, n, id=" ".join(map(str, a))) for a, c, n in REFUSALS]
+)
 def test_train_task_refusals_leave_the_checkpoint_unchanged(digits_ckpt, args, code, needles):
     _refused(digits_ckpt, *args, needles=needles, code=code)
 
@@ -94,7 +103,11 @@ def test_train_task_refusals_leave_the_checkpoint_unchanged(digits_ckpt, args, c
         (("--task", 1, "--capacity", "1.5"), 2, ("--capacity",)),
         (("--task", 1, "--benchmark", "npz"), 1, ("npz needs a folder of task<T>.npz files",)),
         (("--task", 1, "--hidden", "30000-30000"), 2, ("masked weights, over the limit of 134217728",)),
-        (("--task", 1, "--method", "finetune", "--capacity", "0.3"), 2, ("--capacity has no meaning for --method finetune",)),
+        (
+            ("--task", 1, "--method", "finetune", "--capacity", "0.3"),
+            2,
+            ("--capacity has no meaning for --method finetune",),
+        ),
     ],
     ids=["task-6", "unknown-benchmark", "capacity-1.5", "npz-without-data-root", "too-big", "finetune-capacity"],
 )
@@ -113,22 +126,39 @@ def _write_npz_task(folder: Path, task: int, features: int, seed: int = 0) -> No
     rng = np.random.default_rng(seed + task)
     y = np.arange(40) % 2 + 10 * task
     folder.mkdir(parents=True, exist_ok=True)
-    np.savez(folder / f"task{task}.npz", x_train=rng.normal(size=(40, features)).astype(np.float32), y_train=y,
-             x_test=rng.normal(size=(10, features)).astype(np.float32), y_test=y[:10])
+    np.savez(
+        folder / f"task{task}.npz",
+        x_train=rng.normal(size=(40, features)).astype(np.float32),
+        y_train=y,
+        x_test=rng.normal(size=(10, features)).astype(np.float32),
+        y_test=y[:10],
+    )
 
 
-@pytest.mark.parametrize("option, value, applies", [("--image-size", "32", "split-mnist, split-fashion, image-folder"),
-                                                    ("--channels", "3", "image-folder, split-tinyimagenet")])
+@pytest.mark.parametrize(
+    "option, value, applies",
+    [
+        ("--image-size", "32", "split-mnist, split-fashion, image-folder"),
+        ("--channels", "3", "image-folder, split-tinyimagenet"),
+    ],
+)
 def test_image_options_for_a_benchmark_that_would_ignore_them_are_refused(tmp_path, option, value, applies):
     ckpt = tmp_path / "m.pt"
-    assert_error(wsn("train-task", "--task", 1, "--ckpt", ckpt, option, value), 2,
-                 f"{option} applies to benchmark {applies}", "not split-digits")
+    assert_error(
+        wsn("train-task", "--task", 1, "--ckpt", ckpt, option, value),
+        2,
+        f"{option} applies to benchmark {applies}",
+        "not split-digits",
+    )
     assert list(tmp_path.iterdir()) == []
 
 
 def test_a_conv_net_on_flat_features_is_a_data_error(tmp_path):
-    assert_error(wsn("train-task", "--task", 1, "--ckpt", tmp_path / "m.pt", "--arch", "conv"), 1,
-                 "arch conv needs image inputs (C, H, W), got shape (64,)")
+    assert_error(
+        wsn("train-task", "--task", 1, "--ckpt", tmp_path / "m.pt", "--arch", "conv"),
+        1,
+        "arch conv needs image inputs (C, H, W), got shape (64,)",
+    )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -136,10 +166,34 @@ def test_npz_task_whose_features_do_not_fit_names_both_shapes_and_the_first_task
     data, ckpt = tmp_path / "data", tmp_path / "npz.pt"
     _write_npz_task(data, 2, features=10)
     _write_npz_task(data, 1, features=12)  # the lowest-numbered file does not decide the shape
-    assert_ok(wsn("train-task", "--task", 2, "--ckpt", ckpt, "--benchmark", "npz", "--data-root", data, "--epochs", 1, "--hidden", "8"))
+    assert_ok(
+        wsn(
+            "train-task",
+            "--task",
+            2,
+            "--ckpt",
+            ckpt,
+            "--benchmark",
+            "npz",
+            "--data-root",
+            data,
+            "--epochs",
+            1,
+            "--hidden",
+            "8",
+        )
+    )
     assert load_checkpoint(ckpt).meta.model.input_shape == [10]
-    _refused(ckpt, "--task", 1, "--data-root", data,
-             needles=("task 1 inputs have shape (12,), the checkpoint's network takes (10,) (fixed by task 2, the first learned)",))
+    _refused(
+        ckpt,
+        "--task",
+        1,
+        "--data-root",
+        data,
+        needles=(
+            "task 1 inputs have shape (12,), the checkpoint's network takes (10,) (fixed by task 2, the first learned)",
+        ),
+    )
 
 
 def test_a_signed_checkpoint_is_never_extended_into_an_unsigned_one(tmp_path, monkeypatch):
@@ -148,8 +202,11 @@ def test_a_signed_checkpoint_is_never_extended_into_an_unsigned_one(tmp_path, mo
     assert_ok(wsn("train-task", "--task", 1, "--ckpt", ckpt, "--epochs", 1))
     before = ckpt.read_bytes()
     monkeypatch.delenv("WSN_CHECKPOINT_KEY")
-    assert_error(wsn("train-task", "--task", 2, "--ckpt", ckpt, "--epochs", 1), 1,
-                 "the checkpoint is signed; set WSN_CHECKPOINT_KEY")
+    assert_error(
+        wsn("train-task", "--task", 2, "--ckpt", ckpt, "--epochs", 1),
+        1,
+        "the checkpoint is signed; set WSN_CHECKPOINT_KEY",
+    )
     assert ckpt.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]
     monkeypatch.setenv("WSN_CHECKPOINT_KEY", "s3cret")
     assert_ok(wsn("train-task", "--task", 2, "--ckpt", ckpt, "--epochs", 1))
@@ -158,7 +215,9 @@ def test_a_signed_checkpoint_is_never_extended_into_an_unsigned_one(tmp_path, mo
 
 def test_training_on_a_tampered_checkpoint_is_refused(digits_ckpt):
     edit_arrays(digits_ckpt, lambda a: a["layer/layers.1/weight"].__setitem__((0, 0), 5.0), recompute=False)
-    _refused(digits_ckpt, "--task", 4, needles=("'layer/layers.1/weight' fails its checksum", "refusing to train on it"))
+    _refused(
+        digits_ckpt, "--task", 4, needles=("'layer/layers.1/weight' fails its checksum", "refusing to train on it")
+    )
 
 
 def test_a_checkpoint_in_use_is_refused(digits_ckpt):
@@ -185,7 +244,7 @@ def test_eval_json_proves_zero_forgetting(digits_ckpt):
     matrix = report["matrix"]
     assert matrix["task_ids"] == list(DIGITS_ORDER) and matrix["now"] == [t["accuracy"] for t in report["tasks"]]
     for i, row in enumerate(matrix["rows"]):  # WSN: every column stays constant down the rows
-        assert row[: i + 1] == matrix["now"][: i + 1] and row[i + 1:] == [None] * (len(row) - i - 1)
+        assert row[: i + 1] == matrix["now"][: i + 1] and row[i + 1 :] == [None] * (len(row) - i - 1)
 
 
 def test_eval_table_matrix_and_task_selection(digits_ckpt):
@@ -199,7 +258,11 @@ def test_eval_table_matrix_and_task_selection(digits_ckpt):
 
 
 def test_eval_of_an_unlearned_task_or_missing_checkpoint_is_refused(digits_ckpt, tmp_path):
-    assert_error(wsn("eval", "--ckpt", digits_ckpt, "--task", 4), 1, "task 4 is not learned in this checkpoint (learned: 2, 1, 3)")
+    assert_error(
+        wsn("eval", "--ckpt", digits_ckpt, "--task", 4),
+        1,
+        "task 4 is not learned in this checkpoint (learned: 2, 1, 3)",
+    )
     assert_error(wsn("eval", "--ckpt", tmp_path / "nope.pt"), 1, "no such checkpoint")
 
 
@@ -246,7 +309,9 @@ def test_eval_exits_3_when_an_old_head_or_transform_was_changed(digits_ckpt, tmp
     copy = tmp_path / "copy.pt"
     shutil.copyfile(digits_ckpt, copy)
     _bump(digits_ckpt, "head/1/bias", 0, 0.5)
-    assert_error(wsn("eval", "--ckpt", digits_ckpt), 3, "forgetting detected: the subnetwork of task(s) 1 changed since learned")
+    assert_error(
+        wsn("eval", "--ckpt", digits_ckpt), 3, "forgetting detected: the subnetwork of task(s) 1 changed since learned"
+    )
     _bump(copy, "prep/3/std", 0, 0.5)  # the input transform is part of the task's function
     assert_error(wsn("eval", "--ckpt", copy), 3, "task(s) 3 changed")
 
@@ -275,8 +340,12 @@ def test_a_deleted_task_record_is_never_silently_dropped(digits_ckpt, tmp_path):
     shutil.copyfile(digits_ckpt, middle)
     last = DIGITS_ORDER[-1]
     edit_meta(digits_ckpt, lambda m: m.__setitem__("tasks", [r for r in m["tasks"] if r["task"] != last]))
-    line = assert_error(wsn("eval", "--ckpt", digits_ckpt), 1, "masks tensor is not a valid packed-mask file for these 2 task records",
-                        "more than the records and meta.layers declare")
+    line = assert_error(
+        wsn("eval", "--ckpt", digits_ckpt),
+        1,
+        "masks tensor is not a valid packed-mask file for these 2 task records",
+        "more than the records and meta.layers declare",
+    )
     assert "WSN_MAX_MASK_BITS" not in line  # no limit to raise: the file contradicts itself
     # a record from the middle of the learning order breaks the order itself: refused on load
     edit_meta(middle, lambda m: m.__setitem__("tasks", [r for r in m["tasks"] if r["task"] != DIGITS_ORDER[1]]))
@@ -299,8 +368,23 @@ def test_a_relative_data_root_is_recorded_absolute_and_evaluates_from_elsewhere(
     _write_npz_task(work / "data", 1, features=6)
     elsewhere.mkdir()
     monkeypatch.chdir(work)
-    assert_ok(wsn("train-task", "--task", 1, "--ckpt", "npz.pt", "--benchmark", "npz", "--data-root", "data",
-                  "--epochs", 1, "--hidden", "8"))
+    assert_ok(
+        wsn(
+            "train-task",
+            "--task",
+            1,
+            "--ckpt",
+            "npz.pt",
+            "--benchmark",
+            "npz",
+            "--data-root",
+            "data",
+            "--epochs",
+            1,
+            "--hidden",
+            "8",
+        )
+    )
     assert load_checkpoint(work / "npz.pt").meta.data_root == str((work / "data").resolve())
     monkeypatch.chdir(elsewhere)
     assert json_out(wsn("eval", "--ckpt", work / "npz.pt", "--json"))["forget_free"] is True
@@ -337,8 +421,8 @@ def test_identical_subnetwork_with_differing_predictions_warns_and_exits_0(digit
         y = flipped
 
     edit_arrays(digits_ckpt, change_arrays)
-    from wsncli.engine.lifecycle.outputs import outputs_digest
-    from wsncli.engine.lifecycle.record import recorded_task_data
+    from wsncli.engine.usecases.outputs import outputs_digest
+    from wsncli.engine.usecases.record import recorded_task_data
 
     truth = recorded_task_data(ckpt, 1, None).y_test
 
@@ -365,7 +449,9 @@ def test_finetune_baseline_forgets_and_bwt_leaves_out_the_last_task(finetune_ckp
     assert report["forget_free"] is False and report["capacity_used"] is None
     assert [t["status"] for t in report["tasks"]] == ["changed", "proven"]  # the last task is as learned
     first = report["tasks"][0]
-    assert report["bwt_task_ids"] == [1] and report["bwt"] == pytest.approx(first["accuracy"] - first["accuracy_at_learning"])
+    assert report["bwt_task_ids"] == [1] and report["bwt"] == pytest.approx(
+        first["accuracy"] - first["accuracy_at_learning"]
+    )
     assert report["matrix"]["rows"][1][0] is not None  # the row after task 2 re-measured task 1
 
 
@@ -380,7 +466,14 @@ def test_inspect_json_describes_tasks_layers_and_sizes(digits_ckpt):
     assert [t["task"] for t in d["tasks"]] == list(DIGITS_ORDER) and [t["order"] for t in d["tasks"]] == [1, 2, 3]
     for t in d["tasks"]:
         c = DIGITS_CAPACITY[t["task"]]
-        assert (t["capacity"], t["epochs"], t["batch_size"], t["lr"], t["seed"], t["method"]) == (c, DIGITS_EPOCHS, 32, 1e-3, 0, "wsn")
+        assert (t["capacity"], t["epochs"], t["batch_size"], t["lr"], t["seed"], t["method"]) == (
+            c,
+            DIGITS_EPOCHS,
+            32,
+            1e-3,
+            0,
+            "wsn",
+        )
         kept = sum(round(c * n) for n in LAYERS.values())
         assert t["mask_density"] == pytest.approx(kept / sum(LAYERS.values()))
         assert t["new_weights"] == kept - round(t["reuse_of_earlier"] * kept)
@@ -396,7 +489,13 @@ def test_inspect_json_describes_tasks_layers_and_sizes(digits_ckpt):
     assert 0 < size["masks"] < len(DIGITS_ORDER) * sum(n // 8 for n in LAYERS.values())  # coded: under 1 bit per weight
     assert size["norms"] == 0 and size["file"] == digits_ckpt.stat().st_size
     assert sum(v for k, v in size.items() if k != "file") == size["file"]
-    assert d["tampered"] == [] and d["mask_codec"] in ("context", "ascii7-huffman", "paper-huffman", "packbits", "ascii7")
+    assert d["tampered"] == [] and d["mask_codec"] in (
+        "context",
+        "ascii7-huffman",
+        "paper-huffman",
+        "packbits",
+        "ascii7",
+    )
 
 
 def test_inspect_table(digits_ckpt):
@@ -430,8 +529,15 @@ def test_inspect_of_something_that_is_not_a_checkpoint(tmp_path, make):
 # ---- the app itself ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", [["unpack-masks", "x.wsnm"], ["predict", "x.npy", "--ckpt", "m.pt", "--task", "1"],
-                                     ["report", "--ckpt", "m.pt"], ["export", "--ckpt", "m.pt", "--task", "1"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["unpack-masks", "x.wsnm"],
+        ["predict", "x.npy", "--ckpt", "m.pt", "--task", "1"],
+        ["report", "--ckpt", "m.pt"],
+        ["export", "--ckpt", "m.pt", "--task", "1"],
+    ],
+)
 def test_dash_as_an_output_path_is_a_usage_error_where_stdout_is_not_offered(command, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert_error(wsn(*command, "-o", "-"), 2, "'-' (standard output) is offered by pack-masks only; name a path")
@@ -441,7 +547,11 @@ def test_dash_as_an_output_path_is_a_usage_error_where_stdout_is_not_offered(com
 def test_a_bare_wsn_shows_the_whole_help_on_stderr_and_exits_2():
     result = wsn()
     assert result.exit_code == 2 and result.stdout == ""
-    assert result.stderr.startswith("Usage: wsn [OPTIONS] COMMAND") and "train-task" in result.stderr and "report" in result.stderr
+    assert (
+        result.stderr.startswith("Usage: wsn [OPTIONS] COMMAND")
+        and "train-task" in result.stderr
+        and "report" in result.stderr
+    )
 
 
 def test_version_and_help():
@@ -509,7 +619,9 @@ def test_help_and_version_load_neither_numpy_nor_torch(args):
 
 
 def test_inspect_of_a_version_2_checkpoint_never_imports_torch(digits_ckpt):
-    proc = subprocess.run([sys.executable, "-c", STARTUP, "inspect", str(digits_ckpt)], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", STARTUP, "inspect", str(digits_ckpt)], capture_output=True, text=True, timeout=60
+    )
     assert "torch" not in proc.stderr.strip().splitlines()[-1], proc.stderr
     assert "tasks in learning order (3)" in proc.stdout
 

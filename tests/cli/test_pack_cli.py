@@ -32,7 +32,9 @@ def test_pack_report_json(packed):
     assert report["requested_codec"] == "auto" and report["codec"] in formats.CODECS and report["verified"] is True
     assert report["tasks"] == len(DIGITS_ORDER) and report["weights"] == WEIGHTS
     assert report["bytes"] == out.stat().st_size
-    assert report["bits_per_weight_per_task"] == pytest.approx(8 * report["bytes"] / (WEIGHTS * len(DIGITS_ORDER)), rel=1e-3)
+    assert report["bits_per_weight_per_task"] == pytest.approx(
+        8 * report["bytes"] / (WEIGHTS * len(DIGITS_ORDER)), rel=1e-3
+    )
     assert set(report["baselines"]) >= BASELINES
     assert report["baselines"]["float32"] == 32.0 and report["baselines"]["bool"] == 8.0
     assert report["baselines"]["packbits"] == pytest.approx(1.0, abs=0.01)
@@ -59,7 +61,11 @@ def test_every_codec_round_trips_the_checkpoint_masks_bit_for_bit(digits_ckpt, c
     doc = json_out(wsn("pack-masks", "--ckpt", digits_ckpt, "-o", out, "--codec", codec, "--json"))
     assert doc["codec"] == doc["requested_codec"] == codec and doc["report"]["verified"] is True
     summary = json_out(wsn("unpack-masks", out, "--ckpt", digits_ckpt, "-o", masks_npz, "--json"))
-    assert summary["schema"] == "wsn.unpack-masks/1" and summary["task_ids"] == list(DIGITS_ORDER) and summary["codec"] == codec
+    assert (
+        summary["schema"] == "wsn.unpack-masks/1"
+        and summary["task_ids"] == list(DIGITS_ORDER)
+        and summary["codec"] == codec
+    )
     assert summary["matches_checkpoint"] is True and summary["checkpoint"] == str(digits_ckpt)
     arrays = _npz_masks(masks_npz)
     ckpt = load_checkpoint(digits_ckpt)
@@ -127,7 +133,11 @@ def test_unpack_against_another_checkpoint_is_refused(packed, digits_run):
 
 
 def test_pack_refusals(digits_ckpt, finetune_ckpt, tmp_path):
-    assert_error(wsn("pack-masks", "--ckpt", digits_ckpt, "-o", tmp_path / "x.wsnm", "--codec", "zip"), 2, "Invalid value for '--codec'")
+    assert_error(
+        wsn("pack-masks", "--ckpt", digits_ckpt, "-o", tmp_path / "x.wsnm", "--codec", "zip"),
+        2,
+        "Invalid value for '--codec'",
+    )
     assert_error(wsn("pack-masks", "--ckpt", finetune_ckpt, "-o", tmp_path / "y.wsnm"), 1, "no task masks to pack")
     assert_error(wsn("pack-masks", "--ckpt", tmp_path / "none.pt", "-o", tmp_path / "z.wsnm"), 1, "no such checkpoint")
     assert_error(wsn("unpack-masks", tmp_path / "none.wsnm"), 1, "no such packed-mask file")

@@ -99,7 +99,10 @@ def test_predict_accepts_images_shaped_samples_for_a_flat_network(digits_ckpt, i
 @pytest.mark.parametrize(
     ("make", "message"),
     [
-        (lambda p: np.save(p, np.zeros((3, 7), np.float32)), "inputs have shape (7,) per sample, the task's network takes (64,)"),
+        (
+            lambda p: np.save(p, np.zeros((3, 7), np.float32)),
+            "inputs have shape (7,) per sample, the task's network takes (64,)",
+        ),
         (lambda p: np.save(p, np.full((2, 64), np.nan, np.float32)), "inputs contain NaN or infinite values"),
         (lambda p: p.write_text("1,2,3\n"), "not an input file wsn reads"),
         (lambda p: np.save(p, np.array(["a"] * 64).reshape(1, 64)), "inputs have dtype <U1; they must be numbers"),
@@ -116,8 +119,13 @@ def test_predict_refuses_bad_inputs_with_one_line(digits_ckpt, tmp_path, make, m
 def _without_wsn(kind: str, path: Path, inputs: Path) -> np.ndarray:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
     result = path.with_name(f"logits-{kind}.npy")
-    proc = subprocess.run([sys.executable, "-I", "-c", NO_WSN, kind, str(path), str(inputs), str(result)], capture_output=True,
-                          timeout=300, env=env, cwd=path.parent)
+    proc = subprocess.run(
+        [sys.executable, "-I", "-c", NO_WSN, kind, str(path), str(inputs), str(result)],
+        capture_output=True,
+        timeout=300,
+        env=env,
+        cwd=path.parent,
+    )
     assert proc.returncode == 0, proc.stderr.decode()
     return np.load(result)
 
@@ -148,8 +156,16 @@ def test_report_writes_plots_markdown_and_csv(digits_ckpt, tmp_path):
     doc = json_out(wsn("report", "-c", digits_ckpt, "-o", out, "--json"))
     assert doc["schema"] == "wsn.report/1"
     names = sorted(Path(f).name for f in doc["files"])
-    assert names == sorted(["report.md", "accuracy_matrix.csv", "accuracy_matrix.png", "accuracy_over_time.png",
-                            "capacity_per_layer.png", "mask_density_and_reuse.png"])
+    assert names == sorted(
+        [
+            "report.md",
+            "accuracy_matrix.csv",
+            "accuracy_matrix.png",
+            "accuracy_over_time.png",
+            "capacity_per_layer.png",
+            "mask_density_and_reuse.png",
+        ]
+    )
     for name in names:
         if name.endswith(".png"):
             assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -167,7 +183,12 @@ def test_report_writes_plots_markdown_and_csv(digits_ckpt, tmp_path):
 
 def test_report_of_a_finetune_checkpoint_has_no_mask_plots(finetune_ckpt, tmp_path):
     doc = json_out(wsn("report", "-c", finetune_ckpt, "-o", tmp_path / "r", "--json"))
-    assert {Path(f).name for f in doc["files"]} == {"report.md", "accuracy_matrix.csv", "accuracy_matrix.png", "accuracy_over_time.png"}
+    assert {Path(f).name for f in doc["files"]} == {
+        "report.md",
+        "accuracy_matrix.csv",
+        "accuracy_matrix.png",
+        "accuracy_over_time.png",
+    }
 
 
 def test_report_without_matplotlib_names_the_extra(digits_ckpt, tmp_path, monkeypatch):
@@ -208,4 +229,6 @@ def test_docs_json_md_holds_every_schema():
     doc = (Path(__file__).resolve().parents[2] / "docs" / "JSON.md").read_text()
     for command in DOCUMENTS:
         assert f"wsn.{command}/1" in doc
-        assert json_schema_text(command) in doc, f"docs/JSON.md is out of date for {command}: python -m wsncli.commands.schemas"
+        assert json_schema_text(command) in doc, (
+            f"docs/JSON.md is out of date for {command}: python -m wsncli.commands.schemas"
+        )

@@ -11,10 +11,10 @@ import torch
 from torch import nn
 
 from tests.conftest import image_task, torch_threads
-from wsncli.engine.lifecycle.outputs import set_task_mode
-from wsncli.engine.lifecycle.train import TrainSettings, train_task
 from wsncli.engine.nn.models import ARCHS, ModelConfig, ResNet18, build_model, count_parameters
 from wsncli.engine.nn.subnet import SubnetConv2d, SubnetLayer
+from wsncli.engine.training.loop import TrainSettings, train_task
+from wsncli.engine.usecases.outputs import set_task_mode
 from wsncli.errors import DataError, UsageError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -151,7 +151,9 @@ def test_layer_names_are_stable_unique_in_forward_order_and_cover_every_trunk_we
     layers = model.subnet_layers()
     assert list(layers) == NAMES[arch]
     assert list(build_model(config).subnet_layers()) == NAMES[arch]  # the same for a fresh build
-    assert len({id(l) for l in layers.values()}) == len(layers) == sum(isinstance(m, SubnetLayer) for m in model.modules())
+    assert (
+        len({id(l) for l in layers.values()}) == len(layers) == sum(isinstance(m, SubnetLayer) for m in model.modules())
+    )
     called = []
     hooks = [l.register_forward_hook(lambda *_a, name=name: called.append(name)) for name, l in layers.items()]
     with torch.no_grad():
@@ -225,7 +227,9 @@ def test_refuses_inputs_it_cannot_take_with_the_smallest_side_it_takes(arch):
     for bad in [(1, side - 1, side - 1), (3, side, side - 1), (3, side - 1, 40)]:
         with pytest.raises(DataError) as err:  # exit 1: the shape comes from the data
             build_model(ModelConfig(arch, bad, width=width))
-        assert str(err.value).startswith(f"arch {arch} needs images of at least {side}x{side}, got {bad}; --image-size {side}")
+        assert str(err.value).startswith(
+            f"arch {arch} needs images of at least {side}x{side}, got {bad}; --image-size {side}"
+        )
     for bad in [(64,), (8, 8), (1, 1, 32, 32)]:
         with pytest.raises(DataError) as err:
             build_model(ModelConfig(arch, bad, width=width))

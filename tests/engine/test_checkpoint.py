@@ -44,10 +44,27 @@ def _assert_same(a: Checkpoint, b: Checkpoint) -> None:
 
 
 def _conv_checkpoint(conv_run) -> Checkpoint:
-    meta = CheckpointMeta(benchmark="npz", model=from_model_config(ModelConfig("conv", CONV_SHAPE)), seed=0, method="wsn")
-    meta.tasks = [TaskRecord(task=t, order=t, n_classes=2, classes=[0, 1], method="wsn", capacity=0.1, accuracy=0.5, n_test=16,
-                             outputs_digest=DIGEST, subnet_digest=DIGEST, data_digest=DIGEST,
-                             preprocess=None, digest_version=1) for t in (1, 2, 3)]
+    meta = CheckpointMeta(
+        benchmark="npz", model=from_model_config(ModelConfig("conv", CONV_SHAPE)), seed=0, method="wsn"
+    )
+    meta.tasks = [
+        TaskRecord(
+            task=t,
+            order=t,
+            n_classes=2,
+            classes=[0, 1],
+            method="wsn",
+            capacity=0.1,
+            accuracy=0.5,
+            n_test=16,
+            outputs_digest=DIGEST,
+            subnet_digest=DIGEST,
+            data_digest=DIGEST,
+            preprocess=None,
+            digest_version=1,
+        )
+        for t in (1, 2, 3)
+    ]
     return Checkpoint(meta=meta, model=conv_run.model, masks=conv_run.masks)
 
 
@@ -57,7 +74,7 @@ def _conv_checkpoint(conv_run) -> Checkpoint:
 def test_version_2_is_a_safetensors_file_with_wsn_metadata(digits_ckpt):
     raw = digits_ckpt.read_bytes()
     (n,) = struct.unpack_from("<Q", raw)
-    header = json.loads(raw[8:8 + n])
+    header = json.loads(raw[8 : 8 + n])
     md = header["__metadata__"]
     assert md["format"] == FORMAT_NAME == "wsn-checkpoint" and md["version"] == str(FORMAT_VERSION) == "2"
     assert set(md) == {"format", "version", "meta", "meta_sha256", "checksums"}
@@ -66,7 +83,13 @@ def test_version_2_is_a_safetensors_file_with_wsn_metadata(digits_ckpt):
     names = set(header) - {"__metadata__"}
     for t in (1, 2, 3):
         assert {f"head/{t}/weight", f"head/{t}/bias", f"prep/{t}/mean", f"prep/{t}/std", f"pred/{t}"} <= names
-    assert {"layer/layers.0/weight", "layer/layers.0/scores", "layer/layers.1/weight", "layer/layers.1/scores", "masks"} <= names
+    assert {
+        "layer/layers.0/weight",
+        "layer/layers.0/scores",
+        "layer/layers.1/weight",
+        "layer/layers.1/scores",
+        "masks",
+    } <= names
     assert not any(k.startswith("mask/") for k in names)  # version 1's packbits tensors are gone
     sums = json.loads(md["checksums"])
     _, arrays = read_parts(digits_ckpt)
@@ -99,7 +122,7 @@ def test_conv_checkpoint_round_trip_is_bit_identical(conv_run, tmp_path):
     _assert_same(original, loaded)
     assert not loaded.tampered and loaded.version == 2
     assert any(k.startswith("norm/1/") and k.endswith("running_var") for k in checkpoint_arrays(loaded))
-    from wsncli.engine.lifecycle.outputs import set_task_mode
+    from wsncli.engine.usecases.outputs import set_task_mode
 
     set_task_mode(loaded.model, loaded.masks[1])
     with torch.no_grad(), torch_threads(conv_run.threads):
@@ -207,7 +230,9 @@ def test_tensors_of_a_removed_task_record_are_reported(digits_ckpt):
 
 def test_wrong_tensor_shape_is_a_malformed_checkpoint(digits_ckpt):
     edit_arrays(digits_ckpt, lambda a: a.__setitem__("head/1/weight", a["head/1/weight"][:1].copy()))
-    with pytest.raises(CheckpointError, match=r"tensor 'head/1/weight' is float32 \(1, 100\), expected float32 \(2, 100\)"):
+    with pytest.raises(
+        CheckpointError, match=r"tensor 'head/1/weight' is float32 \(1, 100\), expected float32 \(2, 100\)"
+    ):
         load_checkpoint(digits_ckpt)
 
 

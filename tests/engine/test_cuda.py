@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from wsncli.engine.lifecycle.graphed import GraphedStep
 from wsncli.engine.nn.models import ModelConfig, build_model
+from wsncli.engine.training.graphed import GraphedStep
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")]
 CUDA = torch.device("cuda")
@@ -24,7 +24,9 @@ def _model(arch: str = "mlp"):
     model.to(CUDA)
     frozen = {n: torch.rand(l.weight.shape, device=CUDA) < 0.3 for n, l in model.subnet_layers().items()}
     model.train_subnet(0.3, frozen)
-    params = [p for l in model.subnet_layers().values() for p in (l.weight, l.scores)] + list(model.heads["1"].parameters())
+    params = [p for l in model.subnet_layers().values() for p in (l.weight, l.scores)] + list(
+        model.heads["1"].parameters()
+    )
     return model, params, shape
 
 
@@ -58,7 +60,10 @@ def test_graphed_steps_give_the_eager_steps_bits():
         model, params, shape = _model()
         opt = torch.optim.Adam(params, lr=1e-3, fused=True, capturable=graphed)
         g = torch.Generator(device="cpu").manual_seed(1)
-        batches = [(torch.randn(10, *shape, generator=g).to(CUDA), torch.randint(0, 10, (10,), generator=g).to(CUDA)) for _ in range(12)]
+        batches = [
+            (torch.randn(10, *shape, generator=g).to(CUDA), torch.randint(0, 10, (10,), generator=g).to(CUDA))
+            for _ in range(12)
+        ]
 
         def eager(x, y, model=model, opt=opt):
             logits = model(x, 1)
@@ -80,9 +85,9 @@ def test_graphed_steps_give_the_eager_steps_bits():
 
 
 def test_a_task_trained_on_cuda_keeps_its_frozen_weights_and_proves_forget_free_on_the_cpu(tmp_path):
-    from wsncli.engine.lifecycle.evaluate import evaluate_checkpoint
-    from wsncli.engine.lifecycle.learn import TaskRequest, learn_task
     from wsncli.engine.store.checkpoint import load_checkpoint
+    from wsncli.engine.usecases.evaluate import evaluate_checkpoint
+    from wsncli.engine.usecases.learn import TaskRequest, learn_task
 
     path = tmp_path / "cuda.pt"
     for task in (1, 2, 3):

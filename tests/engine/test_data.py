@@ -67,7 +67,9 @@ def make_cifar100(root: Path, n_train=400, n_test=200, seed=0) -> Path:
     folder = root / "cifar-100-python"
     for name, n in (("train", n_train), ("test", n_test)):
         x = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
-        write_pickle(folder / name, {b"data": x, b"fine_labels": [i % 100 for i in range(n)], b"coarse_labels": [0] * n})
+        write_pickle(
+            folder / name, {b"data": x, b"fine_labels": [i % 100 for i in range(n)], b"coarse_labels": [0] * n}
+        )
     return folder
 
 
@@ -98,12 +100,32 @@ def data_error(fn, *args, **kwargs) -> str:
 
 
 def test_registry_and_defaults():
-    assert D.BENCHMARKS == ("split-digits", "pmnist", "split-mnist", "split-fashion", "split-cifar10", "split-cifar100",
-                            "split-tinyimagenet", "npz", "image-folder")
+    assert D.BENCHMARKS == (
+        "split-digits",
+        "pmnist",
+        "split-mnist",
+        "split-fashion",
+        "split-cifar10",
+        "split-cifar100",
+        "split-tinyimagenet",
+        "npz",
+        "image-folder",
+    )
     digits = D.benchmark_info("split-digits")
-    assert (digits.n_tasks, digits.task_ids, digits.input_shape, digits.default_arch) == (5, (1, 2, 3, 4, 5), (64,), "mlp")
+    assert (digits.n_tasks, digits.task_ids, digits.input_shape, digits.default_arch) == (
+        5,
+        (1, 2, 3, 4, 5),
+        (64,),
+        "mlp",
+    )
     pm = D.benchmark_info("pmnist")
-    assert (pm.n_tasks, pm.input_shape, pm.default_epochs, pm.default_batch_size, pm.val_fraction) == (10, (784,), 5, 10, 0.1)
+    assert (pm.n_tasks, pm.input_shape, pm.default_epochs, pm.default_batch_size, pm.val_fraction) == (
+        10,
+        (784,),
+        5,
+        10,
+        0.1,
+    )
     assert D.benchmark_info("pmnist", n_tasks=3).task_ids == (1, 2, 3)
     c100 = D.benchmark_info("split-cifar100")
     assert (c100.n_tasks, c100.input_shape, c100.default_arch, c100.val_fraction) == (10, (3, 32, 32), "conv", 0.05)
@@ -216,7 +238,9 @@ def test_fashion_found_in_debian_folder_without_data_root(tmp_path, monkeypatch)
     assert len(D.load_task("split-fashion", 3, tmp_path / "root").y_train) + len(d.y_val) > 40 + 50
 
 
-@pytest.mark.skipif(not (D.DEBIAN_FASHION / "t10k-labels-idx1-ubyte.gz").is_file(), reason="dataset-fashion-mnist not installed")
+@pytest.mark.skipif(
+    not (D.DEBIAN_FASHION / "t10k-labels-idx1-ubyte.gz").is_file(), reason="dataset-fashion-mnist not installed"
+)
 def test_real_debian_fashion_mnist_is_found():
     d = D.load_task("split-fashion", 1)
     assert len(d.y_train) + len(d.y_val) == 12000 and len(d.y_test) == 2000 and abs(float(d.x_train.mean())) < 0.5
@@ -230,7 +254,9 @@ def test_missing_mnist_names_files_folders_and_options(tmp_path):
     (tmp_path / "mnist").mkdir()
     write_idx(tmp_path / "mnist" / "train-images-idx3-ubyte", np.zeros((3, 28, 28)))
     partial = data_error(D.load_task, "split-mnist", 1, tmp_path)
-    assert "lacks" in partial and "t10k-labels-idx1-ubyte" in partial and "train-images" not in partial.split("lacks")[1]
+    assert (
+        "lacks" in partial and "t10k-labels-idx1-ubyte" in partial and "train-images" not in partial.split("lacks")[1]
+    )
     assert "not a folder" in data_error(D.load_task, "pmnist", 1, tmp_path / "nope")
 
 
@@ -344,8 +370,18 @@ def test_npz_tasks_label_mapping_and_inputs_as_given(tmp_path):
 
 def test_npz_val_arrays_and_uint8_images(tmp_path):
     imgs = np.random.default_rng(0).integers(0, 256, size=(30, 1, 4, 4), dtype=np.uint8)
-    npz_task(tmp_path, "task1.npz", shape=(1, 4, 4), labels=(0, 1), x_train=imgs, y_train=np.arange(30) % 2,
-             x_test=imgs[:10], y_test=np.arange(10) % 2, x_val=imgs[:4], y_val=np.array([1, 0, 1, 0]))
+    npz_task(
+        tmp_path,
+        "task1.npz",
+        shape=(1, 4, 4),
+        labels=(0, 1),
+        x_train=imgs,
+        y_train=np.arange(30) % 2,
+        x_test=imgs[:10],
+        y_test=np.arange(10) % 2,
+        x_val=imgs[:4],
+        y_val=np.array([1, 0, 1, 0]),
+    )
     d = D.load_task("npz", 1, tmp_path, standardize_inputs=False)
     assert d.input_shape == (1, 4, 4) and len(d.y_train) == 30 and d.y_val.tolist() == [1, 0, 1, 0]
     assert d.x_train.dtype == np.float32 and np.array_equal(d.x_train, (imgs.astype(np.float32) / np.float32(255)))
@@ -383,11 +419,20 @@ def test_npz_bad_data_is_a_data_error(tmp_path, override, needle):
 
 
 def test_npz_pickled_arrays_and_non_npz_files(tmp_path):
-    np.savez(tmp_path / "task3.npz", x_train=np.array([{"a": 1}] * 3, dtype=object), y_train=np.zeros(3),
-             x_test=np.zeros((1, 6)), y_test=np.zeros(1))
-    assert "task3.npz: member 'x_train.npy' holds Python objects (pickles), which wsn never loads" in data_error(D.load_task, "npz", 3, tmp_path)
+    np.savez(
+        tmp_path / "task3.npz",
+        x_train=np.array([{"a": 1}] * 3, dtype=object),
+        y_train=np.zeros(3),
+        x_test=np.zeros((1, 6)),
+        y_test=np.zeros(1),
+    )
+    assert "task3.npz: member 'x_train.npy' holds Python objects (pickles), which wsn never loads" in data_error(
+        D.load_task, "npz", 3, tmp_path
+    )
     (tmp_path / "task4.npz").write_bytes(b"x,y\n1,2\n")  # a text file named .npz
-    assert "task4.npz: not an npz file (numpy's zip of arrays, written by np.savez)" in data_error(D.load_task, "npz", 4, tmp_path)
+    assert "task4.npz: not an npz file (numpy's zip of arrays, written by np.savez)" in data_error(
+        D.load_task, "npz", 4, tmp_path
+    )
 
 
 def test_digest_changes_with_test_data(tmp_path):

@@ -44,7 +44,9 @@ def gray(seed: int, h: int = 3, w: int = 4) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, size=(h, w), dtype=np.uint8)
 
 
-def make_task(root: Path, task: int = 1, classes=("b", "a"), n_train: int = 2, n_test: int = 1, kind=rgb, size=(3, 4)) -> dict:
+def make_task(
+    root: Path, task: int = 1, classes=("b", "a"), n_train: int = 2, n_test: int = 1, kind=rgb, size=(3, 4)
+) -> dict:
     """DIR/task<T>/{train,test}/<class>/<i>.png; returns {(split, class): [pixels...]} in file order."""
     out = {}
     for split, n in (("train", n_train), ("test", n_test)):
@@ -57,12 +59,17 @@ def make_task(root: Path, task: int = 1, classes=("b", "a"), n_train: int = 2, n
 
 def png_declaring(path: Path, w: int, h: int) -> Path:
     """A PNG whose header declares w x h pixels (8-bit gray) and holds no pixel data."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
-                     + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b""))
+        + chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -107,7 +114,12 @@ def test_arrays_labels_and_classes(tmp_path):
     d = I.image_folder_task(tmp_path, 1)
     assert d.classes == ("a", "b") and d.source == str(tmp_path / "task1")
     assert d.y_train.tolist() == [0, 0, 1, 1] and d.y_test.tolist() == [0, 1]
-    assert d.x_train.dtype == np.uint8 and d.x_train.shape == (4, 3, 3, 4) and d.x_test.shape == (2, 3, 3, 4) and d.image_shape == (3, 3, 4)
+    assert (
+        d.x_train.dtype == np.uint8
+        and d.x_train.shape == (4, 3, 3, 4)
+        and d.x_test.shape == (2, 3, 3, 4)
+        and d.image_shape == (3, 3, 4)
+    )
     assert d.y_train.dtype == np.int64 and d.y_test.dtype == np.int64
     want = np.stack([p.transpose(2, 0, 1) for p in px["train", "a"] + px["train", "b"]])
     np.testing.assert_array_equal(d.x_train, want)  # PNG is lossless: the pixels as written, (N, C, H, W)
@@ -137,9 +149,14 @@ def test_layout_refusals(tmp_path):
     name = "image-folder"
     assert refusal(I.image_folder_task, tmp_path / "nope", 1) == f"{name}: {tmp_path / 'nope'} is not a folder"
     assert refusal(I.image_folder_tasks, tmp_path) == (
-        f"{name}: no task folders in {tmp_path}: expected {tmp_path}/task<T>/{{train,test}}/<class>/*.png|*.jpg|*.jpeg (T = 1, 2, ...)")
+        f"{name}: no task folders in {tmp_path}: expected "
+        f"{tmp_path}/task<T>/{{train,test}}/<class>/*.png|*.jpg|*.jpeg (T = 1, 2, ...)"
+    )
     (tmp_path / "task0").mkdir()
-    assert refusal(I.image_folder_tasks, tmp_path) == f"{name}: {tmp_path / 'task0'} names task 0; task ids must be positive"
+    assert (
+        refusal(I.image_folder_tasks, tmp_path)
+        == f"{name}: {tmp_path / 'task0'} names task 0; task ids must be positive"
+    )
     (tmp_path / "task0").rmdir()
     (tmp_path / "task01").mkdir()
     (tmp_path / "task1").mkdir()
@@ -154,10 +171,16 @@ def test_layout_refusals(tmp_path):
     (t1 / "train" / "a").mkdir()
     assert refusal(I.image_folder_task, tmp_path, 1) == f"{name}: {t1 / 'test'} has no class folders"
     (t1 / "test" / "a").mkdir()
-    assert refusal(I.image_folder_task, tmp_path, 1) == f"{name}: class folder {t1 / 'train' / 'a'} holds no images (*.png, *.jpg, *.jpeg)"
+    assert (
+        refusal(I.image_folder_task, tmp_path, 1)
+        == f"{name}: class folder {t1 / 'train' / 'a'} holds no images (*.png, *.jpg, *.jpeg)"
+    )
     save(t1 / "train" / "a" / "0.png", gray(0))
     (t1 / "test" / "a" / "0.txt").write_text("x")
-    assert refusal(I.image_folder_task, tmp_path, 1) == f"{name}: class folder {t1 / 'test' / 'a'} holds no images (*.png, *.jpg, *.jpeg)"
+    assert (
+        refusal(I.image_folder_task, tmp_path, 1)
+        == f"{name}: class folder {t1 / 'test' / 'a'} holds no images (*.png, *.jpg, *.jpeg)"
+    )
 
 
 def test_train_and_test_must_have_the_same_classes(tmp_path):
@@ -168,18 +191,26 @@ def test_train_and_test_must_have_the_same_classes(tmp_path):
             f.unlink()
         (t1 / "test" / cls).rmdir()
     save(t1 / "test" / "d" / "0.png", rgb(0))
-    assert refusal(I.image_folder_task, tmp_path, 1) == f"image-folder: {t1}: train and test have different classes (only in train: b, c; only in test: d)"
+    assert (
+        refusal(I.image_folder_task, tmp_path, 1)
+        == f"image-folder: {t1}: train and test have different classes (only in train: b, c; only in test: d)"
+    )
 
 
-@pytest.mark.parametrize(("image_size", "channels", "want"), [
-    (0, None, "image size must be an integer from 1 to 4096, got 0"),
-    (4097, None, "image size must be an integer from 1 to 4096, got 4097"),
-    (True, None, "image size must be an integer from 1 to 4096, got True"),
-    (None, 2, "channels must be 1 or 3, got 2"),
-])
+@pytest.mark.parametrize(
+    ("image_size", "channels", "want"),
+    [
+        (0, None, "image size must be an integer from 1 to 4096, got 0"),
+        (4097, None, "image size must be an integer from 1 to 4096, got 4097"),
+        (True, None, "image size must be an integer from 1 to 4096, got True"),
+        (None, 2, "channels must be 1 or 3, got 2"),
+    ],
+)
 def test_setting_refusals(tmp_path, image_size, channels, want):
     make_task(tmp_path)
-    assert refusal(I.image_folder_task, tmp_path, 1, image_size=image_size, channels=channels) == f"image-folder: {want}"
+    assert (
+        refusal(I.image_folder_task, tmp_path, 1, image_size=image_size, channels=channels) == f"image-folder: {want}"
+    )
 
 
 # ---- channels, sizes, decoding ------------------------------------------------------------------
@@ -225,7 +256,9 @@ def test_images_of_another_size_are_refused_without_image_size(tmp_path):
     odd = save(tmp_path / "task1" / "test" / "a" / "5.png", rgb(5, 6, 2))
     first = tmp_path / "task1" / "train" / "a" / "0.png"
     assert refusal(I.image_folder_task, tmp_path, 1) == (
-        f"image-folder: {odd} is 2x6 but the task's images are 4x3 (like {first}); pass --image-size N to resize them all to NxN")
+        f"image-folder: {odd} is 2x6 but the task's images are 4x3 (like {first}); pass --image-size N to resize "
+        "them all to NxN"
+    )
 
 
 def test_an_image_that_changes_size_after_the_header_scan_is_refused(tmp_path, monkeypatch):
@@ -233,7 +266,9 @@ def test_an_image_that_changes_size_after_the_header_scan_is_refused(tmp_path, m
     monkeypatch.setattr(I, "_scan", lambda *_args: (3, (5, 5)))  # as if every file was 5x5 when scanned
     f = tmp_path / "task1" / "train" / "a" / "0.png"
     assert refusal(I.image_folder_task, tmp_path, 1) == (
-        f"image-folder: {f} is 4x3 but the task's images are 5x5 (as it was when scanned); pass --image-size N to resize them all to NxN")
+        f"image-folder: {f} is 4x3 but the task's images are 5x5 (as it was when scanned); pass --image-size N to "
+        "resize them all to NxN"
+    )
 
 
 def test_image_size_resizes_every_image_bilinear(tmp_path):
@@ -249,13 +284,21 @@ def test_corrupt_and_foreign_images_are_refused_naming_the_file(tmp_path):
     make_task(tmp_path, classes=("a",))
     bad = tmp_path / "task1" / "train" / "a" / "1.png"
     bad.write_bytes(b"not an image at all")
-    assert refusal(I.image_folder_task, tmp_path, 1) == f"image-folder: {bad} is not a readable PNG or JPEG image (unrecognised content)"
+    assert (
+        refusal(I.image_folder_task, tmp_path, 1)
+        == f"image-folder: {bad} is not a readable PNG or JPEG image (unrecognised content)"
+    )
     save(bad, rgb(1), fmt="GIF")  # Pillow reads GIFs, wsn opens only PNG and JPEG
-    assert refusal(I.image_folder_task, tmp_path, 1) == f"image-folder: {bad} is not a readable PNG or JPEG image (unrecognised content)"
+    assert (
+        refusal(I.image_folder_task, tmp_path, 1)
+        == f"image-folder: {bad} is not a readable PNG or JPEG image (unrecognised content)"
+    )
     raw = save(bad, rgb(1, 40, 40)).read_bytes()
     make_task(tmp_path, classes=("a",), size=(40, 40))
     bad.write_bytes(raw[: len(raw) // 2])  # a valid header, then the data stops
-    assert re.fullmatch(re.escape(f"image-folder: cannot decode {bad} (") + r"\w+: .+\)", refusal(I.image_folder_task, tmp_path, 1))
+    assert re.fullmatch(
+        re.escape(f"image-folder: cannot decode {bad} (") + r"\w+: .+\)", refusal(I.image_folder_task, tmp_path, 1)
+    )
 
 
 def test_pillow_missing(tmp_path, monkeypatch):
@@ -284,14 +327,19 @@ def _no_decoding(monkeypatch):
     monkeypatch.setattr(ImageFile.ImageFile, "load", fail)
 
 
-@pytest.mark.parametrize(("w", "h", "declared"), [(5000, 10, "5000x10 pixels"), (10, 4097, "10x4097 pixels"),
-                                                   (100_000, 100_000, "over 33554432 pixels")])
+@pytest.mark.parametrize(
+    ("w", "h", "declared"),
+    [(5000, 10, "5000x10 pixels"), (10, 4097, "10x4097 pixels"), (100_000, 100_000, "over 33554432 pixels")],
+)
 def test_huge_declared_images_are_refused_before_decoding(tmp_path, monkeypatch, w, h, declared):
     make_task(tmp_path, classes=("a",))
     big = png_declaring(tmp_path / "task1" / "test" / "a" / "big.png", w, h)
     _no_decoding(monkeypatch)
     before = Image.MAX_IMAGE_PIXELS
-    assert refusal(I.image_folder_task, tmp_path, 1) == f"image-folder: {big} declares {declared}, over the 4096x4096 limit; refused before decoding"
+    assert (
+        refusal(I.image_folder_task, tmp_path, 1)
+        == f"image-folder: {big} declares {declared}, over the 4096x4096 limit; refused before decoding"
+    )
     assert Image.MAX_IMAGE_PIXELS == before  # restored
 
 
@@ -300,8 +348,10 @@ def test_a_task_over_the_byte_limit_is_refused_before_decoding(tmp_path, monkeyp
     monkeypatch.setattr(I, "MAX_TASK_BYTES", 215)
     _no_decoding(monkeypatch)
     assert refusal(I.image_folder_task, tmp_path, 1) == (
-        f"image-folder: {tmp_path / 'task1'} would decode to 0.0 GiB (6 images of 3x3x4), over the 2.00234e-07 GiB limit; "
-        "pass --image-size N to shrink the images")
+        f"image-folder: {tmp_path / 'task1'} would decode to 0.0 GiB (6 images of 3x3x4), over the 2.00234e-07 "
+        "GiB limit; "
+        "pass --image-size N to shrink the images"
+    )
     assert I.MAX_SIDE == 4096 and I.MAX_TASK_BYTES == 215 and image_cache.READER_VERSION == 1
 
 
@@ -325,7 +375,12 @@ def test_second_load_comes_from_the_cache_without_opening_an_image(tmp_path, mon
     assert stat.S_IMODE(cache.stat().st_mode) == 0o700
     forbid_open(monkeypatch)
     again = I.image_folder_task(tmp_path, 1)
-    for a, b in ((first.x_train, again.x_train), (first.y_train, again.y_train), (first.x_test, again.x_test), (first.y_test, again.y_test)):
+    for a, b in (
+        (first.x_train, again.x_train),
+        (first.y_train, again.y_train),
+        (first.x_test, again.x_test),
+        (first.y_test, again.y_test),
+    ):
         assert a.dtype == b.dtype and not b.flags.writeable
         np.testing.assert_array_equal(a, b)
     assert again.classes == first.classes
@@ -386,7 +441,9 @@ def _corrupt(path: Path, how: str) -> None:
         np.savez(path, **{**arrays, "x_train": arrays["x_train"][:1]})
 
 
-@pytest.mark.parametrize("how", ["garbage", "truncated", "compressed", "extra array", "wrong labels", "wrong dtype", "wrong shape", "short"])
+@pytest.mark.parametrize(
+    "how", ["garbage", "truncated", "compressed", "extra array", "wrong labels", "wrong dtype", "wrong shape", "short"]
+)
 def test_a_corrupt_cache_file_is_ignored_and_rewritten(tmp_path, monkeypatch, how):
     make_task(tmp_path, classes=("a", "b"), n_train=2, n_test=1)
     good = I.image_folder_task(tmp_path, 1)
@@ -444,7 +501,9 @@ def test_a_failed_cache_write_leaves_no_debris(tmp_path, monkeypatch):
 def test_random_images_round_trip_through_decoding_and_cache_bit_for_bit(monkeypatch, data):
     channels = data.draw(st.sampled_from([1, 3]))
     h, w = data.draw(st.integers(1, 5)), data.draw(st.integers(1, 5))
-    counts = data.draw(st.lists(st.tuples(st.integers(1, 3), st.integers(1, 2)), min_size=1, max_size=3))  # (train, test) per class
+    counts = data.draw(
+        st.lists(st.tuples(st.integers(1, 3), st.integers(1, 2)), min_size=1, max_size=3)
+    )  # (train, test) per class
     seed = data.draw(st.integers(0, 2**32 - 1))
     rng = np.random.default_rng(seed)
     with tempfile.TemporaryDirectory() as tmp:
@@ -469,11 +528,13 @@ def test_cache_key_covers_folder_files_and_settings(tmp_path):
     base = image_cache.cache_key(tmp_path, {"image_size": None}, [("a.png", 10, 5)])
     assert re.fullmatch(r"[0-9a-f]{64}", base)
     assert base == image_cache.cache_key(tmp_path, {"image_size": None}, [("a.png", 10, 5)])
-    for other in (image_cache.cache_key(tmp_path / "x", {"image_size": None}, [("a.png", 10, 5)]),
-                  image_cache.cache_key(tmp_path, {"image_size": 8}, [("a.png", 10, 5)]),
-                  image_cache.cache_key(tmp_path, {"image_size": None}, [("b.png", 10, 5)]),
-                  image_cache.cache_key(tmp_path, {"image_size": None}, [("a.png", 11, 5)]),
-                  image_cache.cache_key(tmp_path, {"image_size": None}, [("a.png", 10, 6)])):
+    for other in (
+        image_cache.cache_key(tmp_path / "x", {"image_size": None}, [("a.png", 10, 5)]),
+        image_cache.cache_key(tmp_path, {"image_size": 8}, [("a.png", 10, 5)]),
+        image_cache.cache_key(tmp_path, {"image_size": None}, [("b.png", 10, 5)]),
+        image_cache.cache_key(tmp_path, {"image_size": None}, [("a.png", 11, 5)]),
+        image_cache.cache_key(tmp_path, {"image_size": None}, [("a.png", 10, 6)]),
+    ):
         assert other != base
 
 
@@ -488,7 +549,9 @@ def test_default_cache_dir(monkeypatch, tmp_path):
 # ---- split-tinyimagenet -------------------------------------------------------------------------
 
 
-def make_tiny(root: Path, wnids: list[str], present: list[str] | None = None, n_train: int = 3, n_val: int = 2, side: int = 64) -> Path:
+def make_tiny(
+    root: Path, wnids: list[str], present: list[str] | None = None, n_train: int = 3, n_val: int = 2, side: int = 64
+) -> Path:
     """tiny-imagenet-200/ in the real layout: wnids.txt, train/<wnid>/images/*.JPEG (+ boxes), val/."""
     top = root / "tiny-imagenet-200"
     top.mkdir(parents=True)
@@ -518,12 +581,16 @@ WNIDS = ["n03000000", "n01000000", "n04000000", "n02000000"]
 def test_tinyimagenet_task_takes_its_slice_of_wnids_in_file_order(tmp_path, count_opens):
     top = make_tiny(tmp_path, WNIDS)
     d = I.tinyimagenet_task(top, 2, n_tasks=2)
-    wanted = {f"val_{j}.JPEG" for j in range(4, 8)} | {f"{w}_{i}.JPEG" for w in ("n04000000", "n02000000") for i in range(3)}
+    wanted = {f"val_{j}.JPEG" for j in range(4, 8)} | {
+        f"{w}_{i}.JPEG" for w in ("n04000000", "n02000000") for i in range(3)
+    }
     assert {Path(p).name for p in count_opens} == wanted  # only the task's classes are opened
     assert d.classes == ("n04000000", "n02000000") and d.source == f"{top} (task 2 of 2)"
     assert d.x_train.shape == (6, 3, 64, 64) and d.x_test.shape == (4, 3, 64, 64) and d.x_train.dtype == np.uint8
     assert d.y_train.tolist() == [0, 0, 0, 1, 1, 1]
-    np.testing.assert_array_equal(d.x_train[3], jpeg_pixels(top / "train" / "n02000000" / "images" / "n02000000_0.JPEG"))
+    np.testing.assert_array_equal(
+        d.x_train[3], jpeg_pixels(top / "train" / "n02000000" / "images" / "n02000000_0.JPEG")
+    )
     # val images 4..7 are annotated n04 (4, 5) and n02 (6, 7); the test set is in file-name order
     assert d.y_test.tolist() == [0, 0, 1, 1]
     np.testing.assert_array_equal(d.x_test[2], jpeg_pixels(top / "val" / "images" / "val_6.JPEG"))
@@ -549,43 +616,58 @@ def test_tinyimagenet_with_the_real_200_classes(tmp_path, monkeypatch):
     wnids = [f"n{i:08d}" for i in range(200)]
     top = make_tiny(tmp_path, wnids, present=wnids[5:10], n_train=1, n_val=1, side=4)  # task 2 of 40 only
     d = I.tinyimagenet_task(top, 2, n_tasks=40)
-    assert d.classes == tuple(wnids[5:10]) and d.y_train.tolist() == [0, 1, 2, 3, 4] and sorted(d.y_test.tolist()) == [0, 1, 2, 3, 4]
+    assert (
+        d.classes == tuple(wnids[5:10])
+        and d.y_train.tolist() == [0, 1, 2, 3, 4]
+        and sorted(d.y_test.tolist()) == [0, 1, 2, 3, 4]
+    )
     path = top / "wnids.txt"
     _no_decoding(monkeypatch)
     divisors = "1, 2, 4, 5, 8, 10, 20, 25, 40, 50, 100, 200"
     for n_tasks in (7, 0, 300):
         assert refusal(I.tinyimagenet_task, top, 1, n_tasks=n_tasks) == (
-            f"split-tinyimagenet: {n_tasks} tasks cannot split the 200 classes of {path} evenly; use one of {divisors}")
+            f"split-tinyimagenet: {n_tasks} tasks cannot split the 200 classes of {path} evenly; use one of {divisors}"
+        )
     for task in (0, 41):
         assert refusal(I.tinyimagenet_task, top, task, n_tasks=40) == (
-            f"split-tinyimagenet: task {task} does not exist: the 40 tasks are numbered 1..40")
+            f"split-tinyimagenet: task {task} does not exist: the 40 tasks are numbered 1..40"
+        )
     assert refusal(I.tinyimagenet_task, top, 1, n_tasks=40) == (
-        f"split-tinyimagenet: {top / 'train' / wnids[0] / 'images'}/ is missing (class {wnids[0]} of {path})")
+        f"split-tinyimagenet: {top / 'train' / wnids[0] / 'images'}/ is missing (class {wnids[0]} of {path})"
+    )
 
 
 def test_tinyimagenet_refusals(tmp_path):
     name = "split-tinyimagenet"
     assert refusal(I.tinyimagenet_task, tmp_path, 1, 1) == (
-        f"{name}: {tmp_path} lacks wnids.txt: point it at the tiny-imagenet-200/ folder (wnids.txt, train/, val/)")
+        f"{name}: {tmp_path} lacks wnids.txt: point it at the tiny-imagenet-200/ folder (wnids.txt, train/, val/)"
+    )
     top = make_tiny(tmp_path, WNIDS[:2])
     wn, ann = top / "wnids.txt", top / "val" / "val_annotations.txt"
-    for text, want in [("n01000000\nn03000000\nn01000000\n", f"{wn} lists class n01000000 twice"),
-                       ("n03000000\n../etc\n", f"{wn} line 2: '../etc' is not a class id"),
-                       ("\n \n", f"{wn} lists no class ids")]:
+    for text, want in [
+        ("n01000000\nn03000000\nn01000000\n", f"{wn} lists class n01000000 twice"),
+        ("n03000000\n../etc\n", f"{wn} line 2: '../etc' is not a class id"),
+        ("\n \n", f"{wn} lists no class ids"),
+    ]:
         wn.write_text(text)
         assert refusal(I.tinyimagenet_task, top, 1, 1) == f"{name}: {want}"
     wn.write_text("n03000000\nn01000000\n")
     good = ann.read_text()
     last = len(good.splitlines())  # the file ends with one blank line, which is allowed
-    for extra, want in [("val_0.JPEG\tn01000000\n", f"line {last + 1}: val_0.JPEG is annotated twice"),
-                        ("val_9.JPEG\tn09000000\t1\t2\t3\t4\n", f"line {last + 1}: class 'n09000000' is not in wnids.txt"),
-                        ("../x.JPEG\tn01000000\n", f"line {last + 1}: '../x.JPEG' is not an image file name in val/images"),
-                        ("val_9.txt\tn01000000\n", f"line {last + 1}: 'val_9.txt' is not an image file name in val/images"),
-                        ("just-one-field\n", f"line {last + 1}: expected 'file<TAB>wnid<TAB>...', got 'just-one-field'")]:
+    for extra, want in [
+        ("val_0.JPEG\tn01000000\n", f"line {last + 1}: val_0.JPEG is annotated twice"),
+        ("val_9.JPEG\tn09000000\t1\t2\t3\t4\n", f"line {last + 1}: class 'n09000000' is not in wnids.txt"),
+        ("../x.JPEG\tn01000000\n", f"line {last + 1}: '../x.JPEG' is not an image file name in val/images"),
+        ("val_9.txt\tn01000000\n", f"line {last + 1}: 'val_9.txt' is not an image file name in val/images"),
+        ("just-one-field\n", f"line {last + 1}: expected 'file<TAB>wnid<TAB>...', got 'just-one-field'"),
+    ]:
         ann.write_text(good + extra)
         assert refusal(I.tinyimagenet_task, top, 1, 1) == f"{name}: {ann} {want}"
     ann.write_text(good + "val_99.JPEG\tn01000000\n")
-    assert refusal(I.tinyimagenet_task, top, 1, 1) == f"{name}: {top / 'val' / 'images' / 'val_99.JPEG'} (named in {ann}) is missing"
+    assert (
+        refusal(I.tinyimagenet_task, top, 1, 1)
+        == f"{name}: {top / 'val' / 'images' / 'val_99.JPEG'} (named in {ann}) is missing"
+    )
     ann.write_text("".join(line + "\n" for line in good.splitlines() if "n03000000" not in line))
     assert refusal(I.tinyimagenet_task, top, 1, 2) == f"{name}: {ann} annotates no val images of class n03000000"
     ann.write_bytes(b"\xff\xfe")

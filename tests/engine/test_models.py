@@ -76,7 +76,10 @@ def test_train_subnet_keeps_round_c_n_in_every_layer():
 
 def test_layer_names_and_shapes():
     mlp = build_model(MLP)
-    assert {n: tuple(l.weight.shape) for n, l in mlp.subnet_layers().items()} == {"layers.0": (30, 64), "layers.1": (20, 30)}
+    assert {n: tuple(l.weight.shape) for n, l in mlp.subnet_layers().items()} == {
+        "layers.0": (30, 64),
+        "layers.1": (20, 30),
+    }
     conv = build_model(CONV)
     assert list(conv.subnet_layers()) == ["convs.0", "convs.1", "convs.2", "fcs.0", "fcs.1"]
     assert tuple(conv.subnet_layers()["convs.0"].weight.shape) == (64, 1, 4, 4)

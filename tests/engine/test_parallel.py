@@ -25,14 +25,28 @@ def _free_port() -> int:
 def _torchrun(cwd: Path, *args) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("WSN_DATA_ROOT",)}
     env.update(OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", str(_free_port()), "-m", "wsncli", *map(str, args)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(_free_port()),
+        "-m",
+        "wsncli",
+        *map(str, args),
+    ]
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
 def _single(cwd: Path, *args) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("WSN_DATA_ROOT", "WORLD_SIZE", "RANK")}
-    return subprocess.run([sys.executable, "-m", "wsncli", *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "wsncli", *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_two_processes_train_what_one_does_and_eval_proves_it(tmp_path):
@@ -59,5 +73,7 @@ def test_a_refusal_ends_every_process_with_the_same_code(tmp_path):
     before = (tmp_path / "m.pt").read_bytes()
     proc = _torchrun(tmp_path, "train-task", "--task", 1, "--ckpt", "m.pt", "--epochs", 1, "-q")
     assert proc.returncode != 0
-    assert proc.stderr.count("wsn: error:") == 2 and "task 1 is already learned" in proc.stderr  # both ranks, one line each
+    assert (
+        proc.stderr.count("wsn: error:") == 2 and "task 1 is already learned" in proc.stderr
+    )  # both ranks, one line each
     assert (tmp_path / "m.pt").read_bytes() == before

@@ -63,7 +63,12 @@ def _arrays(path: Path) -> dict[str, np.ndarray]:
 def test_a_killed_task_resumes_bit_identical_to_an_uninterrupted_run(tmp_path):
     first = ["train-task", "--task", 1, "--epochs", 2, "--hidden", "32-32", "-q"]
     for name in ("whole.pt", "killed.pt"):
-        assert subprocess.run([sys.executable, "-m", "wsncli", *map(str, first), "--ckpt", str(tmp_path / name)], env=_env()).returncode == 0
+        assert (
+            subprocess.run(
+                [sys.executable, "-m", "wsncli", *map(str, first), "--ckpt", str(tmp_path / name)], env=_env()
+            ).returncode
+            == 0
+        )
     assert subprocess.run(_cmd(tmp_path / "whole.pt"), env=_env()).returncode == 0
     killed = tmp_path / "killed.pt"
     before = killed.read_bytes()
@@ -79,7 +84,12 @@ def test_a_killed_task_resumes_bit_identical_to_an_uninterrupted_run(tmp_path):
     for name in a:
         assert np.array_equal(a[name], b[name]), name
     ra, rb = load_checkpoint(tmp_path / "whole.pt").task_record(2), load_checkpoint(killed).task_record(2)
-    assert (ra.accuracy, ra.best_epoch, ra.subnet_digest, ra.outputs_digest) == (rb.accuracy, rb.best_epoch, rb.subnet_digest, rb.outputs_digest)
+    assert (ra.accuracy, ra.best_epoch, ra.subnet_digest, ra.outputs_digest) == (
+        rb.accuracy,
+        rb.best_epoch,
+        rb.subnet_digest,
+        rb.outputs_digest,
+    )
 
 
 def test_a_snapshot_made_with_other_settings_is_refused_and_restart_discards_it(tmp_path):

@@ -129,7 +129,14 @@ def test_the_fused_step_gives_torchs_bits(monkeypatch, frozen_share):
                     with torch.no_grad():
                         layer.weight -= 0.01 * layer.weight.grad
                         layer.scores -= 0.01 * layer.scores.grad
-                    out.append((y.detach().clone(), layer.weight.grad.clone(), layer.scores.grad.clone(), layer._last_mask.clone()))
+                    out.append(
+                        (
+                            y.detach().clone(),
+                            layer.weight.grad.clone(),
+                            layer.scores.grad.clone(),
+                            layer._last_mask.clone(),
+                        )
+                    )
                     layer.weight.grad = layer.scores.grad = None
             finally:
                 torch.set_num_threads(threads)

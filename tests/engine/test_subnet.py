@@ -44,7 +44,16 @@ tie_values = st.lists(
 
 @pytest.mark.parametrize(
     ("n", "c", "k"),
-    [(6400, 0.123, 787), (10000, 0.123, 1230), (10, 0.5, 5), (10, 0.3, 3), (7, 0.5, 4), (5, 0.5, 2), (100, 1.0, 100), (3, 0.01, 0)],
+    [
+        (6400, 0.123, 787),
+        (10000, 0.123, 1230),
+        (10, 0.5, 5),
+        (10, 0.3, 3),
+        (7, 0.5, 4),
+        (5, 0.5, 2),
+        (100, 1.0, 100),
+        (3, 0.01, 0),
+    ],
 )
 def test_k_for_capacity_table(n, c, k):
     assert k_for_capacity(n, c) == k
@@ -91,7 +100,9 @@ def test_selector_select_property(values, data):
     seed=st.integers(0, 2**32 - 1),
     n=st.integers(1, 2000),
     capacity=st.floats(0.01, 1.0),
-    steps=st.lists(st.sampled_from(["drift", "drift", "drift", "jump", "scale", "quantise", "same"]), min_size=2, max_size=12),
+    steps=st.lists(
+        st.sampled_from(["drift", "drift", "drift", "jump", "scale", "quantise", "same"]), min_size=2, max_size=12
+    ),
 )
 def test_incremental_selector_equals_from_scratch_over_drifting_vectors(seed, n, capacity, steps):
     """One selector reused across steps (as in training) must always equal a fresh exact selection."""
@@ -148,7 +159,9 @@ def test_linear_mask_keeps_exactly_round_c_n(out_f, in_f, capacity, levels, seed
     layer.train_subnet(k_for_capacity(n, capacity), None)
     layer(torch.randn(3, in_f))
     assert int(layer._last_mask.sum()) == round(capacity * n)
-    assert torch.equal(layer.current_mask().reshape(-1), reference_top_k(layer.scores.detach().abs().reshape(-1), round(capacity * n)))
+    assert torch.equal(
+        layer.current_mask().reshape(-1), reference_top_k(layer.scores.detach().abs().reshape(-1), round(capacity * n))
+    )
 
 
 @pytest.mark.parametrize("capacity", [0.03, 0.05, 0.1, 0.3, 0.5, 1.0])

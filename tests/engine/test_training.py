@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from tests.conftest import image_task, torch_threads
-from wsncli.engine.lifecycle import learn as learner_mod
-from wsncli.engine.lifecycle.learn import TaskRequest, learn_task
-from wsncli.engine.lifecycle.train import TrainCallbacks, TrainSettings, train_task
 from wsncli.engine.nn.models import ModelConfig, build_model
 from wsncli.engine.store.checkpoint import checkpoint_arrays, load_checkpoint
+from wsncli.engine.training.loop import TrainCallbacks, TrainSettings, train_task
+from wsncli.engine.usecases import learn as learner_mod
+from wsncli.engine.usecases.learn import TaskRequest, learn_task
 from wsncli.errors import WsnError
 
 CPU = torch.device("cpu")
@@ -50,7 +50,7 @@ def test_conv_old_heads_and_batchnorm_statistics_are_unchanged(conv_run):
 
 
 def test_conv_task_outputs_are_bit_identical_after_later_tasks(conv_run):
-    from wsncli.engine.lifecycle.outputs import set_task_mode
+    from wsncli.engine.usecases.outputs import set_task_mode
 
     model = conv_run.model
     with torch_threads(conv_run.threads):  # the thread count used at learning
@@ -124,7 +124,7 @@ def test_each_task_gets_a_fresh_adam_without_weight_decay(tmp_path, monkeypatch)
 
 
 def testtrainable_parameters_are_the_trunk_and_only_the_current_head(conv_run):
-    from wsncli.engine.lifecycle.train import trainable_parameters
+    from wsncli.engine.training.loop import trainable_parameters
 
     params = {id(p) for p in trainable_parameters(conv_run.model, 2, "wsn")}
     assert all(id(p) in params for p in conv_run.model.heads["2"].parameters())
@@ -199,7 +199,9 @@ def test_a_frozen_weight_changed_during_training_is_an_internal_error():
             model.layers[0].weight[0, 0] += 1.0
 
     with pytest.raises(WsnError, match="frozen weights of layer 'layers.0' changed"):
-        train_task(model, image_task(1), TrainSettings(1, 0.5, 1, 8, 1e-3, 0), frozen, CPU, TrainCallbacks(on_batch_end=vandal))
+        train_task(
+            model, image_task(1), TrainSettings(1, 0.5, 1, 8, 1e-3, 0), frozen, CPU, TrainCallbacks(on_batch_end=vandal)
+        )
 
 
 def test_cpu_training_is_bit_reproducible(tmp_path):
@@ -211,4 +213,6 @@ def test_cpu_training_is_bit_reproducible(tmp_path):
     assert all(np.array_equal(ta[k], tb[k]) for k in ta)
     c = tmp_path / "c.pt"
     learn_task(TaskRequest(ckpt=c, task=1, epochs=2, device="cpu", seed=4))
-    assert not np.array_equal(checkpoint_arrays(load_checkpoint(c))["layer/layers.0/weight"], ta["layer/layers.0/weight"])
+    assert not np.array_equal(
+        checkpoint_arrays(load_checkpoint(c))["layer/layers.0/weight"], ta["layer/layers.0/weight"]
+    )

@@ -15,8 +15,9 @@ def random_masks(rng: np.random.Generator, n: int, tasks: int, density: float) -
     return [rng.random(n) < density for _ in range(tasks)]
 
 
-def correlated_masks(rng: np.random.Generator, n: int, tasks: int, capacity: float,
-                     noise: float = 0.3) -> list[np.ndarray]:
+def correlated_masks(
+    rng: np.random.Generator, n: int, tasks: int, capacity: float, noise: float = 0.3
+) -> list[np.ndarray]:
     """WSN-like masks: top-c of |persistent score + noise| per task."""
     score = rng.standard_normal(n)
     k = int(round(capacity * n))
@@ -41,20 +42,25 @@ def split(data: bytes) -> tuple[dict, bytes]:
     return header, data[PREFIX.size + header_len : -4]
 
 
-def seal(header, body: bytes, *, version: int = VERSION, magic: bytes = MAGIC,
-         raw_header: bytes | None = None) -> bytes:
+def seal(
+    header, body: bytes, *, version: int = VERSION, magic: bytes = MAGIC, raw_header: bytes | None = None
+) -> bytes:
     """Assemble a file from parts with a correct trailer CRC (the header is written canonically)."""
-    raw = raw_header if raw_header is not None else json.dumps(
-        header, sort_keys=True, separators=(",", ":")).encode()
+    raw = raw_header if raw_header is not None else json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
     out = magic + struct.pack("<HI", version, len(raw)) + raw + body
     return out + struct.pack("<I", zlib.crc32(out))
 
 
 def single_stream_file(codec: str, n: int, stream: bytes, ones: int, tasks: int = 1) -> bytes:
     """A one-layer ('fc', n weights) file whose only stream is `stream` (CRCs made to match)."""
-    header = {"codec": codec, "layers": [{"name": "fc", "shape": [n]}], "meta": {},
-              "ones": [[ones]] * tasks, "task_ids": list(range(1, tasks + 1)),
-              "streams": {"crc32": [zlib.crc32(stream)], "length": [len(stream)], "offset": [0]}}
+    header = {
+        "codec": codec,
+        "layers": [{"name": "fc", "shape": [n]}],
+        "meta": {},
+        "ones": [[ones]] * tasks,
+        "task_ids": list(range(1, tasks + 1)),
+        "streams": {"crc32": [zlib.crc32(stream)], "length": [len(stream)], "offset": [0]},
+    }
     return seal(header, stream)
 
 

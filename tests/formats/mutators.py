@@ -21,17 +21,105 @@ from formats import CODECS, LayerMasks, pack
 from tests.formats.helpers import correlated_masks, random_masks, seal, split
 
 # Raw JSON texts json.dumps cannot write: placed as marker strings, substituted after dumping.
-RAW = {"1e400": "1e400", "-1e400": "-1e400", "1E+999": "1E+999", "deep900": "[" * 900 + "]" * 900,
-       "deep17": '{"a":' * 17 + "0" + "}" * 17, "longint": "9" * 40, "exp-int": "1e3", "neg-zero": "-0"}
-NUMBERS = [0, -1, 1, 2, 7, 2**31 - 1, 2**31, 2**32, 2**32 - 1, 2**36, 2**63, 2**64, -(2**63), 10**30, 0.5, 1.0,
-           -0.0, 1e308, True, False, None, "7", [], {}, *(f"@RAW:{k}@" for k in RAW)]
-STRINGS = ["\ud800", "a\udc00b", "\udbff\udfff", "\x00", "a\nb", "\x7f", "\x85", "x" * 300, "y" * 256, "", ".", "..",
-           "...", "a/b", "a\\b", " a", "a ", "\u3000", "\u2028", "é", "😀", "a", "b", "context", "packbits", "auto",
-           "paper-huffman", "gzip", 0, None]
-SHAPES = [[2**31], [2**31 + 1], [2**16, 2**15], [2**15, 2**15 + 1], [2**29], [2**20], [0], [], [2, 0], [1] * 33,
-          [2**31, 2**31], [-1], [1.5], ["3"], None, 5]
-META_VALUES = ["@RAW:deep900@", "@RAW:deep17@", "@RAW:1e400@", [[[[[[[[[[[[[[[0]]]]]]]]]]]]]]], list(range(5000)),
-               {"\ud800": 1}, {"k": "\udfff"}, "z" * 5000, {"x": {"y": [1, 2, {"z": None}]}}, "@RAW:longint@"]
+RAW = {
+    "1e400": "1e400",
+    "-1e400": "-1e400",
+    "1E+999": "1E+999",
+    "deep900": "[" * 900 + "]" * 900,
+    "deep17": '{"a":' * 17 + "0" + "}" * 17,
+    "longint": "9" * 40,
+    "exp-int": "1e3",
+    "neg-zero": "-0",
+}
+NUMBERS = [
+    0,
+    -1,
+    1,
+    2,
+    7,
+    2**31 - 1,
+    2**31,
+    2**32,
+    2**32 - 1,
+    2**36,
+    2**63,
+    2**64,
+    -(2**63),
+    10**30,
+    0.5,
+    1.0,
+    -0.0,
+    1e308,
+    True,
+    False,
+    None,
+    "7",
+    [],
+    {},
+    *(f"@RAW:{k}@" for k in RAW),
+]
+STRINGS = [
+    "\ud800",
+    "a\udc00b",
+    "\udbff\udfff",
+    "\x00",
+    "a\nb",
+    "\x7f",
+    "\x85",
+    "x" * 300,
+    "y" * 256,
+    "",
+    ".",
+    "..",
+    "...",
+    "a/b",
+    "a\\b",
+    " a",
+    "a ",
+    "\u3000",
+    "\u2028",
+    "é",
+    "😀",
+    "a",
+    "b",
+    "context",
+    "packbits",
+    "auto",
+    "paper-huffman",
+    "gzip",
+    0,
+    None,
+]
+SHAPES = [
+    [2**31],
+    [2**31 + 1],
+    [2**16, 2**15],
+    [2**15, 2**15 + 1],
+    [2**29],
+    [2**20],
+    [0],
+    [],
+    [2, 0],
+    [1] * 33,
+    [2**31, 2**31],
+    [-1],
+    [1.5],
+    ["3"],
+    None,
+    5,
+]
+META_VALUES = [
+    "@RAW:deep900@",
+    "@RAW:deep17@",
+    "@RAW:1e400@",
+    [[[[[[[[[[[[[[[0]]]]]]]]]]]]]]],
+    list(range(5000)),
+    {"\ud800": 1},
+    {"k": "\udfff"},
+    "z" * 5000,
+    {"x": {"y": [1, 2, {"z": None}]}},
+    "@RAW:longint@",
+]
 
 
 def sample_files(seed: int = 99) -> list[bytes]:
@@ -40,8 +128,10 @@ def sample_files(seed: int = 99) -> list[bytes]:
     files = []
     for codec in CODECS:
         for n, tasks, density in ((13, 3, 0.3), (64, 9, 0.1), (1, 1, 0.5), (200, 2, 0.45)):
-            layers = [LayerMasks("a", (n,), correlated_masks(rng, n, tasks, density)),
-                      LayerMasks("b.w", (2, 4), random_masks(rng, 8, tasks, density))]
+            layers = [
+                LayerMasks("a", (n,), correlated_masks(rng, n, tasks, density)),
+                LayerMasks("b.w", (2, 4), random_masks(rng, 8, tasks, density)),
+            ]
             files.append(pack(layers, list(range(3, 3 + tasks)), codec, {"k": n, "run": {"lr": 0.001}}))
     return files
 
@@ -78,8 +168,11 @@ def _chunks(header: dict, body: bytes) -> list[bytes]:
 def _retable(header: dict, chunks: list[bytes]) -> bytes:
     """Rewrite the stream table for `chunks` (lengths, offsets, CRCs all consistent)."""
     lengths = [len(c) for c in chunks]
-    header["streams"] = {"crc32": [zlib.crc32(c) for c in chunks], "length": lengths,
-                         "offset": [int(o) for o in np.cumsum([0, *lengths])[:-1]]}
+    header["streams"] = {
+        "crc32": [zlib.crc32(c) for c in chunks],
+        "length": lengths,
+        "offset": [int(o) for o in np.cumsum([0, *lengths])[:-1]],
+    }
     return b"".join(chunks)
 
 
@@ -164,7 +257,7 @@ def _mutate_tasks(header, body, rng):
         if units and (per_unit == 1 or len(ids) % 7 == 0):
             units.pop()
     elif action == "drop first" and ids:
-        del ids[: per_unit], ones[: per_unit]
+        del ids[:per_unit], ones[:per_unit]
         units = units[1:]
     elif action == "swap" and len(units) > 1:
         i, j = rng.sample(range(len(units)), 2)
@@ -219,9 +312,17 @@ def _mutate_meta(header, body, rng):
     return body
 
 
-MUTATORS = {"number": _mutate_number, "string": _mutate_string, "key": _mutate_key, "list": _mutate_list,
-            "shape": _mutate_shape, "tasks": _mutate_tasks, "streams": _mutate_streams, "codec": _mutate_codec,
-            "meta": _mutate_meta}
+MUTATORS = {
+    "number": _mutate_number,
+    "string": _mutate_string,
+    "key": _mutate_key,
+    "list": _mutate_list,
+    "shape": _mutate_shape,
+    "tasks": _mutate_tasks,
+    "streams": _mutate_streams,
+    "codec": _mutate_codec,
+    "meta": _mutate_meta,
+}
 
 
 def _refresh_crcs(header, body: bytes) -> None:
@@ -237,8 +338,12 @@ def _refresh_crcs(header, body: bytes) -> None:
 
 def serialise(header, rng: random.Random) -> bytes:
     """JSON (canonical or not) with the @RAW:...@ markers replaced by their raw text."""
-    text = json.dumps(header, sort_keys=rng.random() < 0.8, ensure_ascii=True,
-                      separators=(",", ":") if rng.random() < 0.8 else (", ", ": "))
+    text = json.dumps(
+        header,
+        sort_keys=rng.random() < 0.8,
+        ensure_ascii=True,
+        separators=(",", ":") if rng.random() < 0.8 else (", ", ": "),
+    )
     for key, raw in RAW.items():
         text = text.replace(f'"@RAW:{key}@"', raw)
     return text.encode("ascii")

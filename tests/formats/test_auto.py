@@ -25,8 +25,11 @@ def mask_sets(draw):
     for i in range(draw(st.integers(1, 3))):
         n = draw(st.sampled_from([1, 7, 8, 64, 500, 3000]))
         density = draw(st.sampled_from([0.0, 0.01, 0.1, 0.3, 0.5, 0.9, 1.0]))
-        masks = (correlated_masks(rng, n, tasks, density, draw(st.sampled_from([0.05, 0.5, 2.0])))
-                 if draw(st.booleans()) else random_masks(rng, n, tasks, density))
+        masks = (
+            correlated_masks(rng, n, tasks, density, draw(st.sampled_from([0.05, 0.5, 2.0])))
+            if draw(st.booleans())
+            else random_masks(rng, n, tasks, density)
+        )
         layers.append(LayerMasks(f"l{i}", (n,), masks))
     return layers, list(range(10, 10 + tasks))
 
@@ -48,10 +51,13 @@ def test_auto_is_never_larger_than_any_codec(case):
         assert all(np.array_equal(a, b) for a, b in zip(want.masks, got.masks))
 
 
-@pytest.mark.parametrize(("masks", "sizes", "chosen"), [
-    ([np.ones(6, bool)], {"context": 171, "ascii7": 171, "packbits": 173}, "context"),
-    ([np.arange(3) % 2 == 0], {"context": 173, "ascii7": 171, "packbits": 171}, "ascii7"),
-])
+@pytest.mark.parametrize(
+    ("masks", "sizes", "chosen"),
+    [
+        ([np.ones(6, bool)], {"context": 171, "ascii7": 171, "packbits": 173}, "context"),
+        ([np.arange(3) % 2 == 0], {"context": 173, "ascii7": 171, "packbits": 171}, "ascii7"),
+    ],
+)
 def test_ties_go_to_the_first_codec(masks, sizes, chosen):
     layers = [LayerMasks("fc", (masks[0].size,), masks)]
     assert {c: len(pack(layers, [1], c)) for c in sizes} == sizes
@@ -94,6 +100,8 @@ def test_a_file_never_says_auto():
     layers = [LayerMasks("fc", (8,), [np.ones(8, bool)])]
     header, body = split(pack(layers, [1], "context"))
     header["codec"] = "auto"
-    with pytest.raises(FormatError, match="header: unknown codec 'auto' \\(known: context, ascii7, ascii7-huffman, "
-                       "paper-huffman, packbits\\)"):
+    with pytest.raises(
+        FormatError,
+        match="header: unknown codec 'auto' \\(known: context, ascii7, ascii7-huffman, paper-huffman, packbits\\)",
+    ):
         unpack(seal(header, body))

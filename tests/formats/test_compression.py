@@ -50,14 +50,26 @@ def test_entropy_helpers():
 
 def test_storage_report_keys_and_values():
     rng = np.random.default_rng(2)
-    layers = [LayerMasks("fc1", (100, 64), correlated_masks(rng, 6400, 9, 0.1)),
-              LayerMasks("fc2", (10000,), correlated_masks(rng, 10000, 9, 0.1))]
+    layers = [
+        LayerMasks("fc1", (100, 64), correlated_masks(rng, 6400, 9, 0.1)),
+        LayerMasks("fc2", (10000,), correlated_masks(rng, 10000, 9, 0.1)),
+    ]
     task_ids = list(range(1, 10))
     data = pack(layers, task_ids)
     report = storage_report(layers, task_ids, "context", packed_size=len(data))
     assert json.loads(json.dumps(report)) == report
-    assert {"codec", "tasks", "weights", "bytes", "bits_per_weight_per_task", "baselines", "bounds",
-            "saving_vs_packbits", "per_task", "per_layer"} <= report.keys()
+    assert {
+        "codec",
+        "tasks",
+        "weights",
+        "bytes",
+        "bits_per_weight_per_task",
+        "baselines",
+        "bounds",
+        "saving_vs_packbits",
+        "per_task",
+        "per_layer",
+    } <= report.keys()
     assert (report["codec"], report["tasks"], report["weights"], report["bytes"]) == ("context", 9, 16400, len(data))
     base = report["baselines"]
     # ascii7 pads each layer to a multiple of 7 bits

@@ -48,8 +48,12 @@ def test_random_bytes(data):
 
 
 @FUZZ
-@given(st.sampled_from(POOL), st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 7)), min_size=1, max_size=8),
-       st.integers(0, 10**6), st.booleans())
+@given(
+    st.sampled_from(POOL),
+    st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 7)), min_size=1, max_size=8),
+    st.integers(0, 10**6),
+    st.booleans(),
+)
 def test_bit_flips_and_truncations(data, flips, cut, reseal_trailer):
     buf = bytearray(data)
     for pos, bit in flips:
@@ -92,10 +96,15 @@ def test_corrupted_streams_with_valid_crcs(data, which, draw):
 
 
 JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.sampled_from([0, 1, 7, 2**31, 2**36, -1])
-    | st.text(max_size=4) | st.floats(allow_nan=False, allow_infinity=False),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.sampled_from([0, 1, 7, 2**31, 2**36, -1])
+    | st.text(max_size=4)
+    | st.floats(allow_nan=False, allow_infinity=False),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
-    max_leaves=8)
+    max_leaves=8,
+)
 
 
 @FUZZ
@@ -107,8 +116,10 @@ def test_mutated_headers(data, draw):
         child = target[key]
         if not isinstance(child, (dict, list)) or not child:
             break
-        target, key = child, draw.draw(st.sampled_from(sorted(child) if isinstance(child, dict) else
-                                                       list(range(len(child)))))
+        target, key = (
+            child,
+            draw.draw(st.sampled_from(sorted(child) if isinstance(child, dict) else list(range(len(child))))),
+        )
     action = draw.draw(st.sampled_from(["replace", "delete", "number"]))
     if action == "delete":
         del target[key]
@@ -132,7 +143,10 @@ def check_bounded(data: bytes, max_bits: int | None) -> int:
     if packed is not None:  # accepted names, meta and numbers must survive a rewrite (findings 2-4)
         again = unpack(pack(packed.layers, packed.task_ids, packed.codec, packed.meta), max_bits=max_bits)
         assert (again.task_ids, again.meta, [layer.name for layer in again.layers]) == (
-            packed.task_ids, packed.meta, [layer.name for layer in packed.layers])
+            packed.task_ids,
+            packed.meta,
+            [layer.name for layer in packed.layers],
+        )
     return peak
 
 

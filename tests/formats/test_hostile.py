@@ -55,20 +55,24 @@ def peak_of(call, *args, **kwargs) -> tuple[str, int]:
 
 def bomb(tasks: int = 32, weights: int = 2**31) -> bytes:
     """The campaign's decompression bomb: one `context` stream of 1 byte ("all zero") per task."""
-    header = {"codec": "context", "layers": [{"name": "fc", "shape": [weights]}], "meta": {},
-              "ones": [[0]] * tasks, "task_ids": list(range(tasks)),
-              "streams": {"crc32": [zlib.crc32(b"\x00")] * tasks, "length": [1] * tasks,
-                          "offset": list(range(tasks))}}
+    header = {
+        "codec": "context",
+        "layers": [{"name": "fc", "shape": [weights]}],
+        "meta": {},
+        "ones": [[0]] * tasks,
+        "task_ids": list(range(tasks)),
+        "streams": {"crc32": [zlib.crc32(b"\x00")] * tasks, "length": [1] * tasks, "offset": list(range(tasks))},
+    }
     return seal(header, b"\x00" * tasks)
 
 
 # --- 1. decoded-size limit and memory -----------------------------------------------------------
 
+
 def test_decompression_bomb_is_refused_from_the_header():
     data = bomb()
     assert len(data) < 1024 and DEFAULT_MAX_BITS == 1 << 30
-    expected = ("header: 68719476736 mask bits in total exceed the limit of 1073741824; "
-                "raise it with WSN_MAX_MASK_BITS")
+    expected = "header: 68719476736 mask bits in total exceed the limit of 1073741824; raise it with WSN_MAX_MASK_BITS"
     for call in (unpack, describe):
         message, peak = peak_of(call, data)
         assert (message, peak < FEW_MIB) == (expected, True)
@@ -76,14 +80,16 @@ def test_decompression_bomb_is_refused_from_the_header():
 
 def test_the_limit_is_the_callers_to_raise():
     data = single_stream_file("context", 2**15 * (2**15 + 1), b"\x09", 9)  # 2^30 + 2^15 bits, 1 task
-    assert error_of(unpack, data) == ("header: 1073774592 mask bits in total exceed the limit of 1073741824; "
-                                      "raise it with WSN_MAX_MASK_BITS")
+    assert error_of(unpack, data) == (
+        "header: 1073774592 mask bits in total exceed the limit of 1073741824; raise it with WSN_MAX_MASK_BITS"
+    )
     assert error_of(unpack, data, max_bits=None) == error_of(unpack, data)
     # past the limit the (hostile) stream itself is refused, before anything of the layer's size exists
     message, peak = peak_of(unpack, data, max_bits=1 << 31)
     assert (message, peak < FEW_MIB) == (f"{S} ends before context 0 method (at byte 1)", True)
-    assert error_of(unpack, GOOD, max_bits=23) == ("header: 24 mask bits in total exceed the limit of 23; "
-                                                   "raise it with WSN_MAX_MASK_BITS")
+    assert error_of(unpack, GOOD, max_bits=23) == (
+        "header: 24 mask bits in total exceed the limit of 23; raise it with WSN_MAX_MASK_BITS"
+    )
     assert unpack(GOOD, max_bits=24).task_ids == [1, 2]
 
 
@@ -105,20 +111,44 @@ def _golomb_bad_padding(n: int) -> bytes:
 HUGE = 1 << 29  # weights of the hostile layer: inside the default limit
 
 
-@pytest.mark.parametrize(("codec", "stream", "ones", "message"), [
-    ("ascii7-huffman", bytes.fromhex("01 01 00 00"), 0,
-     f"{S}: 76695845 symbols need at least 76695845 bits of Huffman code, the stream has 8"),
-    ("paper-huffman", bytes.fromhex("01 01 00 00"), 0,
-     f"{S}: 536870912 symbols need at least 536870912 bits of Huffman code, the stream has 8"),
-    ("context", bytes.fromhex("05 02 18 00"), 5,
-     f"{S}, context 0: 67108864 symbols need at least 335544320 bits of Huffman code, the stream has 8"),
-    ("context", _golomb_bad_padding(HUGE), 1, f"{S}: padding bits after the code are not zero"),
-    ("context", b"\x00", 2, f"{S}: the sections hold 0 ones, the header says 2"),  # "all zero", but not per the header
-    ("context", bytes.fromhex("04 00 ff"), 4, f"{S}, context 0: raw section of 536870912 bits runs past the end "
-     "of the stream"),
-    ("packbits", b"\x00", 0, f"{S}: stream is 1 bytes, expected 67108864"),
-    ("ascii7", b"\x00", 0, f"{S}: stream is 1 bytes, expected 76695845"),
-])
+@pytest.mark.parametrize(
+    ("codec", "stream", "ones", "message"),
+    [
+        (
+            "ascii7-huffman",
+            bytes.fromhex("01 01 00 00"),
+            0,
+            f"{S}: 76695845 symbols need at least 76695845 bits of Huffman code, the stream has 8",
+        ),
+        (
+            "paper-huffman",
+            bytes.fromhex("01 01 00 00"),
+            0,
+            f"{S}: 536870912 symbols need at least 536870912 bits of Huffman code, the stream has 8",
+        ),
+        (
+            "context",
+            bytes.fromhex("05 02 18 00"),
+            5,
+            f"{S}, context 0: 67108864 symbols need at least 335544320 bits of Huffman code, the stream has 8",
+        ),
+        ("context", _golomb_bad_padding(HUGE), 1, f"{S}: padding bits after the code are not zero"),
+        (
+            "context",
+            b"\x00",
+            2,
+            f"{S}: the sections hold 0 ones, the header says 2",
+        ),  # "all zero", but not per the header
+        (
+            "context",
+            bytes.fromhex("04 00 ff"),
+            4,
+            f"{S}, context 0: raw section of 536870912 bits runs past the end of the stream",
+        ),
+        ("packbits", b"\x00", 0, f"{S}: stream is 1 bytes, expected 67108864"),
+        ("ascii7", b"\x00", 0, f"{S}: stream is 1 bytes, expected 76695845"),
+    ],
+)
 def test_tiny_stream_claiming_a_huge_layer_stays_small(codec, stream, ones, message):
     data = single_stream_file(codec, HUGE, stream, ones)
     assert len(data) < 400
@@ -144,6 +174,7 @@ def test_memory_follows_what_is_decoded():
 
 
 # --- 2. layer names -----------------------------------------------------------------------------
+
 
 def with_name(name) -> bytes:
     header = json.loads(json.dumps(HEADER))
@@ -171,8 +202,9 @@ BAD_NAMES = [
 
 
 def test_the_whitespace_list_is_unicode_white_space_outside_cc():
-    assert SPACES == {chr(c) for c in range(sys.maxunicode + 1)
-                      if chr(c).isspace() and unicodedata.category(chr(c)) != "Cc"}
+    assert SPACES == {
+        chr(c) for c in range(sys.maxunicode + 1) if chr(c).isspace() and unicodedata.category(chr(c)) != "Cc"
+    }
 
 
 @pytest.mark.parametrize(("name", "problem"), BAD_NAMES)
@@ -184,7 +216,8 @@ def test_bad_layer_names_are_refused_on_read_and_pack(name, problem):
 
 def test_lone_surrogate_names_are_refused_on_read_and_pack():
     assert error_of(unpack, with_name("ab\ud800")) == (
-        "header: layers[0]['name']: string holds a lone surrogate U+D800 at character 2 (not valid Unicode)")
+        "header: layers[0]['name']: string holds a lone surrogate U+D800 at character 2 (not valid Unicode)"
+    )
     layers = [LayerMasks("\udfff", (2,), [np.array([1, 0], bool)])]
     assert error_of(pack, layers, [1]) == "layer 0 name '\\udfff' holds a lone surrogate U+DFFF at character 0"
 
@@ -198,19 +231,23 @@ def test_good_layer_names(name):
 
 # --- 3. numbers ----------------------------------------------------------------------------------
 
+
 def with_raw(old: str, new: str) -> bytes:
     raw = json.dumps(HEADER, sort_keys=True, separators=(",", ":"))
     assert old in raw
     return seal(None, BODY, raw_header=raw.replace(old, new, 1).encode())
 
 
-@pytest.mark.parametrize(("old", "new", "message"), [
-    ('"seed":0', '"seed":1e400', "header: meta['seed']: number 1e400 is not finite"),
-    ('"seed":0', '"seed":-1e400', "header: meta['seed']: number -1e400 is not finite"),
-    ('"seed":0', '"seed":[2,{"x":1E+999}]', "header: meta['seed'][1]['x']: number 1E+999 is not finite"),
-    ('"task_ids":[1', '"task_ids":[1e400', "header: task_ids[0]: number 1e400 is not finite"),
-    ('"offset":[0', '"offset":[-9e999', "header: streams['offset'][0]: number -9e999 is not finite"),
-])
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ('"seed":0', '"seed":1e400', "header: meta['seed']: number 1e400 is not finite"),
+        ('"seed":0', '"seed":-1e400', "header: meta['seed']: number -1e400 is not finite"),
+        ('"seed":0', '"seed":[2,{"x":1E+999}]', "header: meta['seed'][1]['x']: number 1E+999 is not finite"),
+        ('"task_ids":[1', '"task_ids":[1e400', "header: task_ids[0]: number 1e400 is not finite"),
+        ('"offset":[0', '"offset":[-9e999', "header: streams['offset'][0]: number -9e999 is not finite"),
+    ],
+)
 def test_non_finite_numbers_are_refused(old, new, message):
     assert error_of(unpack, with_raw(old, new)) == message
 
@@ -221,6 +258,7 @@ def test_finite_numbers_are_kept(text, value):
 
 
 # --- 4. nesting, meta size and meta strings --------------------------------------------------------
+
 
 def test_nesting_is_bounded_before_parsing():
     deepest = 0
@@ -241,7 +279,8 @@ def test_pack_bounds_meta_depth_even_for_cycles():
     layers = [LayerMasks("a", (1,), [np.ones(1, bool)])]
     assert unpack(pack(layers, [1], meta={"a": nested})).meta == {"a": nested}
     assert error_of(pack, layers, [1], meta={"a": [nested]}) == (
-        "meta['a']" + "[0]" * (MAX_JSON_DEPTH - 2) + ": JSON nested deeper than 16 levels")
+        "meta['a']" + "[0]" * (MAX_JSON_DEPTH - 2) + ": JSON nested deeper than 16 levels"
+    )
     cycle: dict = {}
     cycle["self"] = cycle
     assert error_of(pack, layers, [1], meta=cycle).endswith("['self']: JSON nested deeper than 16 levels")
@@ -256,11 +295,14 @@ def test_meta_value_count_is_bounded():
     assert error_of(pack, layers, [1], meta={"seed": fits + [0]}) == "meta: more than 4096 values"
 
 
-@pytest.mark.parametrize(("meta", "where"), [
-    ({"note": "ok\ud800"}, "meta['note']: string holds a lone surrogate U+D800 at character 2"),
-    ({"\udc00": 1}, "meta: a key holds a lone surrogate U+DC00 at character 0"),
-    ({"a": [{"b": "\udbff"}]}, "meta['a'][0]['b']: string holds a lone surrogate U+DBFF at character 0"),
-])
+@pytest.mark.parametrize(
+    ("meta", "where"),
+    [
+        ({"note": "ok\ud800"}, "meta['note']: string holds a lone surrogate U+D800 at character 2"),
+        ({"\udc00": 1}, "meta: a key holds a lone surrogate U+DC00 at character 0"),
+        ({"a": [{"b": "\udbff"}]}, "meta['a'][0]['b']: string holds a lone surrogate U+DBFF at character 0"),
+    ],
+)
 def test_meta_strings_must_be_valid_unicode(meta, where):
     raw = json.dumps({**HEADER, "meta": meta}, sort_keys=True)  # \\uXXXX escapes, as a hostile writer would
     assert error_of(unpack, seal(None, BODY, raw_header=raw.encode())) == f"header: {where} (not valid Unicode)"

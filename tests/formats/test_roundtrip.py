@@ -69,8 +69,12 @@ def test_container_round_trip(codec, data):
 @pytest.mark.parametrize("codec", CODECS)
 def test_edge_cases(codec):
     n = 23
-    cases = {"zeros": np.zeros(n, bool), "ones": np.ones(n, bool), "one": np.eye(1, n, 5, dtype=bool)[0],
-             "alternate": np.arange(n) % 2 == 0}
+    cases = {
+        "zeros": np.zeros(n, bool),
+        "ones": np.ones(n, bool),
+        "one": np.eye(1, n, 5, dtype=bool)[0],
+        "alternate": np.arange(n) % 2 == 0,
+    }
     layers = [LayerMasks(name, (n,), [m, ~m, m, m]) for name, m in cases.items()]
     layers += [LayerMasks("empty", (0, 4), [np.zeros(0, bool)] * 4), LayerMasks("scalar", (), [np.ones(1, bool)] * 4)]
     packed = unpack(pack(layers, [1, 2, 3, 4], codec))
@@ -101,20 +105,37 @@ def test_integer_masks_and_shapes_are_accepted():
     assert packed.task_ids == [3] and packed.layers[0].masks[0].tolist() == [True, False, False, True]
 
 
-@pytest.mark.parametrize(("layers", "task_ids", "codec", "meta", "message"), [
-    ([], [], "zstd", None, "unknown codec 'zstd' (known: context, ascii7, ascii7-huffman, paper-huffman, packbits, "
-     "auto)"),
-    ([LayerMasks("a", (2,), [np.zeros(3, bool)])], [1], "context", None,
-     "layer 'a', task 1: mask has 3 elements, the layer shape needs 2"),
-    ([LayerMasks("a", (2,), [np.array([0.5, 1.0])])], [1], "context", None,
-     "layer 'a', task 1: mask must be boolean (got dtype float64)"),
-    ([LayerMasks("a", (2,), [])], [1], "context", None, "layer 'a': 0 masks for 1 tasks"),
-    ([], [1, 1], "context", None, "task ids are not unique"),
-    ([], [True], "context", None, "task ids and shapes must be integers, got True"),
-    ([], [], "context", {"x": float("nan")}, "meta must be a dict of plain JSON values (str keys, no NaN)"),
-    ([LayerMasks("a", (2,), []), LayerMasks("a", (2,), [])], [], "context", None,
-     "layer name 'a' appears twice"),
-])
+@pytest.mark.parametrize(
+    ("layers", "task_ids", "codec", "meta", "message"),
+    [
+        (
+            [],
+            [],
+            "zstd",
+            None,
+            "unknown codec 'zstd' (known: context, ascii7, ascii7-huffman, paper-huffman, packbits, auto)",
+        ),
+        (
+            [LayerMasks("a", (2,), [np.zeros(3, bool)])],
+            [1],
+            "context",
+            None,
+            "layer 'a', task 1: mask has 3 elements, the layer shape needs 2",
+        ),
+        (
+            [LayerMasks("a", (2,), [np.array([0.5, 1.0])])],
+            [1],
+            "context",
+            None,
+            "layer 'a', task 1: mask must be boolean (got dtype float64)",
+        ),
+        ([LayerMasks("a", (2,), [])], [1], "context", None, "layer 'a': 0 masks for 1 tasks"),
+        ([], [1, 1], "context", None, "task ids are not unique"),
+        ([], [True], "context", None, "task ids and shapes must be integers, got True"),
+        ([], [], "context", {"x": float("nan")}, "meta must be a dict of plain JSON values (str keys, no NaN)"),
+        ([LayerMasks("a", (2,), []), LayerMasks("a", (2,), [])], [], "context", None, "layer name 'a' appears twice"),
+    ],
+)
 def test_pack_rejects_bad_input(layers, task_ids, codec, meta, message):
     with pytest.raises(FormatError) as err:
         pack(layers, task_ids, codec, meta)
@@ -123,8 +144,10 @@ def test_pack_rejects_bad_input(layers, task_ids, codec, meta, message):
 
 def test_describe_reports_streams():
     rng = np.random.default_rng(3)
-    layers = [LayerMasks("fc1", (10, 20), correlated_masks(rng, 200, 3, 0.2)),
-              LayerMasks("fc2", (50,), correlated_masks(rng, 50, 3, 0.2))]
+    layers = [
+        LayerMasks("fc1", (10, 20), correlated_masks(rng, 200, 3, 0.2)),
+        LayerMasks("fc2", (50,), correlated_masks(rng, 50, 3, 0.2)),
+    ]
     data = pack(layers, [5, 6, 7], "context", {"run": "x"})
     info = describe(data)
     assert info["checksums_ok"] is True

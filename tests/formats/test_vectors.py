@@ -38,8 +38,7 @@ VECTORS = [
     ("context", ["0"], ["00"]),
     ("context", ["1"], ["01"]),
     # FORMAT.md 7.1: weights {3, 17}, then {3, 17, 20}
-    ("context", ["000100000000000001000000", "000100000000000001001000"],
-     ["02 01 08 03 4d 80", "01 01 0f 02 02 90"]),
+    ("context", ["000100000000000001000000", "000100000000000001001000"], ["02 01 08 03 4d 80", "01 01 0f 02 02 90"]),
     # second task equal to the first: contexts 0 and 2 both constant
     ("context", ["0110", "0110"], ["02 00 60", "00 02"]),
 ]
@@ -61,32 +60,39 @@ def test_decode_vector(codec, masks, streams):
     assert ["".join("1" if b else "0" for b in m) for m in decoded] == [m.replace(" ", "") for m in masks]
 
 
-@pytest.mark.parametrize(("value", "encoded"), [(0, "00"), (1, "01"), (127, "7f"), (128, "80 01"),
-                                                (300, "ac 02"), (2**32, "80 80 80 80 10")])
+@pytest.mark.parametrize(
+    ("value", "encoded"), [(0, "00"), (1, "01"), (127, "7f"), (128, "80 01"), (300, "ac 02"), (2**32, "80 80 80 80 10")]
+)
 def test_varint(value, encoded):
     assert varint(value).hex(" ") == encoded
     assert ByteReader(bytes.fromhex(encoded)).varint("v") == value
 
 
-@pytest.mark.parametrize(("data", "message"), [
-    ("80", "stream ends before v (at byte 1)"),
-    ("80 00", "stream: v is an overlong varint (at byte 1)"),
-    ("ff ff ff ff ff ff ff ff ff ff 01", "stream: v varint longer than 10 bytes"),
-])
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ("80", "stream ends before v (at byte 1)"),
+        ("80 00", "stream: v is an overlong varint (at byte 1)"),
+        ("ff ff ff ff ff ff ff ff ff ff 01", "stream: v varint longer than 10 bytes"),
+    ],
+)
 def test_varint_errors(data, message):
     with pytest.raises(FormatError) as err:
         ByteReader(bytes.fromhex(data)).varint("v")
     assert str(err.value) == message
 
 
-@pytest.mark.parametrize(("gaps", "m", "unary", "fixed", "extra"), [
-    ([3, 13], 8, "010", "0110", "11"),  # Rice code (u = 0): every remainder has an extra bit
-    ([0, 2], 1, "0110", "", ""),        # m = 1: unary only
-    ([2, 6], 5, "010", "1001", ""),     # b = 3, u = 3: both remainders short
-    ([2, 0], 3, "00", "10", "1"),       # b = 2, u = 1: r = 2 -> '1' + extra '1'; r = 0 -> '0'
-    ([1], 3, "0", "1", "0"),            # r = 1 -> '1' + extra '0' (truncated binary '10')
-    ([], 4, "", "", ""),
-])
+@pytest.mark.parametrize(
+    ("gaps", "m", "unary", "fixed", "extra"),
+    [
+        ([3, 13], 8, "010", "0110", "11"),  # Rice code (u = 0): every remainder has an extra bit
+        ([0, 2], 1, "0110", "", ""),  # m = 1: unary only
+        ([2, 6], 5, "010", "1001", ""),  # b = 3, u = 3: both remainders short
+        ([2, 0], 3, "00", "10", "1"),  # b = 2, u = 1: r = 2 -> '1' + extra '1'; r = 0 -> '0'
+        ([1], 3, "0", "1", "0"),  # r = 1 -> '1' + extra '0' (truncated binary '10')
+        ([], 4, "", "", ""),
+    ],
+)
 def test_golomb_streams(gaps, m, unary, fixed, extra):
     code = golomb.encode_gaps(np.array(gaps, dtype=np.int64), m)
     as_text = ["".join(map(str, s)) for s in (code.unary, code.fixed, code.extra)]
@@ -112,8 +118,7 @@ def test_huffman_table_bytes_and_codes():
 def test_block8_tables_are_fixed():
     """The context codec's block code is part of the format: lock every table."""
     lengths = b"".join(block8_table(q).lengths.astype(np.uint8).tobytes() for q in context.BLOCK8_Q)
-    assert hashlib.sha256(lengths).hexdigest() == (
-        "83dfd3c6b5ba1e209ee06d0b06fffebc742dc71379300f806ca19d779ab500eb")
+    assert hashlib.sha256(lengths).hexdigest() == ("83dfd3c6b5ba1e209ee06d0b06fffebc742dc71379300f806ca19d779ab500eb")
     assert list(block8_table(16).lengths[[0, 1, 3, 255]]) == [3, 5, 7, 15]
     assert set(block8_table(32).lengths) == {8}
     for q in context.BLOCK8_Q:

@@ -47,12 +47,20 @@ def popen_wsn(args: list[str], cwd: Path, preexec=None, **env: str) -> subproces
             preexec()
 
     return subprocess.Popen(
-        wsn_command() + [str(a) for a in args], cwd=cwd, env=child_env(**env), stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=setup,
+        wsn_command() + [str(a) for a in args],
+        cwd=cwd,
+        env=child_env(**env),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=setup,
     )
 
 
-def run_wsn(args: list[str], cwd: Path, timeout: float = TIMEOUT, preexec=None, **env: str) -> subprocess.CompletedProcess:
+def run_wsn(
+    args: list[str], cwd: Path, timeout: float = TIMEOUT, preexec=None, **env: str
+) -> subprocess.CompletedProcess:
     proc = popen_wsn(args, cwd, preexec, **env)
     try:
         out, err = proc.communicate(timeout=timeout)
@@ -65,8 +73,16 @@ def run_wsn(args: list[str], cwd: Path, timeout: float = TIMEOUT, preexec=None, 
 
 def run_python(code: str, cwd: Path, timeout: float = TIMEOUT) -> subprocess.CompletedProcess:
     """A Python child (for fault injection: patch a function, then run the wsn app)."""
-    return subprocess.run([sys.executable, "-c", code], cwd=cwd, env=child_env(), stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True, timeout=timeout, preexec_fn=_child_setup)
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=cwd,
+        env=child_env(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        preexec_fn=_child_setup,
+    )
 
 
 def train_args(ckpt: Path, task: int, epochs: int = 1, *more) -> list[str]:
@@ -119,7 +135,11 @@ def tensor_sums(path: Path) -> dict[str, str]:
 
 def leftovers(folder: Path, keep=()) -> list[str]:
     """Names in `folder` a wsn command may have left: locks, temporaries, snapshots (`keep`: allowed)."""
-    return sorted(p.name for p in folder.iterdir() if p.name not in keep and (p.name.endswith((".lock", ".resume")) or ".tmp-" in p.name))
+    return sorted(
+        p.name
+        for p in folder.iterdir()
+        if p.name not in keep and (p.name.endswith((".lock", ".resume")) or ".tmp-" in p.name)
+    )
 
 
 def assert_unlocked(ckpt: Path) -> None:

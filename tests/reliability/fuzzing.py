@@ -46,17 +46,17 @@ def mutate_bytes(data: bytes, rng: random.Random) -> bytes:
             del buf[i:]
         elif op == "splice" and n:
             j, k = rng.randrange(n), rng.randint(1, 256)
-            buf[i:i] = buf[j:j + k]
+            buf[i:i] = buf[j : j + k]
         elif op == "insert":
             buf[i:i] = bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 16)))
         elif op == "delete":
-            del buf[i:i + rng.randint(1, 64)]
+            del buf[i : i + rng.randint(1, 64)]
         elif op == "overwrite":
             k = rng.randint(1, 8)
-            buf[i:i + k] = bytes(rng.getrandbits(8) for _ in range(k))
+            buf[i : i + k] = bytes(rng.getrandbits(8) for _ in range(k))
         elif op == "zero":
             k = rng.randint(1, 32)
-            buf[i:i + k] = bytes(len(buf[i:i + k]))
+            buf[i : i + k] = bytes(len(buf[i : i + k]))
     return bytes(buf)
 
 
@@ -82,12 +82,55 @@ def mutate_pickle(data: bytes, rng: random.Random) -> bytes:
 
 # -- payload level ---------------------------------------------------------------------------------
 def _weird(rng: random.Random):
-    return rng.choice([
-        None, True, False, 0, -1, 1, 2, 7, 2**31, 2**63, -(2**63) - 1, 10**30, 0.0, -0.0, 0.5, 1.5, 1e308,
-        float("nan"), float("inf"), -float("inf"), "", "x", "wsn", "finetune", "mlp", "conv", "split-digits", "npz",
-        "pmnist", "0" * 64, "\x00", "/nonexistent", [], [1], [64], [0], [-1], [8, 8], [65536, 65536], ["a"],
-        {}, {"a": 1}, {"task": 1}, torch.zeros(2), torch.tensor(1),
-    ])
+    return rng.choice(
+        [
+            None,
+            True,
+            False,
+            0,
+            -1,
+            1,
+            2,
+            7,
+            2**31,
+            2**63,
+            -(2**63) - 1,
+            10**30,
+            0.0,
+            -0.0,
+            0.5,
+            1.5,
+            1e308,
+            float("nan"),
+            float("inf"),
+            -float("inf"),
+            "",
+            "x",
+            "wsn",
+            "finetune",
+            "mlp",
+            "conv",
+            "split-digits",
+            "npz",
+            "pmnist",
+            "0" * 64,
+            "\x00",
+            "/nonexistent",
+            [],
+            [1],
+            [64],
+            [0],
+            [-1],
+            [8, 8],
+            [65536, 65536],
+            ["a"],
+            {},
+            {"a": 1},
+            {"task": 1},
+            torch.zeros(2),
+            torch.tensor(1),
+        ]
+    )
 
 
 def _paths(obj, prefix=()):
@@ -110,7 +153,16 @@ def _parent(obj, path):
     return obj
 
 
-_DTYPES = (torch.float64, torch.float16, torch.bfloat16, torch.int32, torch.int64, torch.uint8, torch.bool, torch.float32)
+_DTYPES = (
+    torch.float64,
+    torch.float16,
+    torch.bfloat16,
+    torch.int32,
+    torch.int64,
+    torch.uint8,
+    torch.bool,
+    torch.float32,
+)
 
 
 def _mutate_tensor(t: torch.Tensor, rng: random.Random) -> torch.Tensor:
@@ -146,7 +198,19 @@ def mutate_payload(payload: dict, rng: random.Random) -> dict:
     """1 to 3 structural changes to a deep copy of `payload`; checksums recomputed 85% of the time."""
     p = copy.deepcopy(payload)
     for _ in range(rng.randint(1, 3)):
-        kind = rng.choice(("meta-value", "meta-value", "meta-value", "meta-delete", "tensor", "tensor", "tensor-table", "envelope", "checksums"))
+        kind = rng.choice(
+            (
+                "meta-value",
+                "meta-value",
+                "meta-value",
+                "meta-delete",
+                "tensor",
+                "tensor",
+                "tensor-table",
+                "envelope",
+                "checksums",
+            )
+        )
         if kind in ("meta-value", "meta-delete") and isinstance(p.get("meta"), dict):
             paths = _paths(p["meta"])
             if paths:
@@ -168,7 +232,9 @@ def mutate_payload(payload: dict, rng: random.Random) -> dict:
             elif op == "rename":
                 p["tensors"][name.replace("1", "2") if "1" in name else name + "x"] = p["tensors"].pop(name)
             elif op == "extra":
-                p["tensors"][rng.choice(("head/9/weight", "mask/3/layers.0", "junk", name + "/x"))] = torch.zeros(rng.randint(0, 9))
+                p["tensors"][rng.choice(("head/9/weight", "mask/3/layers.0", "junk", name + "/x"))] = torch.zeros(
+                    rng.randint(0, 9)
+                )
             else:
                 p["tensors"][name] = _weird(rng)
         elif kind == "envelope":
@@ -217,12 +283,12 @@ def exercise_detail(path) -> tuple[str, str | None]:
     class name, its message). The loader may refuse only with CheckpointError, the commands only
     with a WsnError; anything else propagates (a bug), as does a loaded checkpoint that the writer
     accepts but that cannot be read back."""
-    from wsncli.engine.lifecycle.evaluate import capacity_used, evaluate_checkpoint
-    from wsncli.engine.lifecycle.inspect import describe_checkpoint
-    from wsncli.engine.lifecycle.pack import pack_checkpoint_masks
-    from wsncli.engine.lifecycle.request import TaskRequest, check_matches
     from wsncli.engine.store.checkpoint import build_checkpoint, encode_checkpoint, load_checkpoint
     from wsncli.engine.store.reader import read_checkpoint_bytes, read_checkpoint_file
+    from wsncli.engine.usecases.evaluate import capacity_used, evaluate_checkpoint
+    from wsncli.engine.usecases.inspect import describe_checkpoint
+    from wsncli.engine.usecases.pack import pack_checkpoint_masks
+    from wsncli.engine.usecases.request import TaskRequest, check_matches
     from wsncli.errors import CheckpointError, WsnError
 
     try:

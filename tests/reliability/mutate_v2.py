@@ -26,15 +26,94 @@ from tests.reliability.fuzzing import mutate_bytes
 
 DTYPES = {"F32": "<f4", "I64": "<i8", "I32": "<i4", "U8": "|u1"}  # what the loader accepts
 OTHER_DTYPES = ["F16", "BF16", "F64", "BOOL", "I8", "I16", "U16", "U32", "U64", "F8_E4M3", "f32", "", 7, None, ["F32"]]
-NUMBERS = [0, -1, 1, 2, 3, 7, 255, 256, 2**16, 2**31 - 1, 2**31, 2**32, 2**53 + 1, 2**63 - 1, 2**63, 2**64, -(2**63) - 1,
-           10**30, 0.0, -0.0, 0.5, 1.0, 1.5, 1e-300, 1e308, True, False, None]
-STRINGS = ["", "x", "wsn", "finetune", "mlp", "conv", "resnet18", "npz", "split-digits", "pmnist", "layers.0", "layers.9",
-           "../etc/passwd", "a" * 300, "é😀", "\x00", "\ud800", "0" * 64, "f" * 64, "cuda", "2026-01-01"]
-CONTAINERS = [[], [1], [0], [-1], [64], [8, 8], [1, 64], [65536, 65536], [2**20] * 3, ["a"], [None], [[1]], {}, {"a": 1},
-              {"task": 1}, list(range(300)), [[[[[[[[[[[[[[[[[[[[0]]]]]]]]]]]]]]]]]]]]]
+NUMBERS = [
+    0,
+    -1,
+    1,
+    2,
+    3,
+    7,
+    255,
+    256,
+    2**16,
+    2**31 - 1,
+    2**31,
+    2**32,
+    2**53 + 1,
+    2**63 - 1,
+    2**63,
+    2**64,
+    -(2**63) - 1,
+    10**30,
+    0.0,
+    -0.0,
+    0.5,
+    1.0,
+    1.5,
+    1e-300,
+    1e308,
+    True,
+    False,
+    None,
+]
+STRINGS = [
+    "",
+    "x",
+    "wsn",
+    "finetune",
+    "mlp",
+    "conv",
+    "resnet18",
+    "npz",
+    "split-digits",
+    "pmnist",
+    "layers.0",
+    "layers.9",
+    "../etc/passwd",
+    "a" * 300,
+    "é😀",
+    "\x00",
+    "\ud800",
+    "0" * 64,
+    "f" * 64,
+    "cuda",
+    "2026-01-01",
+]
+CONTAINERS = [
+    [],
+    [1],
+    [0],
+    [-1],
+    [64],
+    [8, 8],
+    [1, 64],
+    [65536, 65536],
+    [2**20] * 3,
+    ["a"],
+    [None],
+    [[1]],
+    {},
+    {"a": 1},
+    {"task": 1},
+    list(range(300)),
+    [[[[[[[[[[[[[[[[[[[[0]]]]]]]]]]]]]]]]]]]],
+]
 RAW_JSON = ["1e400", "-1e400", "NaN", "Infinity", "9" * 400, "[" * 3000 + "]" * 3000, '{"a":' * 40 + "0" + "}" * 40]
-TENSOR_NAMES = ["head/9/weight", "head/1/extra", "layer/layers.0/weight2", "layer/x/weight", "layer/layers.9/weight",
-                "prep/9/mean", "pred/9", "norm/1/bn.running_mean", "mask/1/layers.0", "masks2", "junk", "", "a" * 300]
+TENSOR_NAMES = [
+    "head/9/weight",
+    "head/1/extra",
+    "layer/layers.0/weight2",
+    "layer/x/weight",
+    "layer/layers.9/weight",
+    "prep/9/mean",
+    "pred/9",
+    "norm/1/bn.running_mean",
+    "mask/1/layers.0",
+    "masks2",
+    "junk",
+    "",
+    "a" * 300,
+]
 
 
 @dataclass
@@ -46,16 +125,23 @@ class V2File:
 
 def parse(raw: bytes) -> V2File:
     (n,) = struct.unpack_from("<Q", raw)
-    header = json.loads(raw[8:8 + n])
-    data = raw[8 + n:]
-    entries = sorted(((k, v) for k, v in header.items() if k != "__metadata__"), key=lambda kv: kv[1]["data_offsets"][0])
-    tensors = [[k, v["dtype"], list(v["shape"]), data[v["data_offsets"][0]:v["data_offsets"][1]]] for k, v in entries]
+    header = json.loads(raw[8 : 8 + n])
+    data = raw[8 + n :]
+    entries = sorted(
+        ((k, v) for k, v in header.items() if k != "__metadata__"), key=lambda kv: kv[1]["data_offsets"][0]
+    )
+    tensors = [[k, v["dtype"], list(v["shape"]), data[v["data_offsets"][0] : v["data_offsets"][1]]] for k, v in entries]
     return V2File(dict(header["__metadata__"]), tensors)
 
 
 def digest(dtype, shape, data: bytes) -> str | None:
     """tensor_digest of the array these parts describe, or None when they describe none."""
-    if not isinstance(dtype, str) or dtype not in DTYPES or not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+    if (
+        not isinstance(dtype, str)
+        or dtype not in DTYPES
+        or not isinstance(shape, list)
+        or not all(type(d) is int and d >= 0 for d in shape)
+    ):
         return None
     np_dtype = np.dtype(DTYPES[dtype])
     if math.prod(shape) * np_dtype.itemsize != len(data):
@@ -88,7 +174,10 @@ def serialize(f: V2File, recompute: bool = True, entry_edits=(), header_edit=Non
                 sums[name] = digest(header[name].get("dtype"), header[name].get("shape"), f.tensors[i][3])
     if recompute:
         old = _json_or(metadata.get("checksums"), {})
-        table = {n: (s if s is not None else (old.get(n) if isinstance(old, dict) else None) or "0" * 64) for n, s in sums.items()}
+        table = {
+            n: (s if s is not None else (old.get(n) if isinstance(old, dict) else None) or "0" * 64)
+            for n, s in sums.items()
+        }
         metadata["checksums"] = json.dumps(table, sort_keys=True, separators=(",", ":"))
         if isinstance(metadata.get("meta"), str):
             metadata["meta_sha256"] = hashlib.sha256(metadata["meta"].encode("utf-8", "surrogatepass")).hexdigest()
@@ -140,7 +229,9 @@ def _dump_meta(meta, ascii_only: bool) -> str:
 def _mutate_meta(f: V2File, rng: random.Random) -> None:
     meta = _json_or(f.metadata.get("meta"), None)
     if not isinstance(meta, dict):
-        f.metadata["meta"] = mutate_bytes(str(f.metadata.get("meta", "")).encode("utf-8", "surrogatepass"), rng).decode("utf-8", "replace")
+        f.metadata["meta"] = mutate_bytes(str(f.metadata.get("meta", "")).encode("utf-8", "surrogatepass"), rng).decode(
+            "utf-8", "replace"
+        )
         return
     op = rng.choice(("value", "value", "value", "delete", "unknown", "duplicate", "swap", "text", "shape"))
     paths = _paths(meta)
@@ -163,8 +254,22 @@ def _mutate_meta(f: V2File, rng: random.Random) -> None:
     elif op == "shape":  # the shape-defining fields, to values a real network could have
         spec = meta.get("model") if isinstance(meta.get("model"), dict) else meta
         spec[rng.choice(("hidden", "input_shape", "arch", "width"))] = rng.choice(
-            [[100, 100], [8], [64, 64, 64], [65536, 1024], [32768, 2048], [65536, 512], [1024, 1024], [16], [1, 8, 8], "conv", "lenet", 4,
-             [65536]])  # the large ones are legal networks of 0.3 to 0.6 GB: to be refused before they are allocated
+            [
+                [100, 100],
+                [8],
+                [64, 64, 64],
+                [65536, 1024],
+                [32768, 2048],
+                [65536, 512],
+                [1024, 1024],
+                [16],
+                [1, 8, 8],
+                "conv",
+                "lenet",
+                4,
+                [65536],
+            ]
+        )  # the large ones are legal networks of 0.3 to 0.6 GB: to be refused before they are allocated
     text = _dump_meta(meta, ascii_only=rng.random() < 0.8)
     if op == "text":  # a duplicate key, or bytes changed inside the text
         if rng.random() < 0.5:
@@ -185,7 +290,9 @@ def _mutate_metadata(f: V2File, rng: random.Random) -> None:
     elif op == "value":
         md[key] = rng.choice([1, None, [], {}, "", "x" * 100, True])
     elif op == "version":
-        md[rng.choice(("version", "format"))] = rng.choice(["1", "3", "02", " 2", "2.0", "wsn-snapshot", "wsn-checkpoint", ""])
+        md[rng.choice(("version", "format"))] = rng.choice(
+            ["1", "3", "02", " 2", "2.0", "wsn-snapshot", "wsn-checkpoint", ""]
+        )
     elif op == "checksums":
         table = _json_or(md.get("checksums"), {})
         if isinstance(table, dict) and table and rng.random() < 0.6:
@@ -209,8 +316,24 @@ def _mutate_entry(f: V2File, rng: random.Random):
         return [(i, "dtype", value)]
     if op == "shape":
         n = math.prod(shape) if all(type(d) is int for d in shape) else 0
-        choices = [list(reversed(shape)), [n], [1, *shape], shape[:-1], [*shape, 1], [0], [-1], [2**47], [2**48], [1.5], "3",
-                   [[2]], [1] * 9, [n, 0], [2**31, 2**31], []]
+        choices = [
+            list(reversed(shape)),
+            [n],
+            [1, *shape],
+            shape[:-1],
+            [*shape, 1],
+            [0],
+            [-1],
+            [2**47],
+            [2**48],
+            [1.5],
+            "3",
+            [[2]],
+            [1] * 9,
+            [n, 0],
+            [2**31, 2**31],
+            [],
+        ]
         if n and n % 2 == 0:
             choices += [[2, n // 2], [n // 2, 2]]
         return [(i, "shape", rng.choice(choices))]
@@ -218,18 +341,36 @@ def _mutate_entry(f: V2File, rng: random.Random):
         total = sum(len(t[3]) for t in f.tensors)
         start = sum(len(t[3]) for t in f.tensors[:i])
         end = start + len(data)
-        value = rng.choice([[end, start], [start + 1, end + 1], [start - 1, end - 1], [start, end + 8], [0, total], [start, end, end],
-                            [start], [float(start), end], [-8, end - 8], [start, 2**64], [str(start), end], None, [start, start]])
+        value = rng.choice(
+            [
+                [end, start],
+                [start + 1, end + 1],
+                [start - 1, end - 1],
+                [start, end + 8],
+                [0, total],
+                [start, end, end],
+                [start],
+                [float(start), end],
+                [-8, end - 8],
+                [start, 2**64],
+                [str(start), end],
+                None,
+                [start, start],
+            ]
+        )
         if isinstance(value, list) and any(type(v) is int and v < 0 for v in value):
             value = [0, len(data)]  # overlapping the first tensor
         edits = [(i, "data_offsets", value)]
         if len(f.tensors) > 1 and rng.random() < 0.3:  # swap with another entry: still back to back, wrong order
             j = rng.randrange(len(f.tensors))
-            a = [sum(len(t[3]) for t in f.tensors[:j]), sum(len(t[3]) for t in f.tensors[:j + 1])]
+            a = [sum(len(t[3]) for t in f.tensors[:j]), sum(len(t[3]) for t in f.tensors[: j + 1])]
             edits = [(i, "data_offsets", a), (j, "data_offsets", [start, end])]
         return edits
-    return [(i, rng.choice(("shape", "dtype", "data_offsets", "extra")), _DELETE if rng.random() < 0.5 else 1)] if rng.random() < 0.8 \
+    return (
+        [(i, rng.choice(("shape", "dtype", "data_offsets", "extra")), _DELETE if rng.random() < 0.5 else 1)]
+        if rng.random() < 0.8
         else [(i, None, rng.choice([[], "x", None, 1]))]
+    )
 
 
 def _mutate_tensors(f: V2File, rng: random.Random) -> None:
@@ -241,14 +382,19 @@ def _mutate_tensors(f: V2File, rng: random.Random) -> None:
     elif op == "add":
         dt = rng.choice(list(DTYPES))
         n = rng.choice([0, 1, 2, 8, 20, 64])
-        f.tensors.insert(rng.randrange(len(f.tensors) + 1), [rng.choice(TENSOR_NAMES), dt, [n], bytes(n * np.dtype(DTYPES[dt]).itemsize)])
+        f.tensors.insert(
+            rng.randrange(len(f.tensors) + 1),
+            [rng.choice(TENSOR_NAMES), dt, [n], bytes(n * np.dtype(DTYPES[dt]).itemsize)],
+        )
     elif op == "rename":
-        f.tensors[i][0] = rng.choice(TENSOR_NAMES + [name.replace("1", "2"), name.upper(), name + "/x", name.split("/")[0]])
+        f.tensors[i][0] = rng.choice(
+            TENSOR_NAMES + [name.replace("1", "2"), name.upper(), name + "/x", name.split("/")[0]]
+        )
     elif op == "resize" and isinstance(dtype, str) and dtype in DTYPES:  # a consistent tensor of another shape
         size = np.dtype(DTYPES[dtype]).itemsize
         new = rng.choice([[1], [2, 2], [*shape[:-1], max(shape[-1] - 1, 0)] if shape else [0], [*shape, 2]])
         f.tensors[i][2] = new
-        f.tensors[i][3] = (data * 2)[:math.prod(new) * size].ljust(math.prod(new) * size, b"\0")
+        f.tensors[i][3] = (data * 2)[: math.prod(new) * size].ljust(math.prod(new) * size, b"\0")
     elif isinstance(dtype, str) and dtype in DTYPES and data:
         arr = np.frombuffer(data, DTYPES[dtype]).copy()
         k = rng.randrange(len(arr))
@@ -300,7 +446,22 @@ def mutate_v2(raw: bytes, rng: random.Random) -> tuple[str, bytes]:
     f = parse(raw)
     kinds, entry_edits, header_edit, length = [], [], None, False
     for _ in range(rng.randint(1, 3)):
-        kind = rng.choice(("meta", "meta", "meta", "meta", "metadata", "entry", "entry", "entry", "tensors", "tensors", "masks", "header"))
+        kind = rng.choice(
+            (
+                "meta",
+                "meta",
+                "meta",
+                "meta",
+                "metadata",
+                "entry",
+                "entry",
+                "entry",
+                "tensors",
+                "tensors",
+                "masks",
+                "header",
+            )
+        )
         kinds.append(kind)
         if kind == "meta":
             _mutate_meta(f, rng)

@@ -26,7 +26,7 @@ def golden_v1(name: str = "v1-digits-wsn.pt") -> bytes:
 def make_tiny_checkpoint(path: Path, tasks=(1, 2), hidden=(8,)) -> Path:
     """A version-2 split-digits checkpoint, MLP 64-8, tasks learned for one epoch, in-process
     (torch's thread count restored after)."""
-    from wsncli.engine.lifecycle.learn import TaskRequest, learn_task
+    from wsncli.engine.usecases.learn import TaskRequest, learn_task
 
     threads = torch.get_num_threads()
     try:

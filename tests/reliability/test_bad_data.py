@@ -49,14 +49,33 @@ def _inf(x):
 BAD = {
     "nan-inputs": (_with("x_train", _nan), "x_train contains 1 NaN values"),
     "infinite-inputs": (_with("x_test", _inf), "x_test contains 1 infinite values"),
-    "empty-task": (lambda: {**_task(2, (2, 3)), "x_train": np.zeros((0, N_FEATURES), np.float32), "y_train": np.zeros(0, np.int64)}, "the train set is empty"),
-    "label-outside-classes": (_with("y_test", lambda y: np.where(np.arange(len(y)) == 0, 9, y)), "test labels {9} are not among the task's classes [2, 3]"),
-    "wrong-image-shape": (_with("x_train", lambda x: np.zeros((len(x), N_FEATURES + 1), np.float32)), "samples have shape (17,)"),
+    "empty-task": (
+        lambda: {
+            **_task(2, (2, 3)),
+            "x_train": np.zeros((0, N_FEATURES), np.float32),
+            "y_train": np.zeros(0, np.int64),
+        },
+        "the train set is empty",
+    ),
+    "label-outside-classes": (
+        _with("y_test", lambda y: np.where(np.arange(len(y)) == 0, 9, y)),
+        "test labels {9} are not among the task's classes [2, 3]",
+    ),
+    "wrong-image-shape": (
+        _with("x_train", lambda x: np.zeros((len(x), N_FEATURES + 1), np.float32)),
+        "samples have shape (17,)",
+    ),
     "too-few-labels": (_with("y_train", lambda y: y[:-1]), "x_train has 40 samples but y_train has 39 labels"),
     "float-labels": (_with("y_train", lambda y: y.astype(np.float32)), "labels must be integers"),
     "missing-array": (lambda: {k: v for k, v in _task(2, (2, 3)).items() if k != "y_test"}, "lacks array(s) y_test"),
-    "val-nan": (lambda: {**_task(2, (2, 3)), "x_val": np.full((4, N_FEATURES), np.nan, np.float32), "y_val": np.array([2, 3, 2, 3])},
-                "x_val contains 64 NaN values"),
+    "val-nan": (
+        lambda: {
+            **_task(2, (2, 3)),
+            "x_val": np.full((4, N_FEATURES), np.nan, np.float32),
+            "y_val": np.array([2, 3, 2, 3]),
+        },
+        "x_val contains 64 NaN values",
+    ),
 }
 
 
@@ -67,8 +86,24 @@ def _invoke(args):
 
 
 def _train(ckpt, root, task):
-    return _invoke(["train-task", "--task", task, "--ckpt", ckpt, "--benchmark", "npz", "--data-root", root,
-                    "--hidden", "8", "--epochs", "1", "-q"])
+    return _invoke(
+        [
+            "train-task",
+            "--task",
+            task,
+            "--ckpt",
+            ckpt,
+            "--benchmark",
+            "npz",
+            "--data-root",
+            root,
+            "--hidden",
+            "8",
+            "--epochs",
+            "1",
+            "-q",
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +123,7 @@ def npz_task1(tmp_path_factory):
 @pytest.fixture
 def no_training(monkeypatch):
     """Training must never start on bad data: make it an error if it does."""
-    import wsncli.engine.lifecycle.learn as learner
+    import wsncli.engine.usecases.learn as learner
 
     def refuse(*args, **kwargs):
         raise AssertionError("training started on bad data")

@@ -7,7 +7,15 @@ import os
 import signal
 import time
 
-from tests.reliability.conftest import assert_one_line_error, learned, leftovers, popen_wsn, run_wsn, train_args, wait_for_lock_holder
+from tests.reliability.conftest import (
+    assert_one_line_error,
+    learned,
+    leftovers,
+    popen_wsn,
+    run_wsn,
+    train_args,
+    wait_for_lock_holder,
+)
 
 FAST = 20  # seconds: "fails fast", generous for a loaded machine (start-up dominates)
 

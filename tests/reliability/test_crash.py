@@ -9,7 +9,17 @@ import time
 
 import torch
 
-from tests.reliability.conftest import AFTER_EPOCHS, learned, leftovers, popen_wsn, run_python, run_wsn, temp_files, tensor_sums, train_args
+from tests.reliability.conftest import (
+    AFTER_EPOCHS,
+    learned,
+    leftovers,
+    popen_wsn,
+    run_python,
+    run_wsn,
+    temp_files,
+    tensor_sums,
+    train_args,
+)
 
 KILL_SEED = 20240531
 N_KILLS = 8
@@ -17,8 +27,8 @@ N_KILLS = 8
 
 def _forget_free(path) -> None:
     """Every learned task's subnetwork and test outputs are exactly those recorded at learning."""
-    from wsncli.engine.lifecycle.evaluate import evaluate_checkpoint
     from wsncli.engine.store.checkpoint import load_checkpoint
+    from wsncli.engine.usecases.evaluate import evaluate_checkpoint
 
     report = evaluate_checkpoint(load_checkpoint(path), None, None, torch.device("cpu"))
     assert report.forget_free and [t.task for t in report.tasks] == learned(path), report
@@ -93,8 +103,11 @@ EXPECTED = {"mid-write": "before", "before-rename": "before", "after-rename": "a
 
 
 def _fault_code(fault: str, args: list) -> str:
-    return "import os, signal, sys\n" + SAVE_FAULTS[fault] + _ARM + (
-        f"from wsncli.cli import main\nsys.argv = ['wsn'] + {[str(a) for a in args]!r}\nmain()\n"
+    return (
+        "import os, signal, sys\n"
+        + SAVE_FAULTS[fault]
+        + _ARM
+        + (f"from wsncli.cli import main\nsys.argv = ['wsn'] + {[str(a) for a in args]!r}\nmain()\n")
     )
 
 
@@ -106,7 +119,14 @@ def test_sigkill_while_saving_then_next_run_cleans_up(base_ckpt, after_ckpt, tmp
     before = base_ckpt.read_bytes()
     paths = {fault: _copy(base_ckpt, tmp_path / fault) for fault in EXPECTED}
     with ThreadPoolExecutor(len(paths)) as pool:  # independent children: run them side by side
-        results = dict(zip(paths, pool.map(lambda f: run_python(_fault_code(f, train_args(paths[f], 2, AFTER_EPOCHS)), paths[f].parent), paths)))
+        results = dict(
+            zip(
+                paths,
+                pool.map(
+                    lambda f: run_python(_fault_code(f, train_args(paths[f], 2, AFTER_EPOCHS)), paths[f].parent), paths
+                ),
+            )
+        )
     for fault, expected in EXPECTED.items():
         assert results[fault].returncode == -signal.SIGKILL, (fault, results[fault].stderr)
         assert _classify(paths[fault], before, after_ckpt.sums) == expected, fault
@@ -119,7 +139,9 @@ def test_sigkill_while_saving_then_next_run_cleans_up(base_ckpt, after_ckpt, tmp
         assert (path.parent / "m.pt.resume").exists()
         again = run_wsn(train_args(path, 2, AFTER_EPOCHS), path.parent)
         assert again.returncode == 0, again.stderr
-        assert f"resumed after epoch {AFTER_EPOCHS - 1}" in again.stdout  # snapshots at the end of every epoch but the last
+        assert (
+            f"resumed after epoch {AFTER_EPOCHS - 1}" in again.stdout
+        )  # snapshots at the end of every epoch but the last
         assert leftovers(path.parent) == []
         assert learned(path) == [1, 2] and tensor_sums(path) == after_ckpt.sums
         _forget_free(path)

@@ -26,8 +26,12 @@ HANG_SECONDS = 20
 TRACED_LIMIT = 64 << 20  # bytes Python and numpy may hold at once while one mutant is loaded and used
 RSS_GROWTH_LIMIT = 256 << 10  # KiB of peak-RSS growth over a whole test (torch's allocations are not traced)
 SEEDS = st.integers(0, 2**64 - 1)  # seeds of random.Random: uniform choices (hypothesis' own randoms favour the first)
-COMMON = dict(deadline=None, derandomize=True, database=None,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large])
+COMMON = dict(
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large],
+)
 
 
 _VALID: dict = {}  # module state, so hypothesis never prints it
@@ -37,7 +41,12 @@ _VALID: dict = {}  # module state, so hypothesis never prints it
 def _valid(tmp_path_factory):
     folder = tmp_path_factory.mktemp("fuzz")
     v1 = golden_v1()
-    _VALID.update(v1=v1, payload=load_payload(v1), v2=make_tiny_checkpoint(folder / "tiny.pt").read_bytes(), path=folder / "mutant.pt")
+    _VALID.update(
+        v1=v1,
+        payload=load_payload(v1),
+        v2=make_tiny_checkpoint(folder / "tiny.pt").read_bytes(),
+        path=folder / "mutant.pt",
+    )
     yield
     _VALID.clear()
 
@@ -162,12 +171,35 @@ def test_the_long_fuzzer_reports_one_json_line(tmp_path):
     from pathlib import Path
 
     script = Path(__file__).resolve().parents[2] / "benchmarks" / "fuzz_loaders.py"
-    proc = subprocess.run([sys.executable, str(script), "--target", "checkpoint", "--iterations", "20", "--structure-iterations", "40",
-                           "--out", str(tmp_path / "failures")], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            "--target",
+            "checkpoint",
+            "--iterations",
+            "20",
+            "--structure-iterations",
+            "40",
+            "--out",
+            str(tmp_path / "failures"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     last = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert last["target"] == "checkpoint" and last["mutants"] == 60 and last["byte_level"] == 20 and last["structure_aware"] == 40
+    assert (
+        last["target"] == "checkpoint"
+        and last["mutants"] == 60
+        and last["byte_level"] == 20
+        and last["structure_aware"] == 40
+    )
     assert set(last["by_level"]) == {"v1-bytes", "v2-bytes", "v2-structure", "v1-payload", "v1-pickle"}
     assert last["accepted"] + last["refused"] + last["unwritable"] == 60 and last["refusal_classes"]
-    assert last["hangs"] == last["tracebacks"] == 0 and last["memory_flag"] is False and last["peak_rss_growth_mib"] < 256
+    assert (
+        last["hangs"] == last["tracebacks"] == 0 and last["memory_flag"] is False and last["peak_rss_growth_mib"] < 256
+    )
     assert not (tmp_path / "failures").exists()

@@ -21,7 +21,9 @@ from tests.reliability.conftest import (
 LONG = 100_000  # epochs: the run is still training whenever the signal comes
 
 
-def _assert_clean_interrupt(proc_rc: int, err: str, path, before: bytes, code: int = 130, snapshot: bool = False) -> None:
+def _assert_clean_interrupt(
+    proc_rc: int, err: str, path, before: bytes, code: int = 130, snapshot: bool = False
+) -> None:
     assert proc_rc == code, err
     assert_one_line_error(err, "interrupted" if code == 130 else "terminated (SIGTERM)")
     assert path.read_bytes() == before

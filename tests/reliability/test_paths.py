@@ -100,7 +100,9 @@ def test_pack_masks_streams_into_a_character_device(ckpt, packed, devices):
     result = _invoke("unpack-masks", packed, "-o", null)
     assert result.exit_code == 0, result.output
     assert _rdev(null) == before
-    assert sorted(p.name for p in ckpt.parent.iterdir()) == sorted(["m.pt", "m.wsnm", *(d.name for d in devices if d.parent == ckpt.parent)])
+    assert sorted(p.name for p in ckpt.parent.iterdir()) == sorted(
+        ["m.pt", "m.wsnm", *(d.name for d in devices if d.parent == ckpt.parent)]
+    )
 
 
 def test_output_to_a_fifo_is_streamed_not_replaced(ckpt, packed, tmp_path):
@@ -278,7 +280,10 @@ def test_an_output_that_is_an_input_is_refused(linked, tmp_path):
 
 def test_overwriting_another_kind_of_file_needs_force(ckpt, packed, tmp_path):
     notes = tmp_path / "notes.txt"
-    for command, output, what in (("pack-masks", "out.wsnm", "packed-mask file"), ("unpack-masks", "out.npz", "masks .npz")):
+    for command, output, what in (
+        ("pack-masks", "out.wsnm", "packed-mask file"),
+        ("unpack-masks", "out.npz", "masks .npz"),
+    ):
         args = ["pack-masks", "-c", ckpt] if command == "pack-masks" else ["unpack-masks", packed]
         notes.write_text("my notes\n")
         result = _invoke(*args, "-o", notes)
@@ -303,8 +308,11 @@ def test_a_lock_that_is_a_symlink_or_a_hard_link_is_refused(ckpt, tmp_path):
     precious.write_text("keep me\n")
     before = ckpt.read_bytes()
     nowhere = tmp_path / "nowhere.txt"
-    for make, why in ((lambda: lock.symlink_to(precious), "is a symlink"), (lambda: lock.symlink_to(nowhere), "is a symlink"),
-                      (lambda: os.link(precious, lock), "has other hard links")):
+    for make, why in (
+        (lambda: lock.symlink_to(precious), "is a symlink"),
+        (lambda: lock.symlink_to(nowhere), "is a symlink"),
+        (lambda: os.link(precious, lock), "has other hard links"),
+    ):
         make()
         result = _invoke(*train_args(ckpt, 2))
         assert result.exit_code == 1, result.output
@@ -351,7 +359,7 @@ def _paused_holder(ckpt: Path, task: int, ready: Path, go: Path) -> subprocess.P
     """`wsn train-task` that, once it holds the lock and has loaded everything, waits for `go`."""
     code = (
         "import os, sys, time\n"
-        "import wsncli.engine.lifecycle.learn as L\n"
+        "import wsncli.engine.usecases.learn as L\n"
         "real = L.train_task\n"
         "def paused(*a, **k):\n"
         f"    open({str(ready)!r}, 'w').close()\n"
@@ -362,8 +370,15 @@ def _paused_holder(ckpt: Path, task: int, ready: Path, go: Path) -> subprocess.P
         f"sys.argv = ['wsn'] + {[str(a) for a in train_args(ckpt, task)]!r}\n"
         "main()\n"
     )
-    return subprocess.Popen([sys.executable, "-c", code], cwd=ckpt.parent, env=child_env(), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=ckpt.parent,
+        env=child_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 @pytest.mark.parametrize("winner", ["link", "real"])
@@ -380,8 +395,14 @@ def test_writers_through_a_link_and_its_target_cannot_diverge(linked, tmp_path, 
         deadline = time.monotonic() + TIMEOUT
         while not ready.exists() and time.monotonic() < deadline and holder.poll() is None:
             time.sleep(0.01)
-        loser = subprocess.run(wsn_command() + [str(a) for a in train_args(second, 3)], cwd=tmp_path, env=child_env(),
-                               capture_output=True, text=True, timeout=TIMEOUT)
+        loser = subprocess.run(
+            wsn_command() + [str(a) for a in train_args(second, 3)],
+            cwd=tmp_path,
+            env=child_env(),
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
         assert loser.returncode == 1, loser.stderr
         assert_one_line_error(loser.stderr, f"{second} is in use by pid {holder.pid}")
     finally:

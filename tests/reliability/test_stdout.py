@@ -23,10 +23,19 @@ from tests.reliability.conftest import (
 
 def test_a_full_stdout_after_training_says_the_checkpoint_was_written(ckpt):
     with open("/dev/full", "w") as full:
-        proc = subprocess.run(wsn_command() + [str(a) for a in train_args(ckpt, 2)], cwd=ckpt.parent, env=child_env(),
-                              stdout=full, stderr=subprocess.PIPE, text=True, timeout=240)
+        proc = subprocess.run(
+            wsn_command() + [str(a) for a in train_args(ckpt, 2)],
+            cwd=ckpt.parent,
+            env=child_env(),
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=240,
+        )
     assert proc.returncode == 1
-    assert_one_line_error(proc.stderr, "cannot write to standard output: No space left on device", f"{ckpt} written and complete")
+    assert_one_line_error(
+        proc.stderr, "cannot write to standard output: No space left on device", f"{ckpt} written and complete"
+    )
     assert learned(ckpt) == [1, 2]
     assert leftovers(ckpt.parent) == []
     assert_unlocked(ckpt)
@@ -35,8 +44,15 @@ def test_a_full_stdout_after_training_says_the_checkpoint_was_written(ckpt):
 def test_a_full_stdout_for_json_and_tables_is_one_line(ckpt):
     for args in (["eval", "--ckpt", ckpt, "--json"], ["inspect", ckpt], ["pack-masks", "--ckpt", ckpt, "-o", "-"]):
         with open("/dev/full", "w") as full:
-            proc = subprocess.run(wsn_command() + [str(a) for a in args], cwd=ckpt.parent, env=child_env(),
-                                  stdout=full, stderr=subprocess.PIPE, text=True, timeout=240)
+            proc = subprocess.run(
+                wsn_command() + [str(a) for a in args],
+                cwd=ckpt.parent,
+                env=child_env(),
+                stdout=full,
+                stderr=subprocess.PIPE,
+                text=True,
+                timeout=240,
+            )
         assert proc.returncode == 1, args
         line = assert_one_line_error(proc.stderr, "cannot write to standard output: No space left on device")
         assert "written" not in line  # nothing was

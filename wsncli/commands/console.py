@@ -63,7 +63,9 @@ class _Console(Console):
 
 standard_output = _StandardOutput()
 # Piped output is not wrapped at 80 columns: tables keep their rows on one line for grep and less.
-stdout = _Console(file=standard_output, highlight=False, soft_wrap=True, width=None if standard_output.isatty() else 200)
+stdout = _Console(
+    file=standard_output, highlight=False, soft_wrap=True, width=None if standard_output.isatty() else 200
+)
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 
 

@@ -12,25 +12,53 @@ from wsncli.commands.console import fail, handle_errors, pct, print_json, progre
 from wsncli.engine.limits import DEVICES, MAX_TASK_ID
 
 if TYPE_CHECKING:
-    from wsncli.engine.lifecycle.evaluate import EvalReport
+    from wsncli.engine.usecases.evaluate import EvalReport
 
-_WHY = {"proven": "yes", "outputs-differ": "yes (subnetwork identical; {n} predictions differ: near-ties on this machine)",
-        "data-changed": "subnetwork unchanged; test data differs from learning (accuracy not comparable)",
-        "changed": "NO: subnetwork changed"}
+_WHY = {
+    "proven": "yes",
+    "outputs-differ": "yes (subnetwork identical; {n} predictions differ: near-ties on this machine)",
+    "data-changed": "subnetwork unchanged; test data differs from learning (accuracy not comparable)",
+    "changed": "NO: subnetwork changed",
+}
 
 
 def eval_doc(ckpt: Path, report: EvalReport):
     from wsncli.commands.schemas import EvalDoc, EvalTask, Matrix, schema_id
 
-    tasks = [EvalTask(task=t.task, order=t.order, status=t.status, accuracy=t.accuracy, accuracy_at_learning=t.accuracy_at_learning,
-                      change=t.accuracy - t.accuracy_at_learning if t.data_match else None, n_test=t.n_test, subnet_match=t.subnet_match,
-                      data_match=t.data_match, outputs_match=t.outputs_match, differing_outputs=t.differing_outputs) for t in report.tasks]
+    tasks = [
+        EvalTask(
+            task=t.task,
+            order=t.order,
+            status=t.status,
+            accuracy=t.accuracy,
+            accuracy_at_learning=t.accuracy_at_learning,
+            change=t.accuracy - t.accuracy_at_learning if t.data_match else None,
+            n_test=t.n_test,
+            subnet_match=t.subnet_match,
+            data_match=t.data_match,
+            outputs_match=t.outputs_match,
+            differing_outputs=t.differing_outputs,
+        )
+        for t in report.tasks
+    ]
     m = report.matrix
-    return EvalDoc(schema=schema_id("eval"), checkpoint=str(ckpt), tasks=tasks, acc=report.acc, bwt=report.bwt,
-                   bwt_task_ids=[t.task for t in report.bwt_tasks], forget_free=report.forget_free, outputs_match=report.outputs_match,
-                   changed=report.changed, outputs_differ=report.with_status("outputs-differ"), data_changed=report.with_status("data-changed"),
-                   capacity_used=report.capacity_used, tampered=report.tampered, signature=report.signature,
-                   matrix=Matrix(task_ids=m.tasks, rows=m.rows, now=m.now))
+    return EvalDoc(
+        schema=schema_id("eval"),
+        checkpoint=str(ckpt),
+        tasks=tasks,
+        acc=report.acc,
+        bwt=report.bwt,
+        bwt_task_ids=[t.task for t in report.bwt_tasks],
+        forget_free=report.forget_free,
+        outputs_match=report.outputs_match,
+        changed=report.changed,
+        outputs_differ=report.with_status("outputs-differ"),
+        data_changed=report.with_status("data-changed"),
+        capacity_used=report.capacity_used,
+        tampered=report.tampered,
+        signature=report.signature,
+        matrix=Matrix(task_ids=m.tasks, rows=m.rows, now=m.now),
+    )
 
 
 def _task_table(report: EvalReport) -> Table:
@@ -39,14 +67,22 @@ def _task_table(report: EvalReport) -> Table:
         table.add_column(col, justify="left" if col == "unchanged" else "right")
     for t in report.tasks:
         change = f"{100 * (t.accuracy - t.accuracy_at_learning):+.2f}" if t.data_match else "n/a"
-        table.add_row(str(t.order), str(t.task), pct(t.accuracy), pct(t.accuracy_at_learning), change,
-                      _WHY[t.status].format(n=t.differing_outputs if t.differing_outputs is not None else "some"))
+        table.add_row(
+            str(t.order),
+            str(t.task),
+            pct(t.accuracy),
+            pct(t.accuracy_at_learning),
+            change,
+            _WHY[t.status].format(n=t.differing_outputs if t.differing_outputs is not None else "some"),
+        )
     return table
 
 
 def _matrix_table(report: EvalReport) -> Table:
     m = report.matrix
-    table = Table(title="accuracy matrix: row = after learning that task, column = task measured (%)", title_justify="left")
+    table = Table(
+        title="accuracy matrix: row = after learning that task, column = task measured (%)", title_justify="left"
+    )
     table.add_column("after")
     for t in m.tasks:
         table.add_column(f"task {t}", justify="right")
@@ -60,8 +96,16 @@ def _summary(report: EvalReport) -> str:
     bwt = "n/a" if report.bwt is None else f"{100 * report.bwt:+.2f} pts over {len(report.bwt_tasks)} task(s)"
     proven = [t.task for t in report.tasks if t.status in ("proven", "outputs-differ")]
     data = report.with_status("data-changed")
-    verdict = "NO" if not report.forget_free else "proven" if not data else (
-        f"proven for task(s) {', '.join(map(str, proven)) or 'none'}; task(s) {', '.join(map(str, data))}: subnetwork unchanged only")
+    verdict = (
+        "NO"
+        if not report.forget_free
+        else "proven"
+        if not data
+        else (
+            f"proven for task(s) {', '.join(map(str, proven)) or 'none'}; task(s) {', '.join(map(str, data))}: "
+            "subnetwork unchanged only"
+        )
+    )
     capacity = f"  capacity used {pct(report.capacity_used)}" if report.capacity_used is not None else ""
     return f"ACC {pct(report.acc)}  BWT {bwt}{capacity}  forget-free: {verdict} ({len(report.tasks)} tasks re-measured)"
 
@@ -69,17 +113,23 @@ def _summary(report: EvalReport) -> str:
 @handle_errors
 def eval_command(
     ckpt: Annotated[Path, typer.Option("--ckpt", "-c", help="Checkpoint to evaluate.")],
-    task: Annotated[Optional[list[int]], typer.Option("--task", "-t", min=1, max=MAX_TASK_ID, help="Task(s) to evaluate (repeatable; default: all).")] = None,
-    data_root: Annotated[Optional[Path], typer.Option(envvar="WSN_DATA_ROOT", help="Folder with the datasets (env WSN_DATA_ROOT; default: recorded).")] = None,
+    task: Annotated[
+        Optional[list[int]],
+        typer.Option("--task", "-t", min=1, max=MAX_TASK_ID, help="Task(s) to evaluate (repeatable; default: all)."),
+    ] = None,
+    data_root: Annotated[
+        Optional[Path],
+        typer.Option(envvar="WSN_DATA_ROOT", help="Folder with the datasets (env WSN_DATA_ROOT; default: recorded)."),
+    ] = None,
     device: Annotated[Literal[DEVICES], typer.Option(help="Where to evaluate.")] = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
 ) -> None:
     """Re-evaluate learned tasks on their test sets; exit 3 if any task's subnetwork changed."""
     from wsncli.engine.data.registry import resolve_data_root
-    from wsncli.engine.lifecycle.evaluate import evaluate_checkpoint
     from wsncli.engine.runtime import configure_threads, resolve_device
     from wsncli.engine.store.checkpoint import load_checkpoint
+    from wsncli.engine.usecases.evaluate import evaluate_checkpoint
 
     dev = resolve_device(device)
     checkpoint = load_checkpoint(ckpt)
@@ -103,12 +153,26 @@ def eval_command(
         stdout.print(_summary(report))
     differ = report.with_status("outputs-differ")
     if differ and report.forget_free:
-        counts = ", ".join(f"task {t.task}: {t.differing_outputs if t.differing_outputs is not None else 'some'} of {t.n_test}"
-                           for t in report.tasks if t.status == "outputs-differ")
-        warn(f"predictions differ although the subnetworks are bit-identical ({counts}); near-ties computed differently on this "
-             "machine, thread count or device, not forgetting")
+        counts = ", ".join(
+            f"task {t.task}: {t.differing_outputs if t.differing_outputs is not None else 'some'} of {t.n_test}"
+            for t in report.tasks
+            if t.status == "outputs-differ"
+        )
+        warn(
+            f"predictions differ although the subnetworks are bit-identical ({counts}); near-ties computed "
+            "differently on this "
+            "machine, thread count or device, not forgetting"
+        )
     if not report.forget_free:
-        raise fail(f"forgetting detected: the subnetwork of task(s) {', '.join(map(str, report.changed))} changed since learned", 3)
+        raise fail(
+            f"forgetting detected: the subnetwork of task(s) {', '.join(map(str, report.changed))} changed since "
+            "learned",
+            3,
+        )
     if report.tampered:
-        raise fail(f"{ckpt}: {report.tampered[0]} (edited outside wsn or corrupt){'; and more' if len(report.tampered) > 1 else ''}; "
-                   "learned tasks are unaffected", 1)
+        raise fail(
+            f"{ckpt}: {report.tampered[0]} (edited outside wsn or "
+            f"corrupt){'; and more' if len(report.tampered) > 1 else ''}; "
+            "learned tasks are unaffected",
+            1,
+        )

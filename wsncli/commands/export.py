@@ -26,25 +26,43 @@ def _is_pt2_export(path: Path) -> bool:
 def export_command(
     ckpt: Annotated[Path, typer.Option("--ckpt", "-c", help="Checkpoint holding the task.")],
     task: Annotated[int, typer.Option("--task", "-t", min=1, max=MAX_TASK_ID, help="The learned task to export.")],
-    output: Annotated[Path, typer.Option(
-        "--output", "-o", callback=not_stdout, help="task.pt2 (torch.export program) or task.safetensors (weights + JSON graph).")],
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output",
+            "-o",
+            callback=not_stdout,
+            help="task.pt2 (torch.export program) or task.safetensors (weights + JSON graph).",
+        ),
+    ],
     force: Annotated[bool, typer.Option(help="Overwrite an existing file of another kind.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print a summary as one JSON object.")] = False,
 ) -> None:
     """Export task TASK of CKPT: loadable with plain torch, no wsn needed (docs/EXPORT.md)."""
     from wsncli.commands.schemas import ExportDoc, schema_id
-    from wsncli.engine.lifecycle.export import SUFFIXES, ExportError, export_task, output_suffix
     from wsncli.engine.store.checkpoint import load_checkpoint
     from wsncli.engine.store.paths import file_prefix, plan_output, write_output
+    from wsncli.engine.usecases.export import SUFFIXES, ExportError, export_task, output_suffix
 
     suffix = output_suffix(output)
     if suffix not in SUFFIXES:
         raise ExportError(f"{output}: export writes .pt2 (torch.export program) or .safetensors files")
-    own = _is_pt2_export if suffix == ".pt2" else (lambda p: b'"wsn-task-export"' in file_prefix(p, 4096))  # never a checkpoint
+    own = (
+        _is_pt2_export if suffix == ".pt2" else (lambda p: b'"wsn-task-export"' in file_prefix(p, 4096))
+    )  # never a checkpoint
     target = plan_output(output, what=f"{suffix} export", inputs=[ckpt], force=force, is_own_kind=own)
     result = export_task(load_checkpoint(ckpt), task, suffix)
     size = write_output(target, result.data)
     if json_out:
-        print_json(ExportDoc(schema=schema_id("export"), checkpoint=str(ckpt), task=task, output=str(output), format=result.format, bytes=size))
+        print_json(
+            ExportDoc(
+                schema=schema_id("export"),
+                checkpoint=str(ckpt),
+                task=task,
+                output=str(output),
+                format=result.format,
+                bytes=size,
+            )
+        )
     else:
         stdout.print(f"wrote task {task} of {ckpt} to {output} ({result.format}, {size / 1024:.1f} KiB)")

@@ -23,40 +23,112 @@ def checkpoint_doc(d):
     tasks = []
     for s in d.tasks:
         r = s.record
-        tasks.append(InspectTask(
-            task=r.task, order=r.order, n_classes=r.n_classes, accuracy_at_learning=r.accuracy, capacity=r.capacity, epochs=r.epochs,
-            batch_size=r.batch_size, lr=r.lr, seed=r.seed, method=r.method, device=r.device, best_epoch=r.best_epoch,
-            train_seconds=r.train_seconds, learned_at=r.learned_at, standardized=bool(r.preprocess and r.preprocess.standardized),
-            mask_density=s.mask_density, reuse_of_earlier=s.reuse_of_earlier, new_weights=s.new_weights,
-            layers={n: {"density": v[0], "reused": float(v[1])} for n, v in s.layers.items()}))
-    layers = [InspectLayer(layer=l.name, shape=list(l.shape), weights=l.weights, used=l.used, free=l.free, used_fraction=l.used / l.weights)
-              for l in d.layers]
-    model = {"arch": meta.model.arch, "input_shape": list(meta.model.input_shape), "hidden": list(meta.model.hidden), "width": meta.model.width}
+        tasks.append(
+            InspectTask(
+                task=r.task,
+                order=r.order,
+                n_classes=r.n_classes,
+                accuracy_at_learning=r.accuracy,
+                capacity=r.capacity,
+                epochs=r.epochs,
+                batch_size=r.batch_size,
+                lr=r.lr,
+                seed=r.seed,
+                method=r.method,
+                device=r.device,
+                best_epoch=r.best_epoch,
+                train_seconds=r.train_seconds,
+                learned_at=r.learned_at,
+                standardized=bool(r.preprocess and r.preprocess.standardized),
+                mask_density=s.mask_density,
+                reuse_of_earlier=s.reuse_of_earlier,
+                new_weights=s.new_weights,
+                layers={n: {"density": v[0], "reused": float(v[1])} for n, v in s.layers.items()},
+            )
+        )
+    layers = [
+        InspectLayer(
+            layer=l.name,
+            shape=list(l.shape),
+            weights=l.weights,
+            used=l.used,
+            free=l.free,
+            used_fraction=l.used / l.weights,
+        )
+        for l in d.layers
+    ]
+    model = {
+        "arch": meta.model.arch,
+        "input_shape": list(meta.model.input_shape),
+        "hidden": list(meta.model.hidden),
+        "width": meta.model.width,
+    }
     return InspectCheckpointDoc(
-        schema=schema_id("inspect"), checkpoint=d.path, format=FORMAT_NAME, version=d.version, benchmark=meta.benchmark, model=model,
-        method=meta.method, seed=meta.seed, wsn_version=meta.wsn_version, signature=d.file.signature, task_ids=[r.task for r in meta.tasks],
-        capacity_used=d.capacity_used, mask_codec=d.file.mask_codec, tasks=tasks, layers=layers, size=d.size, tampered=list(d.file.tampered))
+        schema=schema_id("inspect"),
+        checkpoint=d.path,
+        format=FORMAT_NAME,
+        version=d.version,
+        benchmark=meta.benchmark,
+        model=model,
+        method=meta.method,
+        seed=meta.seed,
+        wsn_version=meta.wsn_version,
+        signature=d.file.signature,
+        task_ids=[r.task for r in meta.tasks],
+        capacity_used=d.capacity_used,
+        mask_codec=d.file.mask_codec,
+        tasks=tasks,
+        layers=layers,
+        size=d.size,
+        tampered=list(d.file.tampered),
+    )
 
 
 def _render_checkpoint(doc) -> None:
     m = doc.model
     shape = "x".join(map(str, m["input_shape"]))
     net = f"{m['arch']} {shape}" + (f" hidden {'-'.join(map(str, m['hidden']))}" if m["arch"] == "mlp" else "")
-    stdout.print(f"[bold]{doc.checkpoint}[/]: {doc.format} v{doc.version}, benchmark {doc.benchmark}, {net}, method {doc.method}, "
-                 f"seed {doc.seed}, signature {doc.signature}")
+    stdout.print(
+        f"[bold]{doc.checkpoint}[/]: {doc.format} v{doc.version}, benchmark {doc.benchmark}, {net}, method "
+        f"{doc.method}, "
+        f"seed {doc.seed}, signature {doc.signature}"
+    )
     tasks = Table(title=f"tasks in learning order ({len(doc.tasks)})", title_justify="left")
-    for col in ("order", "task", "capacity", "epochs", "batch", "lr", "acc at learning", "mask density", "reuse of earlier", "new weights"):
+    for col in (
+        "order",
+        "task",
+        "capacity",
+        "epochs",
+        "batch",
+        "lr",
+        "acc at learning",
+        "mask density",
+        "reuse of earlier",
+        "new weights",
+    ):
         tasks.add_column(col, justify="right")
     for t in doc.tasks:
-        tasks.add_row(str(t.order), str(t.task), "-" if t.capacity is None else str(t.capacity), str(t.epochs), str(t.batch_size), f"{t.lr:g}",
-                      pct(t.accuracy_at_learning), pct(t.mask_density), pct(t.reuse_of_earlier), "-" if t.new_weights is None else str(t.new_weights))
+        tasks.add_row(
+            str(t.order),
+            str(t.task),
+            "-" if t.capacity is None else str(t.capacity),
+            str(t.epochs),
+            str(t.batch_size),
+            f"{t.lr:g}",
+            pct(t.accuracy_at_learning),
+            pct(t.mask_density),
+            pct(t.reuse_of_earlier),
+            "-" if t.new_weights is None else str(t.new_weights),
+        )
     stdout.print(tasks)
     used = "every weight (dense baseline)" if doc.capacity_used is None else pct(doc.capacity_used)
     layers = Table(title=f"capacity per layer (used by any task: {used})", title_justify="left")
     for col in ("layer", "shape", "weights", "used", "free", "used %"):
         layers.add_column(col, justify="right" if col != "layer" else "left")
     for l in doc.layers:
-        layers.add_row(l.layer, "x".join(map(str, l.shape)), str(l.weights), str(l.used), str(l.free), pct(l.used_fraction))
+        layers.add_row(
+            l.layer, "x".join(map(str, l.shape)), str(l.weights), str(l.used), str(l.free), pct(l.used_fraction)
+        )
     stdout.print(layers)
     size = Table(title=f"checkpoint size (masks coded as {doc.mask_codec or '-'})", title_justify="left")
     size.add_column("part")
@@ -71,16 +143,32 @@ def _render_checkpoint(doc) -> None:
 def packed_doc(path: Path, d: dict):
     from wsncli.commands.schemas import InspectMasksDoc, schema_id
 
-    keys = ("version", "codec", "task_ids", "weights", "bytes", "header_bytes", "payload_bytes", "bits_per_weight_per_task",
-            "layers", "streams", "meta", "checksums_ok")
+    keys = (
+        "version",
+        "codec",
+        "task_ids",
+        "weights",
+        "bytes",
+        "header_bytes",
+        "payload_bytes",
+        "bits_per_weight_per_task",
+        "layers",
+        "streams",
+        "meta",
+        "checksums_ok",
+    )
     return InspectMasksDoc(schema=schema_id("inspect"), file=str(path), **{k: d[k] for k in keys})
 
 
 def _render_packed(doc) -> None:
-    stdout.print(f"[bold]{doc.file}[/]: .wsnm v{doc.version}, codec {doc.codec}, tasks {doc.task_ids}, "
-                 f"checksums {'ok' if doc.checksums_ok else 'FAILED'}")
-    stdout.print(f"  {doc.bytes} bytes ({doc.header_bytes} header, {doc.payload_bytes} coded masks): "
-                 f"{doc.bits_per_weight_per_task:.4f} bits per weight per task over {doc.weights} weights")
+    stdout.print(
+        f"[bold]{doc.file}[/]: .wsnm v{doc.version}, codec {doc.codec}, tasks {doc.task_ids}, "
+        f"checksums {'ok' if doc.checksums_ok else 'FAILED'}"
+    )
+    stdout.print(
+        f"  {doc.bytes} bytes ({doc.header_bytes} header, {doc.payload_bytes} coded masks): "
+        f"{doc.bits_per_weight_per_task:.4f} bits per weight per task over {doc.weights} weights"
+    )
     table = Table(title="layers", title_justify="left")
     for col in ("name", "shape", "weights"):
         table.add_column(col)
@@ -95,9 +183,9 @@ def inspect_command(
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
 ) -> None:
     """Show what a checkpoint or a packed-mask file holds, and verify its checksums."""
-    from wsncli.engine.lifecycle.inspect import describe_checkpoint
-    from wsncli.engine.lifecycle.unpack import describe_file, file_kind, read_packed_file
     from wsncli.engine.store.reader import read_checkpoint_data
+    from wsncli.engine.usecases.inspect import describe_checkpoint
+    from wsncli.engine.usecases.unpack import describe_file, file_kind, read_packed_file
 
     data = read_packed_file(path, accept_checkpoints=True)
     if file_kind(data) == "packed-masks":

@@ -13,8 +13,14 @@ from rich.table import Table
 from wsncli.commands.console import handle_errors, print_json, standard_output, stderr, stdout
 from wsncli.engine.limits import PACK_CODECS
 
-_ROWS = [("float32", "float32 masks"), ("bool", "bool bytes"), ("packbits", "packbits"), ("ascii7", "7-bit ASCII bytes"),
-         ("ascii7_huffman", "7-bit ASCII + Huffman (article)"), ("paper_huffman", "7 tasks/weight + Huffman (paper)")]
+_ROWS = [
+    ("float32", "float32 masks"),
+    ("bool", "bool bytes"),
+    ("packbits", "packbits"),
+    ("ascii7", "7-bit ASCII bytes"),
+    ("ascii7_huffman", "7-bit ASCII + Huffman (article)"),
+    ("paper_huffman", "7 tasks/weight + Huffman (paper)"),
+]
 
 
 def _render(report: dict, console: Console) -> None:
@@ -33,40 +39,63 @@ def _render(report: dict, console: Console) -> None:
         for col in (title, "density", report["codec"], "paper Huffman", "entropy alone", "given earlier masks"):
             rows.add_column(col, justify="right")
         for row in report.get(key, []):
-            rows.add_row(str(row[title]), f"{row['density']:.3f}", f"{row['bits_per_weight_per_task']:.4f}", f"{row['baselines']['paper_huffman']:.4f}",
-                         f"{row['bounds']['independent']:.4f}", f"{row['bounds']['conditional']:.4f}")
+            rows.add_row(
+                str(row[title]),
+                f"{row['density']:.3f}",
+                f"{row['bits_per_weight_per_task']:.4f}",
+                f"{row['baselines']['paper_huffman']:.4f}",
+                f"{row['bounds']['independent']:.4f}",
+                f"{row['bounds']['conditional']:.4f}",
+            )
         console.print(rows)
-    console.print(f"{report['bytes']} bytes, {100 * report['saving_vs_packbits']:.1f}% smaller than packbits; decoded and verified bit for bit")
+    console.print(
+        f"{report['bytes']} bytes, {100 * report['saving_vs_packbits']:.1f}% smaller than packbits; decoded and "
+        "verified bit for bit"
+    )
 
 
 @handle_errors
 def pack_masks_command(
     ckpt: Annotated[Path, typer.Option("--ckpt", "-c", help="Checkpoint whose task masks to pack.")],
-    output: Annotated[str, typer.Option("--output", "-o", help="Output .wsnm file, or - for stdout (the report then goes to stderr).")],
+    output: Annotated[
+        str, typer.Option("--output", "-o", help="Output .wsnm file, or - for stdout (the report then goes to stderr).")
+    ],
     codec: Annotated[Literal[PACK_CODECS], typer.Option(help="auto picks the smallest.")] = "auto",
     force: Annotated[bool, typer.Option(help="Overwrite an existing file that is not a .wsnm file.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the storage report as one JSON object.")] = False,
 ) -> None:
     """Pack every task's mask into a .wsnm file, verify it decodes bit for bit, report the savings."""
     from wsncli.commands.schemas import PackDoc, schema_id
-    from wsncli.engine.lifecycle.pack import pack_checkpoint_masks
-    from wsncli.engine.lifecycle.unpack import file_kind
     from wsncli.engine.store.paths import file_prefix, plan_output, write_output
     from wsncli.engine.store.reader import read_checkpoint_file
+    from wsncli.engine.usecases.pack import pack_checkpoint_masks
+    from wsncli.engine.usecases.unpack import file_kind
 
     to_stdout = output == "-"
     target = None
     if not to_stdout:  # checked before any work: never the checkpoint itself, never a file of another kind
-        target = plan_output(Path(output), what="packed-mask file", inputs=[ckpt], force=force,
-                             is_own_kind=lambda p: file_kind(file_prefix(p, 16)) == "packed-masks")
+        target = plan_output(
+            Path(output),
+            what="packed-mask file",
+            inputs=[ckpt],
+            force=force,
+            is_own_kind=lambda p: file_kind(file_prefix(p, 16)) == "packed-masks",
+        )
     result = pack_checkpoint_masks(read_checkpoint_file(ckpt), codec, source=Path(ckpt).name)
     if to_stdout:
         standard_output.write_bytes(result.data)
     else:
         write_output(target, result.data)
     if json_out:
-        doc = PackDoc(schema=schema_id("pack-masks"), checkpoint=str(ckpt), output=output, codec=result.codec, requested_codec=codec,
-                      bytes=len(result.data), report=result.report)
+        doc = PackDoc(
+            schema=schema_id("pack-masks"),
+            checkpoint=str(ckpt),
+            output=output,
+            codec=result.codec,
+            requested_codec=codec,
+            bytes=len(result.data),
+            report=result.report,
+        )
         if to_stdout:
             import msgspec
 

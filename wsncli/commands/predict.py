@@ -13,11 +13,21 @@ from wsncli.engine.limits import DEVICES, MAX_TASK_ID
 
 @handle_errors
 def predict_command(
-    inputs: Annotated[Path, typer.Argument(help="A .npy or .npz of inputs shaped like the task's data, or an image / a folder of images.")],
+    inputs: Annotated[
+        Path,
+        typer.Argument(help="A .npy or .npz of inputs shaped like the task's data, or an image / a folder of images."),
+    ],
     ckpt: Annotated[Path, typer.Option("--ckpt", "-c", help="Checkpoint holding the task.")],
     task: Annotated[int, typer.Option("--task", "-t", min=1, max=MAX_TASK_ID, help="The learned task to use.")],
-    output: Annotated[Optional[Path], typer.Option(
-        "--output", "-o", callback=not_stdout, help="Write the labels (or, with --proba, the probabilities) as .npy.")] = None,
+    output: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--output",
+            "-o",
+            callback=not_stdout,
+            help="Write the labels (or, with --proba, the probabilities) as .npy.",
+        ),
+    ] = None,
     proba: Annotated[bool, typer.Option("--proba", help="Class probabilities (softmax of the head) too.")] = False,
     force: Annotated[bool, typer.Option(help="Overwrite an existing file that is not a .npy.")] = False,
     device: Annotated[Literal[DEVICES], typer.Option(help="Where to run.")] = "auto",
@@ -29,15 +39,20 @@ def predict_command(
     import numpy as np
 
     from wsncli.commands.schemas import PredictDoc, schema_id
-    from wsncli.engine.lifecycle.predict import image_files, is_image_input, predict_task, read_inputs
     from wsncli.engine.runtime import configure_threads, resolve_device
     from wsncli.engine.store.checkpoint import load_checkpoint
     from wsncli.engine.store.paths import file_prefix, plan_output, write_output
+    from wsncli.engine.usecases.predict import image_files, is_image_input, predict_task, read_inputs
 
     target = None
     if output is not None:
-        target = plan_output(output, what=".npy file", inputs=[ckpt, inputs], force=force,
-                             is_own_kind=lambda p: file_prefix(p, 6) == b"\x93NUMPY")
+        target = plan_output(
+            output,
+            what=".npy file",
+            inputs=[ckpt, inputs],
+            force=force,
+            is_own_kind=lambda p: file_prefix(p, 6) == b"\x93NUMPY",
+        )
     dev = resolve_device(device)
     checkpoint = load_checkpoint(ckpt)
     configure_threads(sum(l.weight.numel() for l in checkpoint.model.subnet_layers().values()), None)
@@ -48,10 +63,20 @@ def predict_command(
         np.save(buffer, result.probabilities if proba else result.labels, allow_pickle=False)
         write_output(target, buffer.getvalue())
     if json_out:
-        print_json(PredictDoc(schema=schema_id("predict"), checkpoint=str(ckpt), task=task, input=str(inputs), n=len(result.labels), files=files,
-                              classes=list(result.classes), predictions=result.labels.tolist(),
-                              probabilities=None if result.probabilities is None else result.probabilities.tolist(),
-                              output=None if output is None else str(output)))
+        print_json(
+            PredictDoc(
+                schema=schema_id("predict"),
+                checkpoint=str(ckpt),
+                task=task,
+                input=str(inputs),
+                n=len(result.labels),
+                files=files,
+                classes=list(result.classes),
+                predictions=result.labels.tolist(),
+                probabilities=None if result.probabilities is None else result.probabilities.tolist(),
+                output=None if output is None else str(output),
+            )
+        )
         return
     if output is not None:
         stdout.print(f"wrote {len(result.labels)} {'probability rows' if proba else 'labels'} to {output}")

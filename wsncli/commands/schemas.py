@@ -208,8 +208,14 @@ class ReportDoc(Doc, kw_only=True):
 
 
 DOCUMENTS: dict[str, type] = {
-    "train-task": TrainTaskDoc, "eval": EvalDoc, "inspect": InspectCheckpointDoc | InspectMasksDoc, "pack-masks": PackDoc,
-    "unpack-masks": UnpackDoc, "predict": PredictDoc, "export": ExportDoc, "report": ReportDoc,
+    "train-task": TrainTaskDoc,
+    "eval": EvalDoc,
+    "inspect": InspectCheckpointDoc | InspectMasksDoc,
+    "pack-masks": PackDoc,
+    "unpack-masks": UnpackDoc,
+    "predict": PredictDoc,
+    "export": ExportDoc,
+    "report": ReportDoc,
 }
 
 
@@ -242,7 +248,9 @@ last one, whose test data is unchanged, of (accuracy now - accuracy at learning)
 def markdown() -> str:
     parts = [_INTRO]
     for command in DOCUMENTS:
-        parts.append(f"## `wsn {command} --json`: `{schema_id(command)}`\n\n```json\n{json_schema_text(command)}\n```\n")
+        parts.append(
+            f"## `wsn {command} --json`: `{schema_id(command)}`\n\n```json\n{json_schema_text(command)}\n```\n"
+        )
     return "\n".join(parts)
 
 

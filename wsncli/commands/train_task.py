@@ -8,10 +8,34 @@ from typing import Annotated, Literal, Optional
 
 import typer
 
-from wsncli.commands.console import handle_errors, pct, positive_up_to, print_json, progress_bar, show_progress, stderr, stdout, warn
-from wsncli.engine.limits import ARCHS, BENCHMARKS, DEVICES, MAX_BATCH_SIZE, MAX_EPOCHS, MAX_LR, MAX_SEED, MAX_TASK_ID, MAX_THREADS, METHODS
+from wsncli.commands.console import (
+    handle_errors,
+    pct,
+    positive_up_to,
+    print_json,
+    progress_bar,
+    show_progress,
+    stderr,
+    stdout,
+    warn,
+)
+from wsncli.engine.limits import (
+    ARCHS,
+    BENCHMARKS,
+    DEVICES,
+    MAX_BATCH_SIZE,
+    MAX_EPOCHS,
+    MAX_LR,
+    MAX_SEED,
+    MAX_TASK_ID,
+    MAX_THREADS,
+    METHODS,
+)
 
-TaskOpt = Annotated[int, typer.Option("--task", "-t", min=1, max=MAX_TASK_ID, help="Task id to learn (positive integer of the benchmark).")]
+TaskOpt = Annotated[
+    int,
+    typer.Option("--task", "-t", min=1, max=MAX_TASK_ID, help="Task id to learn (positive integer of the benchmark)."),
+]
 CkptOpt = Annotated[Path, typer.Option("--ckpt", "-c", help="Checkpoint file; created when it does not exist.")]
 
 
@@ -19,42 +43,105 @@ CkptOpt = Annotated[Path, typer.Option("--ckpt", "-c", help="Checkpoint file; cr
 def train_task_command(
     task: TaskOpt,
     ckpt: CkptOpt,
-    benchmark: Annotated[Optional[Literal[BENCHMARKS]], typer.Option(help="Benchmark of a new checkpoint (default split-digits).")] = None,
-    arch: Annotated[Optional[Literal[ARCHS]], typer.Option(help="Network of a new checkpoint (default: the benchmark's).")] = None,
+    benchmark: Annotated[
+        Optional[Literal[BENCHMARKS]], typer.Option(help="Benchmark of a new checkpoint (default split-digits).")
+    ] = None,
+    arch: Annotated[
+        Optional[Literal[ARCHS]], typer.Option(help="Network of a new checkpoint (default: the benchmark's).")
+    ] = None,
     hidden: Annotated[Optional[str], typer.Option(help="MLP hidden sizes of a new checkpoint, e.g. 100-100.")] = None,
     width: Annotated[Optional[int], typer.Option(min=1, max=1024, help="resnet18 base width nf (default 20).")] = None,
-    capacity: Annotated[Optional[float], typer.Option(callback=positive_up_to(1.0),
-                                                      help="Fraction c of each layer's weights the mask keeps, 0 < c <= 1 (default 0.5).")] = None,
-    epochs: Annotated[Optional[int], typer.Option(min=1, max=MAX_EPOCHS, help="Epochs (default: the benchmark's).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(min=1, max=MAX_BATCH_SIZE, help="Batch size (default: the benchmark's).")] = None,
-    lr: Annotated[Optional[float], typer.Option(callback=positive_up_to(MAX_LR), help=f"Adam learning rate, 0 < lr <= {MAX_LR:g} (default 1e-3).")] = None,
-    seed: Annotated[Optional[int], typer.Option(min=-MAX_SEED + 1, max=MAX_SEED - 1, help="Seed of a new checkpoint (default 0).")] = None,
+    capacity: Annotated[
+        Optional[float],
+        typer.Option(
+            callback=positive_up_to(1.0),
+            help="Fraction c of each layer's weights the mask keeps, 0 < c <= 1 (default 0.5).",
+        ),
+    ] = None,
+    epochs: Annotated[
+        Optional[int], typer.Option(min=1, max=MAX_EPOCHS, help="Epochs (default: the benchmark's).")
+    ] = None,
+    batch_size: Annotated[
+        Optional[int], typer.Option(min=1, max=MAX_BATCH_SIZE, help="Batch size (default: the benchmark's).")
+    ] = None,
+    lr: Annotated[
+        Optional[float],
+        typer.Option(callback=positive_up_to(MAX_LR), help=f"Adam learning rate, 0 < lr <= {MAX_LR:g} (default 1e-3)."),
+    ] = None,
+    seed: Annotated[
+        Optional[int], typer.Option(min=-MAX_SEED + 1, max=MAX_SEED - 1, help="Seed of a new checkpoint (default 0).")
+    ] = None,
     device: Annotated[Literal[DEVICES], typer.Option(help="Where to train.")] = "auto",
-    method: Annotated[Optional[Literal[METHODS]], typer.Option(help="wsn (default) or finetune (the dense baseline that forgets).")] = None,
-    n_tasks: Annotated[Optional[int], typer.Option(min=1, max=MAX_TASK_ID, help="Number of tasks of the benchmark (pmnist: 10).")] = None,
-    data_root: Annotated[Optional[Path], typer.Option(envvar="WSN_DATA_ROOT", help="Folder with the datasets (env WSN_DATA_ROOT).")] = None,
-    image_size: Annotated[Optional[int], typer.Option(min=1, max=4096, help="Images: resize to NxN (MNIST-style: zero-pad, e.g. 32).")] = None,
+    method: Annotated[
+        Optional[Literal[METHODS]], typer.Option(help="wsn (default) or finetune (the dense baseline that forgets).")
+    ] = None,
+    n_tasks: Annotated[
+        Optional[int], typer.Option(min=1, max=MAX_TASK_ID, help="Number of tasks of the benchmark (pmnist: 10).")
+    ] = None,
+    data_root: Annotated[
+        Optional[Path], typer.Option(envvar="WSN_DATA_ROOT", help="Folder with the datasets (env WSN_DATA_ROOT).")
+    ] = None,
+    image_size: Annotated[
+        Optional[int], typer.Option(min=1, max=4096, help="Images: resize to NxN (MNIST-style: zero-pad, e.g. 32).")
+    ] = None,
     channels: Annotated[Optional[int], typer.Option(min=1, max=3, help="image-folder: 1 or 3 channels.")] = None,
-    standardize: Annotated[Optional[bool], typer.Option("--standardize/--no-standardize",
-                                                        help="Per-feature mean/std from the task's train split (default: npz, image-folder).")] = None,
-    matrix: Annotated[bool, typer.Option("--matrix/--no-matrix", help="Re-measure every earlier task afterwards (the accuracy matrix).")] = True,
-    restart: Annotated[bool, typer.Option(help="Discard a resumable snapshot of this task instead of continuing it.")] = False,
-    threads: Annotated[Optional[int], typer.Option(min=1, max=MAX_THREADS, help="CPU threads (default: 1 under 2M weights).")] = None,
-    cuda_graphs: Annotated[Optional[bool], typer.Option("--cuda-graphs/--no-cuda-graphs",
-                                                        help="Replay each step as a CUDA graph (default: on CUDA under 2M weights).")] = None,
+    standardize: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--standardize/--no-standardize",
+            help="Per-feature mean/std from the task's train split (default: npz, image-folder).",
+        ),
+    ] = None,
+    matrix: Annotated[
+        bool,
+        typer.Option("--matrix/--no-matrix", help="Re-measure every earlier task afterwards (the accuracy matrix)."),
+    ] = True,
+    restart: Annotated[
+        bool, typer.Option(help="Discard a resumable snapshot of this task instead of continuing it.")
+    ] = False,
+    threads: Annotated[
+        Optional[int], typer.Option(min=1, max=MAX_THREADS, help="CPU threads (default: 1 under 2M weights).")
+    ] = None,
+    cuda_graphs: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--cuda-graphs/--no-cuda-graphs",
+            help="Replay each step as a CUDA graph (default: on CUDA under 2M weights).",
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no per-epoch lines.")] = False,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the task's record as one JSON object on stdout.")] = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print the task's record as one JSON object on stdout.")
+    ] = False,
 ) -> None:
     """Learn task TASK into CKPT, freezing every weight earlier tasks use."""
-    from wsncli.engine.lifecycle.learn import TaskRequest, learn_task
-    from wsncli.engine.lifecycle.train import EpochStats, TrainCallbacks
     from wsncli.engine.nn.models import parse_hidden
+    from wsncli.engine.training.loop import EpochStats, TrainCallbacks
+    from wsncli.engine.usecases.learn import TaskRequest, learn_task
 
     request = TaskRequest(
-        ckpt=ckpt, task=task, benchmark=benchmark, arch=arch, hidden=parse_hidden(hidden) if hidden else None, width=width,
-        capacity=capacity, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, method=method,
-        data_root=data_root, n_tasks=n_tasks, threads=threads, image_size=image_size, channels=channels,
-        standardize=standardize, matrix=matrix, restart=restart, cuda_graphs=cuda_graphs,
+        ckpt=ckpt,
+        task=task,
+        benchmark=benchmark,
+        arch=arch,
+        hidden=parse_hidden(hidden) if hidden else None,
+        width=width,
+        capacity=capacity,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        device=device,
+        method=method,
+        data_root=data_root,
+        n_tasks=n_tasks,
+        threads=threads,
+        image_size=image_size,
+        channels=channels,
+        standardize=standardize,
+        matrix=matrix,
+        restart=restart,
+        cuda_graphs=cuda_graphs,
     )
     quiet = quiet or os.environ.get("RANK", "0") != "0"  # in a torchrun group, rank 0 reports
     with progress_bar(show_progress(quiet)) as progress:
@@ -66,8 +153,10 @@ def train_task_command(
         def on_epoch_end(s: EpochStats) -> None:
             if not quiet:
                 mark = " *" if s.is_best else ""
-                progress.console.print(f"epoch {s.epoch}: loss {s.train_loss:.4f} acc {pct(s.train_accuracy)} | "
-                                       f"val loss {s.val_loss:.4f} acc {pct(s.val_accuracy)}{mark}")
+                progress.console.print(
+                    f"epoch {s.epoch}: loss {s.train_loss:.4f} acc {pct(s.train_accuracy)} | "
+                    f"val loss {s.val_loss:.4f} acc {pct(s.val_accuracy)}{mark}"
+                )
 
         def on_decode(done: int, total: int) -> None:
             progress.update(bar, completed=done, total=total, description="decoding images", visible=True)
@@ -97,9 +186,34 @@ def train_doc(ckpt: Path, result):
     from wsncli.commands.schemas import LearnedTask, TrainTaskDoc, schema_id
 
     r = result.record
-    task = LearnedTask(task=r.task, order=r.order, n_classes=r.n_classes, classes=list(r.classes), method=r.method, capacity=r.capacity,
-                       accuracy=r.accuracy, val_accuracy=r.val_accuracy, accuracy_row=list(r.accuracy_row), kept_per_layer=dict(r.kept_per_layer),
-                       epochs=r.epochs, batch_size=r.batch_size, lr=r.lr, seed=r.seed, device=r.device, best_epoch=r.best_epoch,
-                       train_seconds=r.train_seconds, standardized=bool(r.preprocess and r.preprocess.standardized), n_test=r.n_test)
-    return TrainTaskDoc(schema=schema_id("train-task"), checkpoint=str(ckpt), created=result.created, task=task, task_ids=list(result.learned),
-                        checkpoint_bytes=result.checkpoint_bytes, resumed_from_epoch=result.resumed_from_epoch, warnings=list(result.warnings))
+    task = LearnedTask(
+        task=r.task,
+        order=r.order,
+        n_classes=r.n_classes,
+        classes=list(r.classes),
+        method=r.method,
+        capacity=r.capacity,
+        accuracy=r.accuracy,
+        val_accuracy=r.val_accuracy,
+        accuracy_row=list(r.accuracy_row),
+        kept_per_layer=dict(r.kept_per_layer),
+        epochs=r.epochs,
+        batch_size=r.batch_size,
+        lr=r.lr,
+        seed=r.seed,
+        device=r.device,
+        best_epoch=r.best_epoch,
+        train_seconds=r.train_seconds,
+        standardized=bool(r.preprocess and r.preprocess.standardized),
+        n_test=r.n_test,
+    )
+    return TrainTaskDoc(
+        schema=schema_id("train-task"),
+        checkpoint=str(ckpt),
+        created=result.created,
+        task=task,
+        task_ids=list(result.learned),
+        checkpoint_bytes=result.checkpoint_bytes,
+        resumed_from_epoch=result.resumed_from_epoch,
+        warnings=list(result.warnings),
+    )

@@ -13,9 +13,15 @@ from wsncli.commands.console import handle_errors, not_stdout, print_json, stdou
 @handle_errors
 def unpack_masks_command(
     packed: Annotated[Path, typer.Argument(help="A .wsnm file.")],
-    output: Annotated[Optional[Path], typer.Option(
-        "--output", "-o", callback=not_stdout, help="Write the masks as .npz (keys task<T>/<layer>, bool arrays).")] = None,
-    ckpt: Annotated[Optional[Path], typer.Option("--ckpt", "-c", help="Check the masks bit for bit against this checkpoint.")] = None,
+    output: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--output", "-o", callback=not_stdout, help="Write the masks as .npz (keys task<T>/<layer>, bool arrays)."
+        ),
+    ] = None,
+    ckpt: Annotated[
+        Optional[Path], typer.Option("--ckpt", "-c", help="Check the masks bit for bit against this checkpoint.")
+    ] = None,
     force: Annotated[bool, typer.Option(help="Overwrite an existing file that is not an .npz.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print a summary as one JSON object.")] = False,
 ) -> None:
@@ -25,15 +31,20 @@ def unpack_masks_command(
     import numpy as np
 
     from wsncli.commands.schemas import UnpackDoc, schema_id
-    from wsncli.engine.lifecycle.pack import check_masks_equal, checkpoint_layer_masks, masks_to_arrays
-    from wsncli.engine.lifecycle.unpack import file_kind, unpack_file
     from wsncli.engine.store.paths import file_prefix, plan_output, write_output
     from wsncli.engine.store.reader import read_checkpoint_file
+    from wsncli.engine.usecases.pack import check_masks_equal, checkpoint_layer_masks, masks_to_arrays
+    from wsncli.engine.usecases.unpack import file_kind, unpack_file
 
     target = None
     if output is not None:
-        target = plan_output(output, what="masks .npz", inputs=[p for p in (packed, ckpt) if p is not None], force=force,
-                             is_own_kind=lambda p: file_kind(file_prefix(p, 4096)) == "npz")
+        target = plan_output(
+            output,
+            what="masks .npz",
+            inputs=[p for p in (packed, ckpt) if p is not None],
+            force=force,
+            is_own_kind=lambda p: file_kind(file_prefix(p, 4096)) == "npz",
+        )
     decoded = unpack_file(packed)
     if ckpt is not None:
         layers, tasks = checkpoint_layer_masks(read_checkpoint_file(ckpt))
@@ -43,12 +54,24 @@ def unpack_masks_command(
         np.savez_compressed(buffer, **masks_to_arrays(decoded))
         write_output(target, buffer.getvalue())
     if json_out:
-        print_json(UnpackDoc(schema=schema_id("unpack-masks"), file=str(packed), codec=decoded.codec, task_ids=list(decoded.task_ids),
-                             layers=[l.name for l in decoded.layers], checkpoint=None if ckpt is None else str(ckpt),
-                             matches_checkpoint=True if ckpt is not None else None, output=None if output is None else str(output)))
+        print_json(
+            UnpackDoc(
+                schema=schema_id("unpack-masks"),
+                file=str(packed),
+                codec=decoded.codec,
+                task_ids=list(decoded.task_ids),
+                layers=[l.name for l in decoded.layers],
+                checkpoint=None if ckpt is None else str(ckpt),
+                matches_checkpoint=True if ckpt is not None else None,
+                output=None if output is None else str(output),
+            )
+        )
         return
-    stdout.print(f"{packed}: {len(decoded.task_ids)} tasks ({', '.join(map(str, decoded.task_ids))}), {len(decoded.layers)} layers, "
-                 f"codec {decoded.codec}; decoded")
+    stdout.print(
+        f"{packed}: {len(decoded.task_ids)} tasks ({', '.join(map(str, decoded.task_ids))}), "
+        f"{len(decoded.layers)} layers, "
+        f"codec {decoded.codec}; decoded"
+    )
     if ckpt is not None:
         stdout.print(f"identical bit for bit to the masks in {ckpt}")
     if output is not None:

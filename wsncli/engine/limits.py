@@ -5,12 +5,26 @@ import os
 
 METHODS = ("wsn", "finetune")
 BENCHMARKS = (
-    "split-digits", "pmnist", "split-mnist", "split-fashion", "split-cifar10", "split-cifar100",
-    "split-tinyimagenet", "npz", "image-folder",
+    "split-digits",
+    "pmnist",
+    "split-mnist",
+    "split-fashion",
+    "split-cifar10",
+    "split-cifar100",
+    "split-tinyimagenet",
+    "npz",
+    "image-folder",
 )
 ARCHS = ("mlp", "conv", "resnet18", "lenet", "conv4")
 DEVICES = ("auto", "cpu", "cuda")
-PACK_CODECS = ("auto", "context", "ascii7", "ascii7-huffman", "paper-huffman", "packbits")  # formats' names (a test keeps them equal)
+PACK_CODECS = (
+    "auto",
+    "context",
+    "ascii7",
+    "ascii7-huffman",
+    "paper-huffman",
+    "packbits",
+)  # formats' names (a test keeps them equal)
 MAX_TASK_ID = 1_000_000
 MAX_CLASSES = 100_000
 MAX_INPUTS = 1 << 24  # values per input sample

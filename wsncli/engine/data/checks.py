@@ -28,14 +28,18 @@ def check_pair(where: str, xk: str, yk: str, x: np.ndarray, y: np.ndarray) -> No
 def check_sample_shape(where: str, shape: tuple[int, ...]) -> None:
     """A sample shape the checkpoint can hold: 1..3 dimensions of 1..65536, at most 2^24 values."""
     if not 1 <= len(shape) <= MAX_INPUT_DIMS:
-        raise DataError(f"{where}: samples have shape {shape}; wsn takes 1 to {MAX_INPUT_DIMS} dimensions "
-                        "(features, or channels x height x width)")
+        raise DataError(
+            f"{where}: samples have shape {shape}; wsn takes 1 to {MAX_INPUT_DIMS} dimensions "
+            "(features, or channels x height x width)"
+        )
     if any(d < 1 for d in shape):
         raise DataError(f"{where}: samples have shape {shape}, which holds no features")
     if any(d > MAX_INPUT_DIM for d in shape):
         raise DataError(f"{where}: samples have shape {shape}; each dimension must be at most {MAX_INPUT_DIM}")
     if math.prod(shape) > MAX_INPUTS:
-        raise DataError(f"{where}: samples of shape {shape} hold {math.prod(shape)} values, over the limit of {MAX_INPUTS}")
+        raise DataError(
+            f"{where}: samples of shape {shape} hold {math.prod(shape)} values, over the limit of {MAX_INPUTS}"
+        )
 
 
 def check_arrays(where: str, xtr, ytr, xte, yte, input_shape: tuple[int, ...] | None) -> None:
@@ -47,7 +51,9 @@ def check_arrays(where: str, xtr, ytr, xte, yte, input_shape: tuple[int, ...] | 
         raise DataError(f"{where}: train samples have shape {xtr.shape[1:]} but test samples {xte.shape[1:]}")
     check_sample_shape(where, tuple(int(d) for d in xtr.shape[1:]))
     if input_shape is not None and tuple(xtr.shape[1:]) != tuple(input_shape):
-        raise DataError(f"{where}: samples have shape {xtr.shape[1:]} but the benchmark's input shape is {tuple(input_shape)}")
+        raise DataError(
+            f"{where}: samples have shape {xtr.shape[1:]} but the benchmark's input shape is {tuple(input_shape)}"
+        )
 
 
 def check_finite(where: str, key: str, x: np.ndarray) -> None:
@@ -90,7 +96,10 @@ def task_classes(where: str, y_train: np.ndarray) -> tuple:
 def check_labels(where: str, classes: tuple, y: np.ndarray, split: str) -> None:
     known = np.asarray(classes, dtype=y.dtype) if classes else np.zeros(0, y.dtype)
     if (y.dtype.kind == "U") != (known.dtype.kind == "U"):
-        raise DataError(f"{where}: {split} labels are {'strings' if y.dtype.kind == 'U' else 'integers'} but the task's classes are not")
+        raise DataError(
+            f"{where}: {split} labels are {'strings' if y.dtype.kind == 'U' else 'integers'} but the task's "
+            "classes are not"
+        )
     bad = np.setdiff1d(np.unique(y), known)
     if len(bad):
         shown = ", ".join(map(str, bad[:5].tolist())) + (", ..." if len(bad) > 5 else "")

@@ -33,7 +33,12 @@ def default_cache_dir() -> Path:
 
 def cache_key(folder: Path, settings: Mapping[str, object], files: Sequence[tuple[str, int, int]]) -> str:
     """sha256 hex of canonical JSON: reader version, resolved folder, settings, [(relname, size, mtime_ns)]."""
-    doc = {"reader": READER_VERSION, "folder": str(folder), "settings": dict(settings), "files": [list(f) for f in files]}
+    doc = {
+        "reader": READER_VERSION,
+        "folder": str(folder),
+        "settings": dict(settings),
+        "files": [list(f) for f in files],
+    }
     return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
@@ -41,8 +46,9 @@ def cache_path(cache_dir: Path, key: str) -> Path:
     return cache_dir / f"img-{key}.npz"
 
 
-def load_cached(path: Path, y_train: np.ndarray, y_test: np.ndarray, channels: int | None, image_size: int | None,
-                max_bytes: int) -> tuple[np.ndarray, np.ndarray] | None:
+def load_cached(
+    path: Path, y_train: np.ndarray, y_test: np.ndarray, channels: int | None, image_size: int | None, max_bytes: int
+) -> tuple[np.ndarray, np.ndarray] | None:
     """(x_train, x_test) read-only from a cache file that passes every check, else None.
 
     Checks: exactly the four arrays, stored uncompressed and within `max_bytes`; uint8 (N, C, H, W)
@@ -54,7 +60,9 @@ def load_cached(path: Path, y_train: np.ndarray, y_test: np.ndarray, channels: i
             with zipfile.ZipFile(fh) as zf:
                 infos = zf.infolist()
             expected = sorted(f"{k}.npy" for k in CACHE_KEYS)
-            if sorted(i.filename for i in infos) != expected or any(i.compress_type != zipfile.ZIP_STORED for i in infos):
+            if sorted(i.filename for i in infos) != expected or any(
+                i.compress_type != zipfile.ZIP_STORED for i in infos
+            ):
                 return None
             if sum(i.file_size for i in infos) > max_bytes + _HEADER_SLACK:
                 return None
@@ -69,7 +77,9 @@ def load_cached(path: Path, y_train: np.ndarray, y_test: np.ndarray, channels: i
             return None
     if x_train.shape[1:] != x_test.shape[1:]:
         return None
-    if (channels is not None and x_train.shape[1] != channels) or (image_size is not None and x_train.shape[2:] != (image_size, image_size)):
+    if (channels is not None and x_train.shape[1] != channels) or (
+        image_size is not None and x_train.shape[2:] != (image_size, image_size)
+    ):
         return None
     for y, want, x in ((arrays["y_train"], y_train, x_train), (arrays["y_test"], y_test, x_test)):
         if y.dtype != np.int64 or y.shape != want.shape or len(x) != len(want) or not np.array_equal(y, want):

@@ -9,23 +9,20 @@ from __future__ import annotations
 
 import os
 import re
-import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from wsncli.engine.data import image_cache
+from wsncli.engine.data.image_decode import GRAY_MODES, MAX_SIDE, open_image, pillow, pillow_limits, size_message
+from wsncli.engine.data.image_decode import decode_image as _decode
+from wsncli.engine.data.image_decode import decode_images as decode_images
 from wsncli.errors import DataError
 
-MAX_SIDE = 4096  # pixels; a file declaring a wider or taller image is refused before decoding
 MAX_TASK_BYTES = 4 << 30  # decoded uint8 bytes of one task (train + test)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")  # compared case-insensitively
-_FORMATS = ("PNG", "JPEG")  # Pillow opens multi-picture (MPO) JPEGs through JPEG; the first picture is used
-_GRAY_MODES = frozenset({"1", "L", "I", "I;16", "I;16L", "I;16B", "I;16N"})
-_WIDE_GRAY = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})  # 16-bit grayscale: keep the high byte
 _MAX_TEXT = 16 << 20  # bytes of wnids.txt / val_annotations.txt
 _TASK_DIR = re.compile(r"task(\d+)")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -68,8 +65,14 @@ def image_folder_tasks(root: Path) -> tuple[int, ...]:
     return tuple(sorted(_task_folders(root)))
 
 
-def image_folder_task(root: Path, task: int, image_size: int | None = None, channels: int | None = None,
-                      cache_dir: Path | None = None, on_progress: Progress | None = None) -> ImageSplits:
+def image_folder_task(
+    root: Path,
+    task: int,
+    image_size: int | None = None,
+    channels: int | None = None,
+    cache_dir: Path | None = None,
+    on_progress: Progress | None = None,
+) -> ImageSplits:
     """Task `task` of an image-folder root: DIR/task<T>/{train,test}/<class>/*.{png,jpg,jpeg}.
 
     channels: 1 (L) or 3 (RGB); None = 1 when every train image is grayscale, else 3.
@@ -79,7 +82,9 @@ def image_folder_task(root: Path, task: int, image_size: int | None = None, chan
     _check_settings(name, image_size, channels)
     folders = _task_folders(root)
     if task not in folders:
-        raise DataError(f"{name}: no folder for task {task} in {root} (tasks found: {', '.join(map(str, sorted(folders)))})")
+        raise DataError(
+            f"{name}: no folder for task {task} in {root} (tasks found: {', '.join(map(str, sorted(folders)))})"
+        )
     task_dir = folders[task]
     splits = {}
     for split in ("train", "test"):
@@ -88,7 +93,11 @@ def image_folder_task(root: Path, task: int, image_size: int | None = None, chan
         splits[split] = _class_folders(name, task_dir / split)
     train_set, test_set = set(splits["train"]), set(splits["test"])
     if train_set != test_set:
-        only = [f"only in {s}: {', '.join(sorted(a - b))}" for s, a, b in (("train", train_set, test_set), ("test", test_set, train_set)) if a - b]
+        only = [
+            f"only in {s}: {', '.join(sorted(a - b))}"
+            for s, a, b in (("train", train_set, test_set), ("test", test_set, train_set))
+            if a - b
+        ]
         raise DataError(f"{name}: {task_dir}: train and test have different classes ({'; '.join(only)})")
     classes = tuple(sorted(train_set))
     folder, stats, samples = task_dir.resolve(), [], {}
@@ -98,13 +107,27 @@ def image_folder_task(root: Path, task: int, image_size: int | None = None, chan
             for path, size, mtime in _image_files(name, splits[split][cls]):
                 samples[split].append((path, label))
                 stats.append((f"{split}/{cls}/{path.name}", size, mtime))
-    listing = _Listing(name, str(task_dir), folder, classes, tuple(samples["train"]), tuple(samples["test"]), tuple(stats),
-                       {"kind": name, "classes": list(classes)})
+    listing = _Listing(
+        name,
+        str(task_dir),
+        folder,
+        classes,
+        tuple(samples["train"]),
+        tuple(samples["test"]),
+        tuple(stats),
+        {"kind": name, "classes": list(classes)},
+    )
     return _load(listing, image_size, channels, cache_dir, on_progress)
 
 
-def tinyimagenet_task(root: Path, task: int, n_tasks: int, image_size: int | None = None,
-                      cache_dir: Path | None = None, on_progress: Progress | None = None) -> ImageSplits:
+def tinyimagenet_task(
+    root: Path,
+    task: int,
+    n_tasks: int,
+    image_size: int | None = None,
+    cache_dir: Path | None = None,
+    on_progress: Progress | None = None,
+) -> ImageSplits:
     """Task `task` of `n_tasks` from a tiny-imagenet-200/ folder (or a folder holding one), RGB.
 
     Task t holds the classes wnids[(t-1)*k : t*k], k = len(wnids) / n_tasks, in wnids.txt order; the
@@ -116,16 +139,20 @@ def tinyimagenet_task(root: Path, task: int, n_tasks: int, image_size: int | Non
         root = root / "tiny-imagenet-200"
     wnids_path = root / "wnids.txt"
     if not wnids_path.is_file():
-        raise DataError(f"{name}: {root} lacks wnids.txt: point it at the tiny-imagenet-200/ folder (wnids.txt, train/, val/)")
+        raise DataError(
+            f"{name}: {root} lacks wnids.txt: point it at the tiny-imagenet-200/ folder (wnids.txt, train/, val/)"
+        )
     wnids = _read_wnids(name, wnids_path)
     n = len(wnids)
     if isinstance(n_tasks, bool) or not isinstance(n_tasks, int) or n_tasks < 1 or n % n_tasks:
         divisors = ", ".join(str(d) for d in range(1, n + 1) if n % d == 0)
-        raise DataError(f"{name}: {n_tasks!r} tasks cannot split the {n} classes of {wnids_path} evenly; use one of {divisors}")
+        raise DataError(
+            f"{name}: {n_tasks!r} tasks cannot split the {n} classes of {wnids_path} evenly; use one of {divisors}"
+        )
     if isinstance(task, bool) or not isinstance(task, int) or not 1 <= task <= n_tasks:
         raise DataError(f"{name}: task {task!r} does not exist: the {n_tasks} tasks are numbered 1..{n_tasks}")
     k = n // n_tasks
-    classes = tuple(wnids[(task - 1) * k: task * k])
+    classes = tuple(wnids[(task - 1) * k : task * k])
     ann_path = root / "val" / "val_annotations.txt"
     if not ann_path.is_file():
         raise DataError(f"{name}: {root} lacks val/val_annotations.txt")
@@ -149,8 +176,16 @@ def tinyimagenet_task(root: Path, task: int, n_tasks: int, image_size: int | Non
     for label, wnid in enumerate(classes):
         if label not in labelled:
             raise DataError(f"{name}: {ann_path} annotates no val images of class {wnid}")
-    listing = _Listing(name, f"{root} (task {task} of {n_tasks})", root.resolve(), classes, tuple(train), tuple(test),
-                       tuple(stats), {"kind": name, "task": task, "n_tasks": n_tasks, "classes": list(classes)})
+    listing = _Listing(
+        name,
+        f"{root} (task {task} of {n_tasks})",
+        root.resolve(),
+        classes,
+        tuple(train),
+        tuple(test),
+        tuple(stats),
+        {"kind": name, "task": task, "n_tasks": n_tasks, "classes": list(classes)},
+    )
     return _load(listing, image_size, 3, cache_dir, on_progress)
 
 
@@ -158,7 +193,9 @@ def tinyimagenet_task(root: Path, task: int, n_tasks: int, image_size: int | Non
 
 
 def _check_settings(name: str, image_size: int | None, channels: int | None) -> None:
-    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or not 1 <= image_size <= MAX_SIDE):
+    if image_size is not None and (
+        isinstance(image_size, bool) or not isinstance(image_size, int) or not 1 <= image_size <= MAX_SIDE
+    ):
         raise DataError(f"{name}: image size must be an integer from 1 to {MAX_SIDE}, got {image_size!r}")
     if channels is not None and channels not in (1, 3):
         raise DataError(f"{name}: channels must be 1 or 3, got {channels!r}")
@@ -189,7 +226,10 @@ def _task_folders(root: Path) -> dict[int, Path]:
             raise DataError(f"{name}: task {task} has two folders, {found[task].name} and {entry.name}; keep one")
         found[task] = root / entry.name
     if not found:
-        raise DataError(f"{name}: no task folders in {root}: expected {root}/task<T>/{{train,test}}/<class>/*.png|*.jpg|*.jpeg (T = 1, 2, ...)")
+        raise DataError(
+            f"{name}: no task folders in {root}: expected "
+            f"{root}/task<T>/{{train,test}}/<class>/*.png|*.jpg|*.jpeg (T = 1, 2, ...)"
+        )
     return found
 
 
@@ -274,71 +314,41 @@ def _val_annotations(name: str, path: Path, known: set[str], wanted: set[str]) -
 # ---- decoding -----------------------------------------------------------------------------------
 
 
-def _pillow():
-    try:
-        from PIL import Image
-    except ImportError:
-        raise DataError("image folders need Pillow: pip install 'wsn[images]'") from None
-    return Image
-
-
-@contextmanager
-def _pillow_limits(Image) -> Iterator[None]:
-    """Pillow's decompression-bomb limit at MAX_SIDE² pixels for the call (restored after)."""
-    before = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = MAX_SIDE * MAX_SIDE
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused by _open itself
-            yield
-    finally:
-        Image.MAX_IMAGE_PIXELS = before
-
-
-@contextmanager
-def _open(Image, name: str, path: Path):
-    """The image at `path`, opened (header only) and checked against MAX_SIDE."""
-    try:
-        img = Image.open(path, formats=_FORMATS)
-    except Image.DecompressionBombError:
-        raise DataError(f"{name}: {path} declares over {2 * MAX_SIDE * MAX_SIDE} pixels, over the {MAX_SIDE}x{MAX_SIDE} limit; "
-                        "refused before decoding") from None
-    except OSError as exc:
-        detail = exc.strerror or str(exc) if not isinstance(exc, Image.UnidentifiedImageError) else "unrecognised content"
-        raise DataError(f"{name}: {path} is not a readable PNG or JPEG image ({detail})") from None
-    except Exception as exc:  # noqa: BLE001 - any failure to parse an untrusted header is bad data
-        raise DataError(f"{name}: {path} is not a readable PNG or JPEG image ({type(exc).__name__}: {exc})") from None
-    with img:
-        w, h = img.size
-        if w > MAX_SIDE or h > MAX_SIDE:
-            raise DataError(f"{name}: {path} declares {w}x{h} pixels, over the {MAX_SIDE}x{MAX_SIDE} limit; refused before decoding")
-        yield img
-
-
-def _load(listing: _Listing, image_size: int | None, channels: int | None, cache_dir: Path | None,
-          on_progress: Progress | None) -> ImageSplits:
-    Image = _pillow()
+def _load(
+    listing: _Listing,
+    image_size: int | None,
+    channels: int | None,
+    cache_dir: Path | None,
+    on_progress: Progress | None,
+) -> ImageSplits:
+    Image = pillow()
     y_train = np.fromiter((lab for _, lab in listing.train), dtype=np.int64, count=len(listing.train))
     y_test = np.fromiter((lab for _, lab in listing.test), dtype=np.int64, count=len(listing.test))
     for y in (y_train, y_test):
         y.setflags(write=False)
     settings = {**listing.settings, "image_size": image_size, "channels": channels, "n_train": len(y_train)}
-    path = image_cache.cache_path(cache_dir or image_cache.default_cache_dir(), image_cache.cache_key(listing.folder, settings, listing.stats))
+    path = image_cache.cache_path(
+        cache_dir or image_cache.default_cache_dir(), image_cache.cache_key(listing.folder, settings, listing.stats)
+    )
     hit = image_cache.load_cached(path, y_train, y_test, channels, image_size, MAX_TASK_BYTES)
     if hit is not None:
         return ImageSplits(listing.classes, hit[0], y_train, hit[1], y_test, listing.source)
-    with _pillow_limits(Image):
+    with pillow_limits(Image):
         channels, (h, w) = _scan(Image, listing, image_size, channels)
         n = len(y_train) + len(y_test)
         if n * channels * h * w > MAX_TASK_BYTES:
-            raise DataError(f"{listing.name}: {listing.source} would decode to {n * channels * h * w / 2**30:.1f} GiB ({n} images of "
-                            f"{channels}x{h}x{w}), over the {MAX_TASK_BYTES / 2**30:g} GiB limit; pass --image-size N to shrink the images")
+            raise DataError(
+                f"{listing.name}: {listing.source} would decode to {n * channels * h * w / 2**30:.1f} GiB ({n} "
+                "images of "
+                f"{channels}x{h}x{w}), over the {MAX_TASK_BYTES / 2**30:g} GiB limit; pass --image-size N to "
+                "shrink the images"
+            )
         x = np.empty((n, channels, h, w), dtype=np.uint8)  # (N + M, C, H, W)
         for i, (file, _) in enumerate(listing.train + listing.test):
             x[i] = _decode(Image, listing.name, file, channels, (h, w), image_size)
             if on_progress is not None:
                 on_progress(i + 1, n)
-    x_train, x_test = x[: len(y_train)], x[len(y_train):]
+    x_train, x_test = x[: len(y_train)], x[len(y_train) :]
     image_cache.store_cached(path, {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test})
     for arr in (x, x_train, x_test):
         arr.setflags(write=False)
@@ -349,54 +359,16 @@ def _scan(Image, listing: _Listing, image_size: int | None, channels: int | None
     """(channels, (H, W)) of the decoded task, from the image headers; every declared size checked."""
     all_gray, first, size = True, None, None
     for i, (path, _) in enumerate(listing.train + listing.test):
-        with _open(Image, listing.name, path) as img:
+        with open_image(Image, listing.name, path) as img:
             if i < len(listing.train):
-                all_gray = all_gray and img.mode in _GRAY_MODES
+                all_gray = all_gray and img.mode in GRAY_MODES
             if image_size is None:
                 if size is None:
                     first, size = path, img.size
                 elif img.size != size:
-                    raise DataError(_size_message(listing.name, path, img.size, size, first))
+                    raise DataError(size_message(listing.name, path, img.size, size, first))
     if channels is None:
         channels = 1 if all_gray else 3
     if image_size is not None:
         return channels, (image_size, image_size)
     return channels, (size[1], size[0])
-
-
-def _size_message(name: str, path: Path, got: tuple[int, int], want: tuple[int, int], first: Path | None) -> str:
-    like = f"like {first}" if first is not None else "as it was when scanned"
-    return (f"{name}: {path} is {got[0]}x{got[1]} but the task's images are {want[0]}x{want[1]} ({like}); "
-            "pass --image-size N to resize them all to NxN")
-
-
-def _decode(Image, name: str, path: Path, channels: int, hw: tuple[int, int], image_size: int | None) -> np.ndarray:
-    """One image as uint8 (C, H, W): L or RGB (16-bit gray keeps its high byte), resized when asked."""
-    with _open(Image, name, path) as img:
-        if image_size is None and img.size != (hw[1], hw[0]):  # the file changed since the scan
-            raise DataError(_size_message(name, path, img.size, (hw[1], hw[0]), None))
-        try:
-            img.load()
-            if img.mode in _WIDE_GRAY:
-                wide = np.asarray(img, dtype=np.int64)  # (H, W)
-                img = Image.fromarray((np.clip(wide, 0, 65535) >> 8).astype(np.uint8))  # mode L
-            img = img.convert("L" if channels == 1 else "RGB")
-            if image_size is not None:
-                img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
-            pixels = np.asarray(img, dtype=np.uint8)  # (H, W) or (H, W, 3)
-        except DataError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - any failure to decode an untrusted file is bad data
-            raise DataError(f"{name}: cannot decode {path} ({type(exc).__name__}: {exc})") from None
-    return pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
-
-
-def decode_images(files: list[Path], channels: int, image_size: int | None, expected_size: tuple[int, int]) -> np.ndarray:
-    """Images to predict on, as the task's inputs: uint8 (N, C, H, W), resized to image_size (when
-    the task's images were resized) or required to be expected_size (H, W)."""
-    Image = _pillow()
-    out = np.empty((len(files), channels, *expected_size), dtype=np.uint8)  # (N, C, H, W)
-    with _pillow_limits(Image):
-        for i, path in enumerate(files):
-            out[i] = _decode(Image, "predict", Path(path), channels, tuple(expected_size), image_size)
-    return out

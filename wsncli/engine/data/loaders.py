@@ -78,10 +78,12 @@ def pad_images(x: np.ndarray, size: int | None) -> np.ndarray:
         return x
     h, w = x.shape[-2:]
     if size < max(h, w):
-        raise DataError(f"--image-size {size} is smaller than the {h}x{w} images; MNIST-style images can only be padded")
+        raise DataError(
+            f"--image-size {size} is smaller than the {h}x{w} images; MNIST-style images can only be padded"
+        )
     top, left = (size - h) // 2, (size - w) // 2
     out = np.zeros((*x.shape[:-2], size, size), x.dtype)
-    out[..., top:top + h, left:left + w] = x
+    out[..., top : top + h, left : left + w] = x
     return out
 
 
@@ -97,7 +99,9 @@ def mnist_like(name: str, root, task: int, classes: tuple[int, ...], options) ->
     fashion = name == "split-fashion"
     sub, fallback = ("fashion-mnist", DEBIAN_FASHION) if fashion else ("mnist", None)
     what = "Fashion-MNIST IDX files" if fashion else "MNIST IDX files"
-    found = ds.locate(name, what, candidates(name, root, sub, fallback), MNIST_FILES, True, resolve_data_root(root), sub)
+    found = ds.locate(
+        name, what, candidates(name, root, sub, fallback), MNIST_FILES, True, resolve_data_root(root), sub
+    )
     (xtr, ytr), (xte, yte) = ds.mnist_arrays(name, found)
     mean, std = FASHION_NORM if fashion else MNIST_NORM
     if name == "pmnist":
@@ -107,14 +111,23 @@ def mnist_like(name: str, root, task: int, classes: tuple[int, ...], options) ->
     (xtr, ytr), (xte, yte) = _select(xtr, ytr, classes), _select(xte, yte, classes)
     size = getattr(options, "image_size", None)
     xtr, xte = pad_images(xtr[:, None], size), pad_images(xte[:, None], size)  # (N, 1, 28, 28) or padded
-    return RawTask(xtr, ytr, xte, yte, scaled(1 / 255.0, mean=mean, std=std), f"{name} task {task}", classes, per_channel=True)
+    return RawTask(
+        xtr, ytr, xte, yte, scaled(1 / 255.0, mean=mean, std=std), f"{name} task {task}", classes, per_channel=True
+    )
 
 
 def cifar(name: str, root, task: int, classes: tuple[int, ...], _options) -> RawTask:
     hundred = name == "split-cifar100"
     folder_name, files = ("cifar-100-python", CIFAR100_FILES) if hundred else ("cifar-10-batches-py", CIFAR10_FILES)
-    found = ds.locate(name, "CIFAR python-pickle batches", candidates(name, root, folder_name), files, False,
-                      resolve_data_root(root), folder_name)
+    found = ds.locate(
+        name,
+        "CIFAR python-pickle batches",
+        candidates(name, root, folder_name),
+        files,
+        False,
+        resolve_data_root(root),
+        folder_name,
+    )
     label_key, n_labels = ("fine_labels", 100) if hundred else ("labels", 10)
     parts = [ds.cifar_batch(found[f], label_key, n_labels) for f in files]
     train, test = parts[:-1], parts[-1]
@@ -122,7 +135,9 @@ def cifar(name: str, root, task: int, classes: tuple[int, ...], _options) -> Raw
     (xtr, ytr), (xte, yte) = _select(xtr, ytr, classes), _select(*test, classes)
     mean, std = (np.asarray(v, np.float32)[:, None, None] for v in (CIFAR100_NORM if hundred else CIFAR10_NORM))
     xtr, xte = (x.reshape(len(x), 3, 32, 32) for x in (xtr, xte))  # (N, C, H, W), channel-major rows
-    return RawTask(xtr, ytr, xte, yte, scaled(1 / 255.0, mean=mean, std=std), f"{name} task {task}", classes, per_channel=True)
+    return RawTask(
+        xtr, ytr, xte, yte, scaled(1 / 255.0, mean=mean, std=std), f"{name} task {task}", classes, per_channel=True
+    )
 
 
 def npz_input_prep(where: str, key: str, x: np.ndarray) -> Preprocess:
@@ -143,7 +158,9 @@ def npz(root, task: int, _classes, _options) -> RawTask:
     prep = npz_input_prep(where, "x_train", xtr)
     for key in ("x_test", "x_val"):
         if key in arrays and npz_input_prep(where, key, arrays[key]).divide != prep.divide:
-            raise DataError(f"{where}: {key} has dtype {arrays[key].dtype} but x_train {xtr.dtype}; use one input dtype")
+            raise DataError(
+                f"{where}: {key} has dtype {arrays[key].dtype} but x_train {xtr.dtype}; use one input dtype"
+            )
     val = (arrays["x_val"], label_values(where, "y_val", arrays["y_val"])) if "x_val" in arrays else None
     return RawTask(xtr, ytr, xte, yte, prep, where, None, val)
 
@@ -151,9 +168,13 @@ def npz(root, task: int, _classes, _options) -> RawTask:
 def image_folder(root, task: int, _classes, options) -> RawTask:
     from wsncli.engine.data import images  # Pillow is optional: imported only for image data
 
-    found = images.image_folder_task(require_root("image-folder", root, "task<T>/ image folders"), task,
-                                     getattr(options, "image_size", None), getattr(options, "channels", None),
-                                     on_progress=getattr(options, "on_progress", None))
+    found = images.image_folder_task(
+        require_root("image-folder", root, "task<T>/ image folders"),
+        task,
+        getattr(options, "image_size", None),
+        getattr(options, "channels", None),
+        on_progress=getattr(options, "on_progress", None),
+    )
     return _image_task(found, f"image-folder task {task} ({found.source})")
 
 
@@ -163,12 +184,19 @@ def tinyimagenet(root, task: int, _classes, options) -> RawTask:
     folder = require_root("split-tinyimagenet", root, "tiny-imagenet-200/")
     if (folder / "tiny-imagenet-200").is_dir():
         folder = folder / "tiny-imagenet-200"
-    found = images.tinyimagenet_task(folder, task, getattr(options, "n_tasks", None) or 40, getattr(options, "image_size", None),
-                                     on_progress=getattr(options, "on_progress", None))
+    found = images.tinyimagenet_task(
+        folder,
+        task,
+        getattr(options, "n_tasks", None) or 40,
+        getattr(options, "image_size", None),
+        on_progress=getattr(options, "on_progress", None),
+    )
     return _image_task(found, f"split-tinyimagenet task {task}")
 
 
 def _image_task(found, where: str) -> RawTask:
     names = np.asarray(found.classes)
     ytr, yte = names[found.y_train], names[found.y_test]  # original labels: class folder names (wnids)
-    return RawTask(found.x_train, ytr, found.x_test, yte, scaled(1 / 255.0), where, tuple(sorted(found.classes)), per_channel=True)
+    return RawTask(
+        found.x_train, ytr, found.x_test, yte, scaled(1 / 255.0), where, tuple(sorted(found.classes)), per_channel=True
+    )

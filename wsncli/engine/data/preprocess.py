@@ -51,10 +51,17 @@ class Preprocess:
     def same_as(self, other: Preprocess) -> bool:
         """Bit-identical transform (what eval compares with the stored one)."""
         perms = (self.permutation is None) == (other.permutation is None) and (
-            self.permutation is None or np.array_equal(self.permutation, other.permutation))
-        return (perms and self.scale == other.scale and self.divide == other.divide
-                and self.mean.shape == other.mean.shape and self.std.shape == other.std.shape
-                and np.array_equal(self.mean, other.mean) and np.array_equal(self.std, other.std))
+            self.permutation is None or np.array_equal(self.permutation, other.permutation)
+        )
+        return (
+            perms
+            and self.scale == other.scale
+            and self.divide == other.divide
+            and self.mean.shape == other.mean.shape
+            and self.std.shape == other.std.shape
+            and np.array_equal(self.mean, other.mean)
+            and np.array_equal(self.std, other.std)
+        )
 
 
 def scaled(scale: float, divide: bool = False, mean=None, std=None, permutation=None) -> Preprocess:

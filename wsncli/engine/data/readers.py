@@ -55,8 +55,9 @@ def find_file(folder: Path, name: str, gz_ok: bool) -> Path | None:
     return None
 
 
-def locate(name: str, what: str, candidates: list[Path], files: tuple[str, ...], gz_ok: bool,
-           root: Path | None, sub: str) -> dict[str, Path]:
+def locate(
+    name: str, what: str, candidates: list[Path], files: tuple[str, ...], gz_ok: bool, root: Path | None, sub: str
+) -> dict[str, Path]:
     """The first candidate folder holding every file in `files` (each plain, or .gz when `gz_ok`).
 
     Raises DataError naming the files expected, the folders searched and how to point wsn at them;
@@ -97,7 +98,10 @@ def _read_idx(path: str, _mtime: int, _size: int) -> np.ndarray:
     dtype = np.dtype(_IDX_DTYPES[raw[2]])
     expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
     if len(raw) - header != expected:
-        raise DataError(f"{path}: IDX header promises shape {dims} ({expected} bytes) but the file holds {len(raw) - header} bytes of data")
+        raise DataError(
+            f"{path}: IDX header promises shape {dims} ({expected} bytes) but the file holds {len(raw) - header} "
+            "bytes of data"
+        )
     arr = np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
     return _frozen(arr.astype(dtype.newbyteorder("="), copy=True))
 
@@ -113,9 +117,12 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
     """An unpickler that can rebuild numpy arrays and dtypes and nothing else (no code execution)."""
 
     _ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
     }
 
     def find_class(self, module: str, name: str):
@@ -147,7 +154,9 @@ def _read_pickle_dict(path: str, _mtime: int, _size: int) -> dict[str, object]:
         with open(path, "rb") as fh:
             obj = _NumpyOnlyUnpickler(fh, encoding="bytes").load()
     except _Forbidden as exc:
-        raise DataError(f"{path}: refused to load: the pickle asks for {exc}, and only numpy arrays are allowed") from None
+        raise DataError(
+            f"{path}: refused to load: the pickle asks for {exc}, and only numpy arrays are allowed"
+        ) from None
     except MemoryError:
         raise DataError(f"{path}: the pickle asks for more memory than is available") from None
     except Exception as exc:  # noqa: BLE001 - any failure to parse an untrusted file is bad data
@@ -183,25 +192,36 @@ def _npz_members(path: str, zf: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
         total += info.file_size
         if total > limit:
             raise DataError(f"{path}: its arrays expand to over {limit} bytes (limit WSN_MAX_DATA_BYTES)")
-        if info.compress_type != zipfile.ZIP_STORED and info.file_size > BOMB_MIN_BYTES and \
-                info.file_size > BOMB_RATIO * max(info.compress_size, 1):
-            raise DataError(f"{path}: member {info.filename[:60]!r} expands {info.file_size // max(info.compress_size, 1)}-fold "
-                            f"({info.file_size} bytes from {info.compress_size}): refused as a zip bomb")
+        if (
+            info.compress_type != zipfile.ZIP_STORED
+            and info.file_size > BOMB_MIN_BYTES
+            and info.file_size > BOMB_RATIO * max(info.compress_size, 1)
+        ):
+            raise DataError(
+                f"{path}: member {info.filename[:60]!r} expands {info.file_size // max(info.compress_size, 1)}-fold "
+                f"({info.file_size} bytes from {info.compress_size}): refused as a zip bomb"
+            )
         with zf.open(info) as fh:
             try:
                 version = np.lib.format.read_magic(fh)
-                reader = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+                reader = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(
+                    version
+                )
                 if reader is None:
                     raise ValueError(f"npy format version {version} is not supported")
                 shape, _fortran, dtype = reader(fh, max_header_size=10000)
             except ValueError as exc:
                 raise DataError(f"{path}: member {info.filename[:60]!r} is not a .npy array ({exc})") from None
         if dtype.hasobject:
-            raise DataError(f"{path}: member {info.filename[:60]!r} holds Python objects (pickles), which wsn never loads")
+            raise DataError(
+                f"{path}: member {info.filename[:60]!r} holds Python objects (pickles), which wsn never loads"
+            )
         declared = math.prod(shape) * dtype.itemsize
         if declared > info.file_size:
-            raise DataError(f"{path}: member {info.filename[:60]!r} declares {shape} {dtype} ({declared} bytes) "
-                            f"but holds only {info.file_size} bytes")
+            raise DataError(
+                f"{path}: member {info.filename[:60]!r} declares {shape} {dtype} ({declared} bytes) "
+                f"but holds only {info.file_size} bytes"
+            )
     return infos
 
 
@@ -288,7 +308,10 @@ def npz_files(root: Path) -> dict[int, Path]:
             raise DataError(f"npz: task {task} has two files, {files[task].name} and {path.name}; keep one")
         files[task] = path
     if not files:
-        raise DataError(f"npz: no task files in {root}: expected task<T>.npz or task_<T>.npz (T = 1, 2, ...) holding {', '.join(NPZ_REQUIRED)}")
+        raise DataError(
+            f"npz: no task files in {root}: expected task<T>.npz or task_<T>.npz (T = 1, 2, ...) holding "
+            f"{', '.join(NPZ_REQUIRED)}"
+        )
     return files
 
 
@@ -299,7 +322,9 @@ def npz_arrays(path: Path) -> dict[str, np.ndarray]:
     if ("x_val" in arrays) != ("y_val" in arrays):
         missing.append("y_val" if "x_val" in arrays else "x_val")
     if missing:
-        raise DataError(f"npz: {path} lacks array(s) {', '.join(missing)} (it has: {', '.join(sorted(arrays)) or 'none'})")
+        raise DataError(
+            f"npz: {path} lacks array(s) {', '.join(missing)} (it has: {', '.join(sorted(arrays)) or 'none'})"
+        )
     if arrays["x_train"].ndim < 2:
         raise DataError(f"npz: {path}: x_train must be (N, features...) but has shape {arrays['x_train'].shape}")
     return arrays

@@ -148,8 +148,10 @@ CHANNELS_BENCHMARKS = ("image-folder", "split-tinyimagenet")  # --channels
 
 def check_options_apply(name: str, options: DataOptions) -> None:
     """Refuse image options for a benchmark that would ignore them (UsageError: exit 2)."""
-    for flag, value, names in (("--image-size", options.image_size, IMAGE_SIZE_BENCHMARKS),
-                               ("--channels", options.channels, CHANNELS_BENCHMARKS)):
+    for flag, value, names in (
+        ("--image-size", options.image_size, IMAGE_SIZE_BENCHMARKS),
+        ("--channels", options.channels, CHANNELS_BENCHMARKS),
+    ):
         if value is not None and name not in names:
             raise UsageError(f"{flag} applies to benchmark {', '.join(names)} only, not {name}")
 
@@ -160,8 +162,9 @@ def _spec(name: str) -> _Spec:
     return _SPECS[name]
 
 
-def benchmark_info(name: str, data_root: Path | None = None, n_tasks: int | None = None,
-                   options: DataOptions | None = None) -> BenchmarkInfo:
+def benchmark_info(
+    name: str, data_root: Path | None = None, n_tasks: int | None = None, options: DataOptions | None = None
+) -> BenchmarkInfo:
     """The benchmark's task ids, input shape and defaults (lists folders only for npz/image-folder)."""
     spec = _spec(name)
     shape = spec.input_shape
@@ -183,8 +186,14 @@ def benchmark_info(name: str, data_root: Path | None = None, n_tasks: int | None
     return BenchmarkInfo(name, len(ids), ids, shape, spec.arch, spec.epochs, spec.batch, spec.val, spec.standardize)
 
 
-def load_task(name: str, task: int, data_root: Path | None = None, n_tasks: int | None = None,
-              options: DataOptions | None = None, standardize_inputs: bool | None = None) -> TaskData:
+def load_task(
+    name: str,
+    task: int,
+    data_root: Path | None = None,
+    n_tasks: int | None = None,
+    options: DataOptions | None = None,
+    standardize_inputs: bool | None = None,
+) -> TaskData:
     """One task of a benchmark, split and validated; raises DataError on any problem.
 
     `standardize_inputs` (default: the benchmark's) measures a per-feature (per-channel for images)

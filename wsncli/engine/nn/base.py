@@ -48,8 +48,10 @@ def image_input(config: ModelConfig, min_side: int) -> tuple[int, int, int]:
         raise DataError(f"arch {config.arch} needs image inputs (C, H, W), got shape {config.input_shape}")
     c, h, w = config.input_shape
     if h < min_side or w < min_side:
-        raise DataError(f"arch {config.arch} needs images of at least {min_side}x{min_side}, got {config.input_shape}; "
-                        f"--image-size {min_side} (or more) resizes or pads them where the benchmark allows")
+        raise DataError(
+            f"arch {config.arch} needs images of at least {min_side}x{min_side}, got {config.input_shape}; "
+            f"--image-size {min_side} (or more) resizes or pads them where the benchmark allows"
+        )
     return c, h, w
 
 
@@ -105,5 +107,7 @@ class WSNNet(nn.Module):
                 raise NonFiniteScores(f"scores of layer {name!r} are NaN or infinite")
             masks[name] = layer.current_mask().clone()
             if int(masks[name].sum()) != layer.k:  # never: the selection is exact
-                raise RuntimeError(f"internal error: mask of layer {name!r} keeps {int(masks[name].sum())} weights, not {layer.k}")
+                raise RuntimeError(
+                    f"internal error: mask of layer {name!r} keeps {int(masks[name].sum())} weights, not {layer.k}"
+                )
         return masks

@@ -68,7 +68,13 @@ class MLPNet(WSNNet):
         return h
 
 
-_CLASSES: dict[str, type[WSNNet]] = {"mlp": MLPNet, "conv": ConvNet, "resnet18": ResNet18, "lenet": LeNet, "conv4": Conv4Net}
+_CLASSES: dict[str, type[WSNNet]] = {
+    "mlp": MLPNet,
+    "conv": ConvNet,
+    "resnet18": ResNet18,
+    "lenet": LeNet,
+    "conv4": Conv4Net,
+}
 
 
 def build_model(config: ModelConfig) -> WSNNet:

@@ -97,7 +97,9 @@ class ResNet18(WSNNet):
         return [block for stage in range(len(BLOCKS)) for block in getattr(self, f"layer{stage + 1}")]
 
     def _make_norms(self) -> nn.ModuleList:
-        return nn.ModuleList(nn.BatchNorm2d(layer.weight.shape[0], affine=False) for layer in self.subnet_layers().values())
+        return nn.ModuleList(
+            nn.BatchNorm2d(layer.weight.shape[0], affine=False) for layer in self.subnet_layers().values()
+        )
 
     def trunk(self, x: torch.Tensor, task: int) -> torch.Tensor:
         norms = self.task_norms[str(task)]

@@ -108,8 +108,9 @@ class TopKSelector:
         self.ties = int((band == threshold).sum()) > 1
         return threshold
 
-    def fused_select(self, scores: torch.Tensor, weight: torch.Tensor, free: torch.Tensor | None, k: int,
-                     work: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def fused_select(
+        self, scores: torch.Tensor, weight: torch.Tensor, free: torch.Tensor | None, k: int, work: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(mask, trainable, w_eff), flat, from the C kernel: the same selection and band as `select`."""
         n = scores.numel()
         mask = torch.empty(n, dtype=torch.bool)
@@ -117,9 +118,19 @@ class TopKSelector:
         w_eff = torch.empty(n, dtype=weight.dtype)
         banded = self.lo is not None
         t, band, _ties, used_band, nonfinite = _kernels.select(
-            scores.data_ptr(), weight.data_ptr(), 0 if free is None else free.data_ptr(), n, k,
-            self.lo if banded else 0.0, self.hi if banded else 0.0, banded,
-            mask.data_ptr(), trainable.data_ptr(), w_eff.data_ptr(), work.data_ptr())
+            scores.data_ptr(),
+            weight.data_ptr(),
+            0 if free is None else free.data_ptr(),
+            n,
+            k,
+            self.lo if banded else 0.0,
+            self.hi if banded else 0.0,
+            banded,
+            mask.data_ptr(),
+            trainable.data_ptr(),
+            w_eff.data_ptr(),
+            work.data_ptr(),
+        )
         if nonfinite:
             raise NonFiniteScores(f"{nonfinite} scores are NaN or infinite")
         if used_band:
@@ -129,11 +140,21 @@ class TopKSelector:
         return mask, trainable, w_eff
 
 
-def fused_grads(grad: torch.Tensor, weight: torch.Tensor, scores: torch.Tensor, trainable: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def fused_grads(
+    grad: torch.Tensor, weight: torch.Tensor, scores: torch.Tensor, trainable: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(grad_weight, grad_scores) from the C kernel: grad·trainable and (grad·weight)·sign(scores)."""
     grad = grad.contiguous()
     gw, gs = torch.empty_like(weight), torch.empty_like(scores)
-    _kernels.grads(grad.data_ptr(), weight.data_ptr(), scores.data_ptr(), trainable.data_ptr(), grad.numel(), gw.data_ptr(), gs.data_ptr())
+    _kernels.grads(
+        grad.data_ptr(),
+        weight.data_ptr(),
+        scores.data_ptr(),
+        trainable.data_ptr(),
+        grad.numel(),
+        gw.data_ptr(),
+        gs.data_ptr(),
+    )
     return gw, gs
 
 

@@ -51,7 +51,9 @@ class _FusedMaskedWeight(torch.autograd.Function):
     @staticmethod
     def forward(ctx, weight, scores, layer):
         free = None if layer._free is None else layer._free
-        mask, trainable, w_eff = layer.selector.fused_select(scores.detach(), weight.detach(), free, layer.k, layer._work)
+        mask, trainable, w_eff = layer.selector.fused_select(
+            scores.detach(), weight.detach(), free, layer.k, layer._work
+        )
         layer._last_mask = mask.view(weight.shape)
         ctx.save_for_backward(weight, scores, trainable)
         return w_eff.view(weight.shape)
@@ -152,7 +154,9 @@ class SubnetLinear(SubnetLayer):
 class SubnetConv2d(SubnetLayer):
     """Conv2d without bias, weight (out, in, k, k), square stride and zero padding, a score per weight."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0
+    ) -> None:
         super().__init__()
         shape = (out_channels, in_channels, kernel_size, kernel_size)
         self.weight = nn.Parameter(torch.empty(shape))

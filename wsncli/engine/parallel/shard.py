@@ -55,7 +55,9 @@ class Shard:
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         if device.type == "cuda":
             if self.local_rank >= torch.cuda.device_count():
-                raise DeviceError(f"rank {self.rank} needs GPU {self.local_rank}, but only {torch.cuda.device_count()} are visible")
+                raise DeviceError(
+                    f"rank {self.rank} needs GPU {self.local_rank}, but only {torch.cuda.device_count()} are visible"
+                )
             torch.cuda.set_device(self.local_rank)
             self.device = torch.device("cuda", self.local_rank)
         else:
@@ -75,8 +77,10 @@ class Shard:
         key = str(task)
         if key in model.task_norms:
             if self.device.type != "cuda":
-                raise DeviceError("BatchNorm networks (conv, resnet18) train in several processes only on CUDA (SyncBatchNorm); "
-                                  "train them in one process on the CPU")
+                raise DeviceError(
+                    "BatchNorm networks (conv, resnet18) train in several processes only on CUDA (SyncBatchNorm); "
+                    "train them in one process on the CPU"
+                )
             original = model.task_norms[key]
             model.task_norms[key] = nn.SyncBatchNorm.convert_sync_batchnorm(original)
             self._norms = (model, key, original)
@@ -88,7 +92,9 @@ class Shard:
         ids = None if self.device.type != "cuda" else [self.device.index]
         with warnings.catch_warnings():  # newer torch renames broadcast_buffers; every buffer is ignored above anyway
             warnings.simplefilter("ignore", FutureWarning)
-            self._ddp = nn.parallel.DistributedDataParallel(forward, device_ids=ids, broadcast_buffers=False, find_unused_parameters=False)
+            self._ddp = nn.parallel.DistributedDataParallel(
+                forward, device_ids=ids, broadcast_buffers=False, find_unused_parameters=False
+            )
         return self._ddp
 
     def unwrap(self) -> None:
@@ -143,7 +149,10 @@ class Shard:
         digests: list = [None] * self.world
         dist.all_gather_object(digests, h.hexdigest())
         if len(set(digests)) != 1:
-            raise WsnError(f"the {self.world} processes ended with different weights or masks ({len(set(digests))} versions); nothing was saved")
+            raise WsnError(
+                f"the {self.world} processes ended with different weights or masks ({len(set(digests))} "
+                "versions); nothing was saved"
+            )
 
     def barrier(self) -> None:
         dist.barrier()

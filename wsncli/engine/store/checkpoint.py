@@ -22,7 +22,14 @@ from wsncli.engine.nn.models import WSNNet, build_model
 from wsncli.engine.store import container
 from wsncli.engine.store.paths import OutputTarget, write_output
 from wsncli.engine.store.reader import MASKS, CheckpointFile, read_checkpoint_bytes, read_checkpoint_file
-from wsncli.engine.store.schema import CheckpointMeta, LayerSpec, PreprocessSpec, TaskRecord, encode_meta, to_model_config
+from wsncli.engine.store.schema import (
+    CheckpointMeta,
+    LayerSpec,
+    PreprocessSpec,
+    TaskRecord,
+    encode_meta,
+    to_model_config,
+)
 from wsncli.errors import CheckpointError, UsageError
 
 FORMAT_NAME, FORMAT_VERSION = container.FORMAT_NAME, container.FORMAT_VERSION
@@ -114,16 +121,27 @@ def build_checkpoint(found: CheckpointFile) -> Checkpoint:
         stored = tuple(shape) or (1,)  # a scalar is stored as one element (safetensors' numpy API has no 0-d)
         if arr is None or arr.dtype not in dtypes or tuple(arr.shape) != stored:
             got = "missing" if arr is None else f"{arr.dtype} {tuple(arr.shape)}"
-            raise CheckpointError(f"malformed checkpoint: tensor {name!r} is {got}, expected {dtypes[0].__name__} {stored}")
+            raise CheckpointError(
+                f"malformed checkpoint: tensor {name!r} is {got}, expected {dtypes[0].__name__} {stored}"
+            )
         used.add(name)
         return arr.reshape(shape)
 
-    ckpt = Checkpoint(meta, model, version=found.version, signature=found.signature, file_bytes=found.size,
-                      mask_codec=found.mask_codec, mask_bytes=found.mask_bytes)
+    ckpt = Checkpoint(
+        meta,
+        model,
+        version=found.version,
+        signature=found.signature,
+        file_bytes=found.size,
+        mask_codec=found.mask_codec,
+        mask_bytes=found.mask_bytes,
+    )
     with torch.no_grad():
         for name, layer in layers.items():
             for kind in ("weight", "scores"):
-                getattr(layer, kind).copy_(torch.from_numpy(take(f"layer/{name}/{kind}", tuple(layer.weight.shape), (np.float32,))))
+                getattr(layer, kind).copy_(
+                    torch.from_numpy(take(f"layer/{name}/{kind}", tuple(layer.weight.shape), (np.float32,)))
+                )
         for record in meta.tasks:
             t = record.task
             take(f"head/{t}/weight", (record.n_classes, model.feature_dim), (np.float32,))  # before allocating it
@@ -135,7 +153,10 @@ def build_checkpoint(found: CheckpointFile) -> Checkpoint:
                 ckpt.preps[t] = _read_prep(record.preprocess, t, take, model.config.input_shape)
                 pred = take(f"pred/{t}", (record.n_test,), (np.uint8, np.int32))
                 if pred.size and int(pred.max()) >= record.n_classes:
-                    raise CheckpointError(f"malformed checkpoint: recorded predictions of task {t} name a class beyond its {record.n_classes}")
+                    raise CheckpointError(
+                        f"malformed checkpoint: recorded predictions of task {t} name a class beyond its "
+                        f"{record.n_classes}"
+                    )
                 ckpt.predictions[t] = pred.astype(np.int64)
             if meta.method == "wsn":
                 ckpt.masks[t] = {n: torch.from_numpy(found.masks[t][n]).reshape(layers[n].weight.shape) for n in layers}
@@ -157,7 +178,9 @@ def _load_state(module: torch.nn.Module, prefix: str, take) -> None:
 def _read_prep(spec: PreprocessSpec, task: int, take, input_shape: tuple[int, ...]) -> Preprocess:
     shape = tuple(spec.mean_shape)
     if len(shape) > len(input_shape) or any(d not in (1, s) for d, s in zip(shape[::-1], input_shape[::-1])):
-        raise CheckpointError(f"malformed checkpoint: task {task}'s transform has shape {shape}, which does not fit inputs {input_shape}")
+        raise CheckpointError(
+            f"malformed checkpoint: task {task}'s transform has shape {shape}, which does not fit inputs {input_shape}"
+        )
     mean = take(f"prep/{task}/mean", shape, (np.float32,)).copy()
     std = take(f"prep/{task}/std", shape, (np.float32,)).copy()
     if not (np.isfinite(mean).all() and np.isfinite(std).all() and (std > 0).all()):
@@ -172,7 +195,9 @@ def _read_prep(spec: PreprocessSpec, task: int, take, input_shape: tuple[int, ..
 
 
 def prep_spec(prep: Preprocess) -> PreprocessSpec:
-    return PreprocessSpec(prep.scale, prep.divide, prep.standardized, prep.permutation is not None, list(prep.mean.shape))
+    return PreprocessSpec(
+        prep.scale, prep.divide, prep.standardized, prep.permutation is not None, list(prep.mean.shape)
+    )
 
 
 # -- save ------------------------------------------------------------------------------------
@@ -203,8 +228,12 @@ def checkpoint_arrays(ckpt: Checkpoint) -> dict[str, np.ndarray]:
 
 def layer_masks(ckpt: Checkpoint, tasks: list[int]) -> list[formats.LayerMasks]:
     """Each layer's masks of `tasks` (flat bool numpy), in forward order."""
-    return [formats.LayerMasks(name, tuple(layer.weight.shape), [ckpt.masks[t][name].cpu().numpy().reshape(-1) for t in tasks])
-            for name, layer in ckpt.model.subnet_layers().items()]
+    return [
+        formats.LayerMasks(
+            name, tuple(layer.weight.shape), [ckpt.masks[t][name].cpu().numpy().reshape(-1) for t in tasks]
+        )
+        for name, layer in ckpt.model.subnet_layers().items()
+    ]
 
 
 def pack_masks(ckpt: Checkpoint, tasks: list[int], codec: str) -> bytes:
@@ -232,9 +261,13 @@ def save_checkpoint(ckpt: Checkpoint, target: OutputTarget) -> int:
     try:
         back = build_checkpoint(read_checkpoint_bytes(raw, require_signature=False))
     except CheckpointError as exc:
-        raise CheckpointError(f"{target.path}: the new checkpoint would not load back ({exc}); nothing was written") from None
+        raise CheckpointError(
+            f"{target.path}: the new checkpoint would not load back ({exc}); nothing was written"
+        ) from None
     for t, layer_masks_ in ckpt.masks.items():
         for n, mask in layer_masks_.items():
             if not torch.equal(back.masks[t][n], mask.cpu()):
-                raise CheckpointError(f"{target.path}: mask of task {t}, layer {n!r} differs after packing; nothing was written")
+                raise CheckpointError(
+                    f"{target.path}: mask of task {t}, layer {n!r} differs after packing; nothing was written"
+                )
     return write_output(target, raw, CheckpointError)

@@ -53,20 +53,30 @@ def signing_key() -> bytes | None:
 
 
 def _auth_message(format_name: str, version: int, fields: dict[str, str]) -> bytes:
-    parts = [format_name, str(version)] + [f"{k}={hashlib.sha256(v.encode()).hexdigest()}" for k, v in sorted(fields.items())]
+    parts = [format_name, str(version)] + [
+        f"{k}={hashlib.sha256(v.encode()).hexdigest()}" for k, v in sorted(fields.items())
+    ]
     return "\n".join(parts).encode()
 
 
-def encode_file(format_name: str, version: int, fields: dict[str, str], arrays: dict[str, np.ndarray],
-                key: bytes | None = None) -> bytes:
+def encode_file(
+    format_name: str, version: int, fields: dict[str, str], arrays: dict[str, np.ndarray], key: bytes | None = None
+) -> bytes:
     """A safetensors file whose metadata holds `fields`, a checksum table and (with `key`) an HMAC."""
     import safetensors.numpy
 
-    fields = {**fields, "checksums": json.dumps({n: tensor_digest(a) for n, a in arrays.items()}, sort_keys=True, separators=(",", ":"))}
+    fields = {
+        **fields,
+        "checksums": json.dumps(
+            {n: tensor_digest(a) for n, a in arrays.items()}, sort_keys=True, separators=(",", ":")
+        ),
+    }
     metadata = {"format": format_name, "version": str(version), **fields}
     if key is not None:
         metadata["hmac"] = hmac.new(key, _auth_message(format_name, version, fields), hashlib.sha256).hexdigest()
-    raw = safetensors.numpy.save({k: np.asarray(v, order="C") for k, v in arrays.items()}, metadata=metadata)  # keeps 0-d
+    raw = safetensors.numpy.save(
+        {k: np.asarray(v, order="C") for k, v in arrays.items()}, metadata=metadata
+    )  # keeps 0-d
     return _sorted_header(raw)
 
 
@@ -74,9 +84,9 @@ def _sorted_header(raw: bytes) -> bytes:
     """The same file with its header's keys sorted (the library's order varies between processes):
     the same checkpoint always has the same bytes. Offsets count from the data, so they stay valid."""
     (n,) = struct.unpack_from("<Q", raw)
-    text = json.dumps(json.loads(raw[8:8 + n]), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    text = json.dumps(json.loads(raw[8 : 8 + n]), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
     text += b" " * (-len(text) % 8)  # the data stays 8-byte aligned, as the library writes it
-    return struct.pack("<Q", len(text)) + text + raw[8 + n:]
+    return struct.pack("<Q", len(text)) + text + raw[8 + n :]
 
 
 def encode(meta_json: bytes, arrays: dict[str, np.ndarray], key: bytes | None = None) -> bytes:
@@ -116,7 +126,9 @@ def _strict_json(raw: bytes, what: str):
     except UnicodeDecodeError as exc:
         raise CheckpointError(f"{what} is not valid UTF-8 ({exc.reason})") from None
     except (ValueError, RecursionError) as exc:
-        raise CheckpointError(f"{what} is not valid JSON ({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__})") from None
+        raise CheckpointError(
+            f"{what} is not valid JSON ({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__})"
+        ) from None
 
 
 def _check_entries(header: dict, data_bytes: int) -> None:
@@ -137,12 +149,16 @@ def _check_entries(header: dict, data_bytes: int) -> None:
             raise CheckpointError(f"tensor {short!r}: data_offsets must be two non-negative integers")
         nbytes = math.prod(shape) * np.dtype(DTYPES[dtype]).itemsize
         if offsets[1] - offsets[0] != nbytes:
-            raise CheckpointError(f"tensor {short!r}: {dtype} {shape} needs {nbytes} bytes, its offsets span {offsets[1] - offsets[0]}")
+            raise CheckpointError(
+                f"tensor {short!r}: {dtype} {shape} needs {nbytes} bytes, its offsets span {offsets[1] - offsets[0]}"
+            )
         spans.append((offsets[0], offsets[1], short))
     end = 0
     for start, stop, short in sorted(spans):
         if start != end:
-            raise CheckpointError(f"tensor {short!r}: data starts at byte {start}, expected {end} (tensors must be back to back)")
+            raise CheckpointError(
+                f"tensor {short!r}: data starts at byte {start}, expected {end} (tensors must be back to back)"
+            )
         end = stop
     if end != data_bytes:
         raise CheckpointError(f"the tensors describe {end} bytes of data, the file holds {data_bytes}")
@@ -155,7 +171,9 @@ def _metadata(header: dict, format_name: str, version: int, keys: set[str], what
     if md.get("format") != format_name:
         raise CheckpointError(f"not a {what} (format {str(md.get('format'))[:40]!r})")
     if md.get("version") != str(version):
-        raise CheckpointError(f"{what} format version {str(md.get('version'))[:20]!r} is not supported (this wsn reads version {version})")
+        raise CheckpointError(
+            f"{what} format version {str(md.get('version'))[:20]!r} is not supported (this wsn reads version {version})"
+        )
     missing = keys - md.keys()
     if missing:
         raise CheckpointError(f"malformed {what} (metadata lacks {', '.join(sorted(missing))})")
@@ -165,8 +183,9 @@ def _metadata(header: dict, format_name: str, version: int, keys: set[str], what
     return md
 
 
-def decode_file(raw: bytes, format_name: str, version: int, fields: set[str], what: str,
-                require_signature: bool = True) -> tuple[dict[str, str], dict[str, np.ndarray], list[str], str]:
+def decode_file(
+    raw: bytes, format_name: str, version: int, fields: set[str], what: str, require_signature: bool = True
+) -> tuple[dict[str, str], dict[str, np.ndarray], list[str], str]:
     """(fields, arrays, tensors failing their checksum, signature status) of a file encode_file wrote."""
     import safetensors.numpy
 
@@ -177,7 +196,7 @@ def decode_file(raw: bytes, format_name: str, version: int, fields: set[str], wh
         raise CheckpointError(f"header of {n} bytes is over the limit of {MAX_HEADER_BYTES}")
     if 8 + n > len(raw):
         raise CheckpointError(f"truncated: the header needs {8 + n} bytes, the file has {len(raw)}")
-    header = _strict_json(raw[8:8 + n], "the safetensors header")
+    header = _strict_json(raw[8 : 8 + n], "the safetensors header")
     if not isinstance(header, dict):
         raise CheckpointError("the safetensors header is not a JSON object")
     md = _metadata(header, format_name, version, fields | {"format", "version", "checksums"}, what)
@@ -191,7 +210,9 @@ def decode_file(raw: bytes, format_name: str, version: int, fields: set[str], wh
     try:
         arrays = safetensors.numpy.load(bytes(raw))
     except Exception as exc:  # noqa: BLE001 - checked above; the library's own refusal must still be one line
-        raise CheckpointError(f"unreadable safetensors data ({str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__})") from None
+        raise CheckpointError(
+            f"unreadable safetensors data ({str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__})"
+        ) from None
     tampered = sorted(name for name, arr in arrays.items() if tensor_digest(arr) != sums[name])
     return {k: md[k] for k in fields}, arrays, tampered, signature
 
@@ -201,8 +222,9 @@ def decode(raw: bytes, require_signature: bool = True) -> RawCheckpoint:
 
     With a key in $WSN_CHECKPOINT_KEY a signed file must verify, and an unsigned one is refused unless
     `require_signature` is False (train-task, which signs what it writes)."""
-    fields, arrays, tampered, signature = decode_file(raw, FORMAT_NAME, FORMAT_VERSION, {"meta", "meta_sha256"},
-                                                      "wsn checkpoint", require_signature)
+    fields, arrays, tampered, signature = decode_file(
+        raw, FORMAT_NAME, FORMAT_VERSION, {"meta", "meta_sha256"}, "wsn checkpoint", require_signature
+    )
     meta_json = fields["meta"].encode()
     if hashlib.sha256(meta_json).hexdigest() != fields["meta_sha256"]:
         raise CheckpointError("metadata fails its checksum (file corrupt)")

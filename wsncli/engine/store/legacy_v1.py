@@ -2,8 +2,8 @@
 
 Read-only: wsn writes version 2. The file is untrusted: the ZIP is checked first (stored entries
 only, declared sizes within the file, CRCs), then unpickled with `torch.load(weights_only=True)`
-(torch >= 2.10, past CVE-2025-32434 and CVE-2026-24747), then every container is checked to be plain data, every tensor a
-dense contiguous CPU view of its own bytes, and the metadata is converted into the version-2 schema
+(torch >= 2.10, past CVE-2025-32434 and CVE-2026-24747), then every container is checked to be plain
+data, every tensor a dense contiguous CPU view of its own bytes, and the metadata is converted into the version-2 schema
 (which checks every field). The result has the same shape as a version-2 read.
 """
 
@@ -104,9 +104,17 @@ def _check_tensors(tensors, file_bytes: int) -> dict[str, np.ndarray]:
             raise CheckpointError(f"tensor name {_short(name)} is not a string")
         if not isinstance(t, torch.Tensor):
             raise CheckpointError(f"tensor {name[:80]!r} is a {type(t).__name__}, not a tensor")
-        if t.layout != torch.strided or t.is_quantized or t.is_nested or t.device.type != "cpu" or \
-                t.dtype not in (torch.float32, torch.int64, torch.uint8):
-            raise CheckpointError(f"tensor {name[:80]!r} is {t.dtype} {t.layout} on {t.device}; only dense CPU float32, int64 and uint8 are allowed")
+        if (
+            t.layout != torch.strided
+            or t.is_quantized
+            or t.is_nested
+            or t.device.type != "cpu"
+            or t.dtype not in (torch.float32, torch.int64, torch.uint8)
+        ):
+            raise CheckpointError(
+                f"tensor {name[:80]!r} is {t.dtype} {t.layout} on {t.device}; only dense CPU float32, int64 and "
+                "uint8 are allowed"
+            )
         nbytes = t.numel() * t.element_size()
         if not t.is_contiguous() or nbytes > t.untyped_storage().nbytes() - t.storage_offset() * t.element_size():
             raise CheckpointError(f"tensor {name[:80]!r} is not a contiguous view of its own data")
@@ -140,7 +148,9 @@ def read_v1(raw: bytes) -> tuple[CheckpointMeta, dict[str, np.ndarray], list[str
         raise CheckpointError(f"not a wsn checkpoint (format {_short(payload.get('format'))})")
     version = payload.get("version")
     if type(version) is not int or version != 1:
-        raise CheckpointError(f"checkpoint format version {_short(version)} is not supported (this wsn reads versions 1 and 2)")
+        raise CheckpointError(
+            f"checkpoint format version {_short(version)} is not supported (this wsn reads versions 1 and 2)"
+        )
     meta, sums = payload.get("meta"), payload.get("checksums")
     if not isinstance(meta, dict) or not isinstance(sums, dict) or not isinstance(sums.get("tensors"), dict):
         raise CheckpointError("malformed checkpoint (meta or checksums missing)")

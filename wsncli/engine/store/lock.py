@@ -77,7 +77,9 @@ class CheckpointLock:
                 holder = _describe_holder(fd)
                 if holder is not None or attempt + 1 == _ATTEMPTS:
                     os.close(fd)
-                    raise LockError(f"{self.ckpt} is in use by {holder or 'another wsn process'}; wait for it to finish") from None
+                    raise LockError(
+                        f"{self.ckpt} is in use by {holder or 'another wsn process'}; wait for it to finish"
+                    ) from None
                 time.sleep(0.025)
                 if not self._still_named(fd):
                     os.close(fd)
@@ -97,8 +99,12 @@ class CheckpointLock:
 
     @staticmethod
     def _write_note(fd: int) -> None:
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S"),
-                "command": " ".join(sys.argv[:6])}
+        info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "command": " ".join(sys.argv[:6]),
+        }
         try:  # the holder's description is a courtesy: a full disk must not fail the command here
             os.ftruncate(fd, 0)
             os.pwrite(fd, json.dumps(info).encode(), 0)

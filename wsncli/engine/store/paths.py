@@ -40,8 +40,13 @@ class OutputTarget:
 
 
 def _describe(st: os.stat_result) -> str:
-    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
-             (stat.S_ISCHR, "a character device"), (stat.S_ISFIFO, "a FIFO"))
+    kinds = (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISFIFO, "a FIFO"),
+    )
     return next((name for test, name in kinds if test(st.st_mode)), "not a regular file")
 
 
@@ -102,8 +107,10 @@ def plan_output(
     if not stat.S_ISREG(st.st_mode):
         raise error(f"{path} is {_describe(st)}, not a file: refusing to write a {what} there")
     if st.st_nlink > 1:
-        raise error(f"{path} has {st.st_nlink} hard links: replacing it would split them into different files; "
-                    f"write to a new name or copy it first")
+        raise error(
+            f"{path} has {st.st_nlink} hard links: replacing it would split them into different files; "
+            f"write to a new name or copy it first"
+        )
     if is_own_kind is not None and not force and not is_own_kind(real):
         raise error(f"{path} exists and is not a {what}; pass --force to overwrite it")
     return OutputTarget(path, real, "replace", st)
@@ -191,7 +198,7 @@ def remove_stale_temps(real: Path) -> list[Path]:
     except OSError:
         return removed
     for name in names:
-        if name.startswith(prefix) and name[len(prefix):].isdigit():
+        if name.startswith(prefix) and name[len(prefix) :].isdigit():
             candidate = real.parent / name
             try:
                 st = os.lstat(candidate)
@@ -217,8 +224,9 @@ def _fsync_dir(folder: Path) -> None:
 
 
 # -- reading ------------------------------------------------------------------------------------
-def read_regular_file(path: Path, limit: int, what: str, error: type[WsnError] = WsnError,
-                      limit_hint: str = "") -> bytes:
+def read_regular_file(
+    path: Path, limit: int, what: str, error: type[WsnError] = WsnError, limit_hint: str = ""
+) -> bytes:
     """The whole of a regular file, opened without blocking and read once, at most `limit` bytes.
 
     A FIFO, device or folder is refused at once (never read), a file over `limit` before reading."""

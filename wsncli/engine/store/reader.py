@@ -45,8 +45,11 @@ def checkpoint_limit() -> int:
 def is_checkpoint(path: Path) -> bool:
     """Whether `path` starts like a wsn checkpoint of either version (to refuse overwriting one)."""
     prefix = file_prefix(path, 4096)
-    return prefix[:4] == ZIP_MAGIC and b"data.pkl" in prefix or (
-        container.looks_like_container(prefix) and b'"wsn-checkpoint"' in prefix)
+    return (
+        prefix[:4] == ZIP_MAGIC
+        and b"data.pkl" in prefix
+        or (container.looks_like_container(prefix) and b'"wsn-checkpoint"' in prefix)
+    )
 
 
 def read_checkpoint_file(path: Path, require_signature: bool = True) -> CheckpointFile:
@@ -113,9 +116,13 @@ def _decode_masks(blob: bytes, meta: CheckpointMeta, tasks: list[int]) -> tuple[
     """The .wsnm file inside a checkpoint, decoded with its size bounded by what meta declares."""
     expected_bits = sum(math.prod(layer.shape) for layer in meta.layers) * len(tasks)
     try:
-        packed = formats.unpack(blob, max_bits=expected_bits, limit_hint="more than the records and meta.layers declare")
+        packed = formats.unpack(
+            blob, max_bits=expected_bits, limit_hint="more than the records and meta.layers declare"
+        )
     except formats.FormatError as exc:
-        raise CheckpointError(f"the masks tensor is not a valid packed-mask file for these {len(tasks)} task records ({exc})") from None
+        raise CheckpointError(
+            f"the masks tensor is not a valid packed-mask file for these {len(tasks)} task records ({exc})"
+        ) from None
     if list(packed.task_ids) != tasks:
         raise CheckpointError(f"the masks tensor holds tasks {list(packed.task_ids)[:10]}, the records {tasks[:10]}")
     declared = [(layer.name, tuple(layer.shape)) for layer in meta.layers]
@@ -135,8 +142,14 @@ def _read_v1(raw: bytes) -> CheckpointFile:
 
     meta, arrays, tampered = legacy_v1.read_v1(raw)
     meta.layers = [LayerSpec(name, list(shape)) for name, shape in _v1_layer_shapes(meta).items()]
-    out = CheckpointFile(1, meta, {k: v for k, v in arrays.items() if not k.startswith("mask/")}, tampered=tampered,
-                         size=len(raw), mask_codec="packbits")
+    out = CheckpointFile(
+        1,
+        meta,
+        {k: v for k, v in arrays.items() if not k.startswith("mask/")},
+        tampered=tampered,
+        size=len(raw),
+        mask_codec="packbits",
+    )
     _check_layer_arrays(out)
     for record in meta.tasks if meta.method == "wsn" else []:
         out.masks[record.task] = {}

@@ -50,7 +50,10 @@ class ModelSpec(msgspec.Struct, forbid_unknown_fields=True):
     """The shape-defining settings of the network (must match on every later task)."""
 
     arch: Short
-    input_shape: Annotated[list[Annotated[int, msgspec.Meta(ge=1, le=MAX_INPUT_DIM)]], msgspec.Meta(min_length=1, max_length=MAX_INPUT_DIMS)]
+    input_shape: Annotated[
+        list[Annotated[int, msgspec.Meta(ge=1, le=MAX_INPUT_DIM)]],
+        msgspec.Meta(min_length=1, max_length=MAX_INPUT_DIMS),
+    ]
     hidden: Annotated[list[Annotated[int, msgspec.Meta(ge=1, le=65536)]], msgspec.Meta(max_length=64)] = []
     width: Annotated[int, msgspec.Meta(ge=1, le=1024)] | None = None
 
@@ -69,7 +72,10 @@ class PreprocessSpec(msgspec.Struct, forbid_unknown_fields=True):
     divide: bool
     standardized: bool
     permuted: bool
-    mean_shape: Annotated[list[Annotated[int, msgspec.Meta(ge=1, le=MAX_INPUT_DIM)]], msgspec.Meta(min_length=1, max_length=MAX_INPUT_DIMS)]
+    mean_shape: Annotated[
+        list[Annotated[int, msgspec.Meta(ge=1, le=MAX_INPUT_DIM)]],
+        msgspec.Meta(min_length=1, max_length=MAX_INPUT_DIMS),
+    ]
 
 
 class TaskRecord(msgspec.Struct, forbid_unknown_fields=True):
@@ -99,9 +105,17 @@ class TaskRecord(msgspec.Struct, forbid_unknown_fields=True):
     learned_at: Short | None = None
     preprocess: PreprocessSpec | None = None  # None: version-1 record (the benchmark's fixed transform)
     digest_version: Annotated[int, msgspec.Meta(ge=1, le=2)] = 2  # 1: subnet digest without the transform
-    accuracy_row: Annotated[list[Fraction | None], msgspec.Meta(max_length=MAX_TASK_ID)] = []  # earlier tasks, right after this one
+    accuracy_row: Annotated[
+        list[Fraction | None], msgspec.Meta(max_length=MAX_TASK_ID)
+    ] = []  # earlier tasks, right after this one
     world_size: Annotated[int, msgspec.Meta(ge=1, le=65536)] = 1
-    input_dtype: Annotated[str, msgspec.Meta(pattern=r"^(uint8|int8|int16|int32|int64|uint16|uint32|uint64|float16|float32|float64|bool)$")] | None = None
+    input_dtype: (
+        Annotated[
+            str,
+            msgspec.Meta(pattern=r"^(uint8|int8|int16|int32|int64|uint16|uint32|uint64|float16|float32|float64|bool)$"),
+        ]
+        | None
+    ) = None
 
 
 class CheckpointMeta(msgspec.Struct, forbid_unknown_fields=True):
@@ -137,6 +151,7 @@ def decode_meta(raw: bytes) -> CheckpointMeta:
 def _no_duplicate_keys(raw: bytes) -> None:
     """msgspec keeps the last of repeated keys; another reader may keep the first: refuse them.
     Called after the typed decode succeeded, so the text's nesting is bounded by the schema."""
+
     def pairs(items):
         keys = [k for k, _ in items]
         if len(set(keys)) != len(keys):
@@ -196,9 +211,13 @@ def check_record(record: TaskRecord, at: str, method: str, order: int) -> None:
     if list(record.classes) != sorted(set(record.classes)):
         raise CheckpointError(f"{at}.classes must be sorted and distinct")
     if (method == "wsn") != (record.capacity is not None):
-        raise CheckpointError(f"{at}.capacity must be {'a fraction in (0, 1]' if method == 'wsn' else 'null for finetune'}")
+        raise CheckpointError(
+            f"{at}.capacity must be {'a fraction in (0, 1]' if method == 'wsn' else 'null for finetune'}"
+        )
     if len(record.accuracy_row) > order - 1:
-        raise CheckpointError(f"{at}.accuracy_row has {len(record.accuracy_row)} entries; at most {order - 1} tasks came before")
+        raise CheckpointError(
+            f"{at}.accuracy_row has {len(record.accuracy_row)} entries; at most {order - 1} tasks came before"
+        )
     if record.digest_version == 2 and record.preprocess is None:
         raise CheckpointError(f"{at}.preprocess is missing")
 

@@ -13,10 +13,6 @@ import torch
 
 from wsncli import __version__
 from wsncli.engine.data.registry import TaskData, benchmark_info, check_options_apply, load_task, resolve_data_root
-from wsncli.engine.lifecycle import resume
-from wsncli.engine.lifecycle.record import accuracy_row, data_options, task_record
-from wsncli.engine.lifecycle.request import DEFAULT_BENCHMARK, DEFAULT_CAPACITY, DEFAULT_LR, DEFAULT_SEED, TaskRequest, check_matches, check_request
-from wsncli.engine.lifecycle.train import TrainCallbacks, TrainResult, TrainSettings, train_task
 from wsncli.engine.nn.models import ModelConfig, build_model
 from wsncli.engine.nn.subnet import k_for_capacity
 from wsncli.engine.parallel.shard import Shard, world_size_from_env
@@ -26,6 +22,18 @@ from wsncli.engine.store.container import KEY_ENV
 from wsncli.engine.store.lock import CheckpointLock
 from wsncli.engine.store.paths import plan_output, remove_stale_temps, resolve
 from wsncli.engine.store.schema import CheckpointMeta, TaskRecord, from_model_config
+from wsncli.engine.training import snapshot as resume
+from wsncli.engine.training.loop import TrainCallbacks, TrainResult, TrainSettings, train_task
+from wsncli.engine.usecases.record import accuracy_row, data_options, task_record
+from wsncli.engine.usecases.request import (
+    DEFAULT_BENCHMARK,
+    DEFAULT_CAPACITY,
+    DEFAULT_LR,
+    DEFAULT_SEED,
+    TaskRequest,
+    check_matches,
+    check_request,
+)
 from wsncli.errors import CheckpointError, DataError, TaskError, UsageError, WsnError
 
 __all__ = ["LearnResult", "TaskRequest", "learn_task"]
@@ -57,10 +65,17 @@ def _new_checkpoint(req: TaskRequest, data: TaskData, data_root: Path | None) ->
     model = build_model(config)
     method = req.method or "wsn"
     meta = CheckpointMeta(
-        benchmark=benchmark, model=from_model_config(config), seed=seed, method=method, n_tasks=req.n_tasks,
+        benchmark=benchmark,
+        model=from_model_config(config),
+        seed=seed,
+        method=method,
+        n_tasks=req.n_tasks,
         data_root=str(data_root.resolve()) if data_root is not None else None,
         default_capacity=(req.capacity or DEFAULT_CAPACITY) if method == "wsn" else None,
-        wsn_version=__version__, image_size=req.image_size, channels=req.channels)
+        wsn_version=__version__,
+        image_size=req.image_size,
+        channels=req.channels,
+    )
     return Checkpoint(meta=meta, model=model)
 
 
@@ -69,7 +84,10 @@ def _check_data_fits(ckpt: Checkpoint, data: TaskData, req: TaskRequest) -> None
     if tuple(data.input_shape) != shape:
         first = ckpt.tasks[0].task if ckpt.tasks else None
         fixed = f" (fixed by task {first}, the first learned)" if first is not None else ""
-        raise DataError(f"task {req.task} inputs have shape {tuple(data.input_shape)}, the checkpoint's network takes {shape}{fixed}")
+        raise DataError(
+            f"task {req.task} inputs have shape {tuple(data.input_shape)}, the checkpoint's network takes "
+            f"{shape}{fixed}"
+        )
 
 
 def _hint(benchmark: str, data: TaskData) -> str:
@@ -105,8 +123,10 @@ def _prepare(req: TaskRequest, real: Path, device: torch.device, status, on_prog
         status(f"loading {req.ckpt}")
         ckpt = load_checkpoint(real, require_signature=False)
         if ckpt.signature == "unverified":  # signed, and no key here: the new file would silently lose it
-            raise CheckpointError(f"{req.ckpt}: the checkpoint is signed; set {KEY_ENV} to the key it was signed with "
-                                  "to add a task (without it the new file would be unsigned)")
+            raise CheckpointError(
+                f"{req.ckpt}: the checkpoint is signed; set {KEY_ENV} to the key it was signed with "
+                "to add a task (without it the new file would be unsigned)"
+            )
         check_matches(ckpt, req)
         benchmark, options = ckpt.meta.benchmark, data_options(ckpt, on_progress)
         if data_root is None and ckpt.meta.data_root:
@@ -147,8 +167,18 @@ def _train(job: _Job, callbacks: TrainCallbacks | None, status, shard=None) -> t
     callbacks = callbacks or TrainCallbacks()
     callbacks.on_state = snapshot.write if main else None
     try:
-        result = train_task(job.ckpt.model, job.data, job.settings, job.frozen, job.device, callbacks, state,
-                            _hint(job.ckpt.meta.benchmark, job.data), shard, job.req.cuda_graphs)
+        result = train_task(
+            job.ckpt.model,
+            job.data,
+            job.settings,
+            job.frozen,
+            job.device,
+            callbacks,
+            state,
+            _hint(job.ckpt.meta.benchmark, job.data),
+            shard,
+            job.req.cuda_graphs,
+        )
         _check_finite(job.ckpt.model, job.req.task)
     except WsnError:
         if main:
@@ -182,8 +212,12 @@ def _record_and_save(job: _Job, result: TrainResult, target, status) -> tuple[Ta
     return record, size, warnings
 
 
-def learn_task(req: TaskRequest, callbacks: TrainCallbacks | None = None, on_status: Callable[[str], None] | None = None,
-               on_progress: Callable[[int, int], None] | None = None) -> LearnResult:
+def learn_task(
+    req: TaskRequest,
+    callbacks: TrainCallbacks | None = None,
+    on_status: Callable[[str], None] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> LearnResult:
     """Learn one task into the checkpoint. The file changes only by one atomic rename at the end.
 
     Launched by torchrun with several processes, the task is trained data-parallel (engine.parallel)."""
@@ -214,14 +248,25 @@ def _learn_parallel(req: TaskRequest, device: torch.device, callbacks, status, o
             except WsnError as exc:
                 error = exc
         shard.agree(error)
-        job = _phase(shard, lambda: _prepare(req, resolve(req.ckpt), shard.device, status if shard.is_main else _quiet, on_progress))
+        job = _phase(
+            shard,
+            lambda: _prepare(req, resolve(req.ckpt), shard.device, status if shard.is_main else _quiet, on_progress),
+        )
         result, resumed = _phase(shard, lambda: _train(job, callbacks if shard.is_main else None, status, shard))
         shard.unwrap()
         _phase(shard, lambda: shard.check_same_state(job.ckpt.model, result.masks))
         saved = _phase(shard, lambda: _record_and_save(job, result, target, status) if shard.is_main else None)
         record = saved[0] if saved else None
         clean = True
-        return LearnResult(record, job.created, saved[1] if saved else 0, result, job.ckpt.learned(), resumed, saved[2] if saved else [])
+        return LearnResult(
+            record,
+            job.created,
+            saved[1] if saved else 0,
+            result,
+            job.ckpt.learned(),
+            resumed,
+            saved[2] if saved else [],
+        )
     finally:
         if lock is not None:
             lock.__exit__(None, None, None)
@@ -255,7 +300,10 @@ def _check_capacity_keeps_weights(model, settings: TrainSettings) -> None:
     for name, layer in model.subnet_layers().items():
         n = layer.weight.numel()
         if k_for_capacity(n, settings.capacity) < 1:
-            raise UsageError(f"--capacity {settings.capacity} keeps no weight of layer {name!r} ({n} weights); use at least {1 / n:.2g}")
+            raise UsageError(
+                f"--capacity {settings.capacity} keeps no weight of layer {name!r} ({n} weights); use at least "
+                f"{1 / n:.2g}"
+            )
 
 
 def _check_finite(model, task: int) -> None:
@@ -264,5 +312,6 @@ def _check_finite(model, task: int) -> None:
     tensors += [(f"head {task} {k}", v) for k, v in model.heads[str(task)].state_dict().items()]
     for name, tensor in tensors:
         if not bool(torch.isfinite(tensor.detach()).all()):
-            raise TaskError(f"task {task}: training left NaN or infinite values in {name}; nothing was saved. Try a smaller --lr")
-
+            raise TaskError(
+                f"task {task}: training left NaN or infinite values in {name}; nothing was saved. Try a smaller --lr"
+            )

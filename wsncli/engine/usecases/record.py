@@ -11,11 +11,11 @@ import numpy as np
 import torch
 
 from wsncli.engine.data.registry import DataOptions, TaskData, load_task
-from wsncli.engine.lifecycle.outputs import outputs_digest, predict, set_task_mode, subnet_digest
-from wsncli.engine.lifecycle.train import TrainResult, TrainSettings
 from wsncli.engine.nn.subnet import k_for_capacity
 from wsncli.engine.store.checkpoint import Checkpoint, prep_spec
 from wsncli.engine.store.schema import TaskRecord
+from wsncli.engine.training.loop import TrainResult, TrainSettings
+from wsncli.engine.usecases.outputs import outputs_digest, predict, set_task_mode, subnet_digest
 from wsncli.errors import WsnError
 
 
@@ -28,12 +28,20 @@ def recorded_task_data(ckpt: Checkpoint, task: int, data_root: Path | None, on_p
     the benchmark's fixed one (version-1 records, which had no standardisation)."""
     meta = ckpt.meta
     stored = ckpt.preps.get(task)
-    data = load_task(meta.benchmark, task, data_root, meta.n_tasks, data_options(ckpt, on_progress), standardize_inputs=False)
+    data = load_task(
+        meta.benchmark, task, data_root, meta.n_tasks, data_options(ckpt, on_progress), standardize_inputs=False
+    )
     return data if stored is None else data.with_prep(stored)
 
 
-def task_record(ckpt: Checkpoint, data: TaskData, settings: TrainSettings, result: TrainResult, device: torch.device,
-                world_size: int = 1) -> tuple[TaskRecord, np.ndarray]:
+def task_record(
+    ckpt: Checkpoint,
+    data: TaskData,
+    settings: TrainSettings,
+    result: TrainResult,
+    device: torch.device,
+    world_size: int = 1,
+) -> tuple[TaskRecord, np.ndarray]:
     """Measure the task as learned and describe it; returns the record and its test predictions."""
     model, masks, task = ckpt.model, result.masks, settings.task
     set_task_mode(model, masks)
@@ -70,9 +78,13 @@ def task_record(ckpt: Checkpoint, data: TaskData, settings: TrainSettings, resul
     return record, predictions
 
 
-def accuracy_row(ckpt: Checkpoint, data_root: Path | None, device: torch.device,
-                 on_task: Callable[[int, int, int], None] | None = None,
-                 on_warning: Callable[[str], None] | None = None) -> list[float | None]:
+def accuracy_row(
+    ckpt: Checkpoint,
+    data_root: Path | None,
+    device: torch.device,
+    on_task: Callable[[int, int, int], None] | None = None,
+    on_warning: Callable[[str], None] | None = None,
+) -> list[float | None]:
     """Every learned task's accuracy now, in learning order (None where its data cannot be loaded)."""
     row: list[float | None] = []
     learned = ckpt.learned()

@@ -9,6 +9,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from wsncli.engine.data.device import device_transform as device_transform  # re-exported
 from wsncli.engine.data.preprocess import Preprocess
 from wsncli.engine.nn.models import WSNNet
 
@@ -22,31 +23,15 @@ def set_task_mode(model: WSNNet, masks: dict[str, torch.Tensor] | None) -> None:
     model.eval()
 
 
-def device_transform(prep: Preprocess, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
-    """prep.apply as torch ops on `device`, operation for operation (so the bits are numpy's)."""
-    perm = None if prep.permutation is None else torch.from_numpy(prep.permutation).to(device)
-    scale = torch.tensor(np.float32(prep.scale), device=device)
-    mean, std = (torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in (prep.mean, prep.std))
-    affine = not prep.is_identity_affine
-
-    def apply(x: torch.Tensor) -> torch.Tensor:  # (B, *sample) raw -> (B, *sample) float32
-        out = x.to(torch.float32)
-        if perm is not None:
-            out = out.reshape(out.shape[0], -1)[:, perm].reshape(x.shape)
-        if prep.divide:
-            out = out / scale
-        elif prep.scale != 1.0:
-            out = out * scale
-        if affine:
-            out = (out - mean) / std
-        return out
-
-    return apply
-
-
 @torch.no_grad()
-def predict_logits(model: WSNNet, x: np.ndarray, task: int, device: torch.device, batch: int = 2048,
-                   transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+def predict_logits(
+    model: WSNNet,
+    x: np.ndarray,
+    task: int,
+    device: torch.device,
+    batch: int = 2048,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
     """Logits (N, n_classes) on the CPU for inputs x (N, *sample); model must be in task mode.
     `transform` maps raw inputs to network inputs (default: x already is)."""
     out = []
@@ -69,8 +54,9 @@ def outputs_digest(predictions: np.ndarray) -> str:
     return hashlib.sha256(predictions.astype("<i8").tobytes()).hexdigest()
 
 
-def subnet_digest(model: WSNNet, task: int, masks: dict[str, torch.Tensor] | None, prep: Preprocess | None = None,
-                  version: int = 2) -> str:
+def subnet_digest(
+    model: WSNNet, task: int, masks: dict[str, torch.Tensor] | None, prep: Preprocess | None = None, version: int = 2
+) -> str:
     """sha256 over everything task's outputs depend on: the masked weights (values under the mask,
     in flat order), the mask bits, the task's head and BatchNorm state and (version 2) its input
     transform. Device-independent (docs/CHECKPOINT.md section 6)."""

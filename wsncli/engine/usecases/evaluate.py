@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from wsncli.engine.lifecycle.outputs import outputs_digest, predict, set_task_mode, subnet_digest
-from wsncli.engine.lifecycle.record import recorded_task_data
 from wsncli.engine.store.checkpoint import Checkpoint
+from wsncli.engine.usecases.outputs import outputs_digest, predict, set_task_mode, subnet_digest
+from wsncli.engine.usecases.record import recorded_task_data
 from wsncli.errors import TaskError
 
 PROVEN, OUTPUTS_DIFFER, DATA_CHANGED, CHANGED = "proven", "outputs-differ", "data-changed", "changed"
@@ -113,7 +113,9 @@ def capacity_used(ckpt: Checkpoint) -> float | None:
     return sum(int(m.sum()) for m in union.values()) / total if total else 0.0
 
 
-def _record_contradictions(ckpt: Checkpoint, task: int, predictions: np.ndarray, y_test: np.ndarray, data_match: bool) -> list[str]:
+def _record_contradictions(
+    ckpt: Checkpoint, task: int, predictions: np.ndarray, y_test: np.ndarray, data_match: bool
+) -> list[str]:
     """What a task's record says that its own recorded predictions contradict."""
     record, stored = ckpt.task_record(task), ckpt.predictions.get(task)
     found = []
@@ -121,9 +123,15 @@ def _record_contradictions(ckpt: Checkpoint, task: int, predictions: np.ndarray,
         if outputs_digest(stored) != record.outputs_digest:
             found.append(f"task {task}: the recorded predictions do not match the recorded outputs digest")
         elif data_match and len(stored) == len(y_test) and float((stored == y_test).mean()) != record.accuracy:
-            found.append(f"task {task}: the recorded accuracy {record.accuracy:.4f} contradicts its recorded predictions "
-                         f"({float((stored == y_test).mean()):.4f})")
-    elif data_match and outputs_digest(predictions) == record.outputs_digest and float((predictions == y_test).mean()) != record.accuracy:
+            found.append(
+                f"task {task}: the recorded accuracy {record.accuracy:.4f} contradicts its recorded predictions "
+                f"({float((stored == y_test).mean()):.4f})"
+            )
+    elif (
+        data_match
+        and outputs_digest(predictions) == record.outputs_digest
+        and float((predictions == y_test).mean()) != record.accuracy
+    ):
         found.append(f"task {task}: the recorded accuracy {record.accuracy:.4f} contradicts its recorded outputs")
     return found
 
@@ -141,10 +149,16 @@ def evaluate_checkpoint(
     chosen = learned if not tasks else list(dict.fromkeys(tasks))  # each task once, in the order asked
     missing = [t for t in chosen if t not in learned]
     if missing:
-        raise TaskError(f"task {missing[0]} is not learned in this checkpoint (learned: {', '.join(map(str, learned)) or 'none'})")
+        raise TaskError(
+            f"task {missing[0]} is not learned in this checkpoint (learned: {', '.join(map(str, learned)) or 'none'})"
+        )
     model = ckpt.model.to(device)
-    report = EvalReport(last_task=learned[-1] if learned else None, capacity_used=capacity_used(ckpt),
-                        tampered=list(ckpt.tampered), signature=ckpt.signature)
+    report = EvalReport(
+        last_task=learned[-1] if learned else None,
+        capacity_used=capacity_used(ckpt),
+        tampered=list(ckpt.tampered),
+        signature=ckpt.signature,
+    )
     for i, task in enumerate(chosen):
         if on_task:
             on_task(task, i, len(chosen))
@@ -162,11 +176,20 @@ def evaluate_checkpoint(
         if data_match and stored is not None and len(stored) == len(predictions):
             differing = int((stored != predictions).sum())
         report.tampered += _record_contradictions(ckpt, task, predictions, data.y_test, data_match)
-        report.tasks.append(TaskEval(
-            task=task, order=record.order, accuracy=float((predictions == data.y_test).mean()),
-            accuracy_at_learning=record.accuracy, n_test=int(data.y_test.shape[0]),
-            subnet_match=subnet_digest(model, task, masks, ckpt.preps.get(task), record.digest_version) == record.subnet_digest,
-            data_match=data_match, outputs_match=outputs_match, differing_outputs=differing))
+        report.tasks.append(
+            TaskEval(
+                task=task,
+                order=record.order,
+                accuracy=float((predictions == data.y_test).mean()),
+                accuracy_at_learning=record.accuracy,
+                n_test=int(data.y_test.shape[0]),
+                subnet_match=subnet_digest(model, task, masks, ckpt.preps.get(task), record.digest_version)
+                == record.subnet_digest,
+                data_match=data_match,
+                outputs_match=outputs_match,
+                differing_outputs=differing,
+            )
+        )
     report.matrix = _matrix(ckpt, report)
     return report
 

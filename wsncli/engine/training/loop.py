@@ -1,6 +1,6 @@
 """Training one task: WSN (masked, old weights frozen) or the dense fine-tune baseline.
 
-The loop can stop after any epoch and continue from a `TrainState` (lifecycle.resume) with the
+The loop can stop after any epoch and continue from a `TrainState` (training.snapshot) with the
 same bits on the CPU: model, optimizer, both random generators, best epoch and history are in it.
 """
 
@@ -16,11 +16,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from wsncli.engine.data.device import device_transform
 from wsncli.engine.data.registry import TaskData
-from wsncli.engine.lifecycle.graphed import GraphedStep, graphs_pay
-from wsncli.engine.lifecycle.outputs import device_transform
 from wsncli.engine.nn.models import WSNNet
 from wsncli.engine.nn.selection import NonFiniteScores
+from wsncli.engine.training.graphed import GraphedStep, graphs_pay
 
 if TYPE_CHECKING:
     from wsncli.engine.parallel.shard import Shard
@@ -144,9 +144,15 @@ class DeviceSplit:
         raw = getattr(data, f"raw_{split}")
         self.y = torch.from_numpy(np.ascontiguousarray(getattr(data, f"y_{split}"))).to(device)
         if raw.size * 4 <= DEVICE_FLOAT_BUDGET or raw.dtype == np.float32:
-            self.x, self.transform = torch.from_numpy(np.ascontiguousarray(getattr(data, f"x_{split}"))).to(device), None
+            self.x, self.transform = (
+                torch.from_numpy(np.ascontiguousarray(getattr(data, f"x_{split}"))).to(device),
+                None,
+            )
         else:
-            self.x, self.transform = torch.from_numpy(np.ascontiguousarray(raw)).to(device), device_transform(data.prep, device)
+            self.x, self.transform = (
+                torch.from_numpy(np.ascontiguousarray(raw)).to(device),
+                device_transform(data.prep, device),
+            )
 
     def __len__(self) -> int:
         return self.x.shape[0]
@@ -170,17 +176,26 @@ def _loss_and_accuracy(model: WSNNet, split: DeviceSplit, task: int, batch: int 
 
 
 def _diverged(settings: TrainSettings, epoch: int, what: str, hint: str) -> TrainingDiverged:
-    return TrainingDiverged(f"task {settings.task}: {what} in epoch {epoch}; nothing was saved. Try a smaller --lr (now {settings.lr:g}){hint}")
+    return TrainingDiverged(
+        f"task {settings.task}: {what} in epoch {epoch}; nothing was saved. Try a smaller --lr (now "
+        f"{settings.lr:g}){hint}"
+    )
 
 
-def _check_loss(loss_sum: torch.Tensor, steps: int, settings: TrainSettings, epoch: int, hint: str, model: WSNNet) -> None:
+def _check_loss(
+    loss_sum: torch.Tensor, steps: int, settings: TrainSettings, epoch: int, hint: str, model: WSNNet
+) -> None:
     """One host synchronisation: stop when the mean loss of the last steps is not finite or exploded,
     or when a weight or score is no longer finite."""
     mean = float(loss_sum) / max(steps, 1)
     if not (math.isfinite(mean) and mean <= EXPLODED_LOSS):
-        what = "became NaN" if math.isnan(mean) else "became infinite" if math.isinf(mean) else f"exploded to {mean:.3g}"
+        what = (
+            "became NaN" if math.isnan(mean) else "became infinite" if math.isinf(mean) else f"exploded to {mean:.3g}"
+        )
         raise _diverged(settings, epoch, f"the training loss {what}", hint)
-    finite = torch.stack([torch.isfinite(p).all() for layer in model.subnet_layers().values() for p in (layer.weight, layer.scores)])
+    finite = torch.stack(
+        [torch.isfinite(p).all() for layer in model.subnet_layers().values() for p in (layer.weight, layer.scores)]
+    )
     if not bool(finite.all()):
         raise _diverged(settings, epoch, "weights or scores became NaN or infinite", hint)
 
@@ -202,7 +217,7 @@ def train_task(
     The task's head (and BatchNorm) must already exist (`model.add_task`). `frozen` marks, per layer,
     the weights earlier tasks use: they get no gradient and are checked bit for bit afterwards.
     `shard` (engine.parallel) makes this process train its part of every batch, data-parallel;
-    `cuda_graphs` replays each step as one CUDA graph (None: where it pays, lifecycle.graphed).
+    `cuda_graphs` replays each step as one CUDA graph (None: where it pays, training.graphed).
     """
     run = _Run(model, data, settings, frozen, device, callbacks or TrainCallbacks(), diverged_hint, shard, cuda_graphs)
     if resume is not None:
@@ -219,7 +234,14 @@ class _Run:
     """One task's training: model, optimizer, generators, best epoch and history."""
 
     def __init__(self, model, data, settings, frozen, device, cb, hint, shard, cuda_graphs=None) -> None:
-        self.model, self.settings, self.frozen, self.device, self.cb, self.hint = model, settings, frozen, device, cb, hint
+        self.model, self.settings, self.frozen, self.device, self.cb, self.hint = (
+            model,
+            settings,
+            frozen,
+            device,
+            cb,
+            hint,
+        )
         self.start = time.perf_counter()
         self.generator = torch.Generator().manual_seed(task_seed(settings.seed, settings.task))
         torch.manual_seed(task_seed(settings.seed, settings.task))  # dropout
@@ -234,7 +256,11 @@ class _Run:
         self.optimizer = torch.optim.Adam(params, lr=settings.lr, fused=_fused_ok(device), capturable=graphed)
         self.shard = shard
         self.forward = model if shard is None else shard.wrap(model, settings.task, params)
-        self.step = GraphedStep(model, settings.task, self.optimizer, self._step, settings.batch_size) if graphed else self._step
+        self.step = (
+            GraphedStep(model, settings.task, self.optimizer, self._step, settings.batch_size)
+            if graphed
+            else self._step
+        )
         self.train, self.val = DeviceSplit(data, "train", device), DeviceSplit(data, "val", device)
         self.best_loss, self.best_epoch, self.best_state, self.history, self.first = float("inf"), 0, None, [], 1
 
@@ -245,7 +271,12 @@ class _Run:
         self.optimizer.load_state_dict(saved)
         self.generator.set_state(state.generator)
         torch.set_rng_state(state.rng)
-        self.best_loss, self.best_epoch, self.best_state, self.history = state.best_loss, state.best_epoch, state.best, list(state.history)
+        self.best_loss, self.best_epoch, self.best_state, self.history = (
+            state.best_loss,
+            state.best_epoch,
+            state.best,
+            list(state.history),
+        )
         self.first = state.epoch + 1
 
     def _step(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -272,7 +303,9 @@ class _Run:
         correct = torch.zeros((), dtype=torch.long, device=self.device)
         checked, checked_n = torch.zeros((), device=self.device), 0  # loss_sum and samples at the last check
         for b in range(n_batches):
-            batch_loss, batch_correct = self.step(self.train.inputs(xs[b * bs : (b + 1) * bs]), ys[b * bs : (b + 1) * bs])
+            batch_loss, batch_correct = self.step(
+                self.train.inputs(xs[b * bs : (b + 1) * bs]), ys[b * bs : (b + 1) * bs]
+            )
             loss_sum += batch_loss
             correct += batch_correct
             if (b + 1) % CHECK_EVERY == 0:
@@ -295,8 +328,19 @@ class _Run:
         if cb.on_epoch_end:
             cb.on_epoch_end(stats)
         if cb.on_state and epoch < s.epochs:
-            cb.on_state(TrainState(epoch, task_state(self.model, task), self.optimizer.state_dict(), self.generator.get_state(),
-                                   torch.get_rng_state(), self.best_loss, self.best_epoch, self.best_state, list(self.history)))
+            cb.on_state(
+                TrainState(
+                    epoch,
+                    task_state(self.model, task),
+                    self.optimizer.state_dict(),
+                    self.generator.get_state(),
+                    torch.get_rng_state(),
+                    self.best_loss,
+                    self.best_epoch,
+                    self.best_state,
+                    list(self.history),
+                )
+            )
 
     def _global(self, value: torch.Tensor) -> torch.Tensor:
         """A per-process sum, summed over every process (itself when not data-parallel)."""
@@ -308,7 +352,11 @@ class _Run:
         masks = self.model.current_masks() if self.settings.method == "wsn" else None
         _check_frozen(self.model, self.frozen, self.frozen_before)
         self.model.eval()
-        graphs = "off" if not isinstance(self.step, GraphedStep) else (f"failed ({self.step.failed})" if self.step.failed else "on")
+        graphs = (
+            "off"
+            if not isinstance(self.step, GraphedStep)
+            else (f"failed ({self.step.failed})" if self.step.failed else "on")
+        )
         return TrainResult(masks, self.best_epoch, self.history, time.perf_counter() - self.start, graphs)
 
 

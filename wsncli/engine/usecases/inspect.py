@@ -78,8 +78,10 @@ def describe_checkpoint(ckpt: CheckpointFile, path: Path) -> CheckpointDescripti
         after.append({name: float(seen[name].mean()) for name in sizes})
     wsn = ckpt.meta.method == "wsn"
     learned = bool(ckpt.meta.tasks)
-    rows = [LayerSummary(name, shape, sizes[name], int(seen[name].sum()) if wsn else (sizes[name] if learned else 0))
-            for name, shape in layers]
+    rows = [
+        LayerSummary(name, shape, sizes[name], int(seen[name].sum()) if wsn else (sizes[name] if learned else 0))
+        for name, shape in layers
+    ]
     used = sum(r.used for r in rows)
     size = {"weights": 0, "scores": 0, "heads": 0, "norms": 0, "transforms": 0, "recorded_predictions": 0, "other": 0}
     for name, arr in ckpt.arrays.items():
@@ -87,4 +89,6 @@ def describe_checkpoint(ckpt: CheckpointFile, path: Path) -> CheckpointDescripti
     size["masks"] = ckpt.mask_bytes
     size["file"] = ckpt.size
     size["metadata_and_container"] = ckpt.size - sum(v for k, v in size.items() if k != "file")
-    return CheckpointDescription(str(path), ckpt.version, ckpt, tasks, rows, used / total if wsn and total else None, size, after)
+    return CheckpointDescription(
+        str(path), ckpt.version, ckpt, tasks, rows, used / total if wsn and total else None, size, after
+    )

@@ -70,8 +70,11 @@ def check_request(req: TaskRequest) -> None:
         raise UsageError(f"--seed must be between {-MAX_SEED + 1} and {MAX_SEED - 1}, got {req.seed}")
     if req.lr is not None and not (0 < req.lr <= MAX_LR and math.isfinite(req.lr)):
         raise UsageError(f"--lr must be a positive number of at most {MAX_LR:g}, got {req.lr:g}")
-    for what, value, choices in (("benchmark", req.benchmark, BENCHMARKS), ("architecture", req.arch, ARCHS),
-                                 ("method", req.method, METHODS)):
+    for what, value, choices in (
+        ("benchmark", req.benchmark, BENCHMARKS),
+        ("architecture", req.arch, ARCHS),
+        ("method", req.method, METHODS),
+    ):
         if value is not None and value not in choices:
             raise UsageError(f"unknown {what} {value!r}; choose one of: {', '.join(choices)}")
     if req.hidden is not None and any(not 1 <= h <= 65536 for h in req.hidden):
@@ -97,12 +100,19 @@ def check_matches(ckpt: Checkpoint, req: TaskRequest) -> None:
     for what, asked, stored in pairs:
         if asked is not None and asked != stored:
             made = "no fixed" if stored is None else repr(stored)
-            raise TaskError(f"{req.ckpt}: checkpoint was made with {made} {what}, not {asked!r}; "
-                            f"{what} is fixed when a checkpoint is created")
+            raise TaskError(
+                f"{req.ckpt}: checkpoint was made with {made} {what}, not {asked!r}; "
+                f"{what} is fixed when a checkpoint is created"
+            )
     if req.method is None and req.capacity is not None and meta.method == "finetune":
         raise UsageError("--capacity has no meaning for a finetune checkpoint (the dense baseline uses every weight)")
     if req.task in ckpt.learned():
         order = ckpt.learned().index(req.task) + 1
-        raise TaskError(f"{req.ckpt}: task {req.task} is already learned (learned {order}. of {len(ckpt.learned())}); each task is learned once")
+        raise TaskError(
+            f"{req.ckpt}: task {req.task} is already learned (learned {order}. of {len(ckpt.learned())}); each "
+            "task is learned once"
+        )
     if ckpt.tampered:
-        raise CheckpointError(f"{req.ckpt}: {ckpt.tampered[0]} (corrupt or edited outside wsn); refusing to train on it")
+        raise CheckpointError(
+            f"{req.ckpt}: {ckpt.tampered[0]} (corrupt or edited outside wsn); refusing to train on it"
+        )

@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from wsncli import __version__
-from wsncli.engine.lifecycle.predict import task_transform
 from wsncli.engine.store.checkpoint import Checkpoint
+from wsncli.engine.usecases.predict import task_transform
 from wsncli.errors import TaskError, WsnError
 
 FORMAT_NAME = "wsn-task-export"
@@ -43,7 +43,9 @@ class TaskProgram(nn.Module):
         with torch.no_grad():
             for name, layer in model.subnet_layers().items():
                 if masks is not None:
-                    layer.weight.copy_(torch.where(masks[name], layer.weight, torch.zeros((), dtype=layer.weight.dtype)))
+                    layer.weight.copy_(
+                        torch.where(masks[name], layer.weight, torch.zeros((), dtype=layer.weight.dtype))
+                    )
                 del layer.scores  # the program needs only the masked weights
                 layer.dense()
         model.heads = nn.ModuleDict({str(task): model.heads[str(task)]})
@@ -52,7 +54,11 @@ class TaskProgram(nn.Module):
         self.net = model.eval()
         self.task = task
         prep = task_transform(ckpt, task, np.zeros(1, sample_dtype))
-        self.divide, self.has_scale, self.affine = prep.divide, prep.divide or prep.scale != 1.0, not prep.is_identity_affine
+        self.divide, self.has_scale, self.affine = (
+            prep.divide,
+            prep.divide or prep.scale != 1.0,
+            not prep.is_identity_affine,
+        )
         self.register_buffer("scale", torch.tensor(np.float32(prep.scale)))
         self.register_buffer("mean", torch.from_numpy(np.ascontiguousarray(prep.mean)))
         self.register_buffer("std", torch.from_numpy(np.ascontiguousarray(prep.std)))
@@ -60,7 +66,7 @@ class TaskProgram(nn.Module):
         if self.permuted:
             self.register_buffer("permutation", torch.from_numpy(prep.permutation.copy()))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # same operations as lifecycle.outputs.device_transform
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # same operations as data.device.device_transform
         out = x.to(torch.float32)
         if self.permuted:
             out = out.reshape(out.shape[0], -1)[:, self.permutation].reshape(x.shape)
@@ -81,10 +87,19 @@ class ExportResult:
 
 def describe(ckpt: Checkpoint, task: int, sample_dtype: np.dtype) -> dict:
     record = ckpt.task_record(task)
-    return {"format": FORMAT_NAME, "version": FORMAT_VERSION, "wsn_version": __version__, "task": task,
-            "benchmark": ckpt.meta.benchmark, "classes": list(record.classes), "input_shape": list(ckpt.meta.model.input_shape),
-            "input_dtype": np.dtype(sample_dtype).name, "arch": ckpt.meta.model.arch, "outputs": "logits (B, n_classes); "
-            "argmax i is the label classes[i]", "subnet_digest": record.subnet_digest}
+    return {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "wsn_version": __version__,
+        "task": task,
+        "benchmark": ckpt.meta.benchmark,
+        "classes": list(record.classes),
+        "input_shape": list(ckpt.meta.model.input_shape),
+        "input_dtype": np.dtype(sample_dtype).name,
+        "arch": ckpt.meta.model.arch,
+        "outputs": "logits (B, n_classes); argmax i is the label classes[i]",
+        "subnet_digest": record.subnet_digest,
+    }
 
 
 def _exported(ckpt: Checkpoint, task: int, sample_dtype: np.dtype) -> torch.export.ExportedProgram:
@@ -93,16 +108,23 @@ def _exported(ckpt: Checkpoint, task: int, sample_dtype: np.dtype) -> torch.expo
     try:
         return torch.export.export(program, (example,), dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1)}})
     except Exception as exc:  # noqa: BLE001 - torch.export raises many kinds; all mean "cannot export"
-        raise ExportError(f"torch.export could not trace task {task} ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from None
+        raise ExportError(
+            f"torch.export could not trace task {task} ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})"
+        ) from None
 
 
 def export_task(ckpt: Checkpoint, task: int, suffix: str, sample_dtype: np.dtype | None = None) -> ExportResult:
     """The bytes of task `task` as a `.pt2` or `.safetensors` file, for inputs of `sample_dtype`
     (default: the dtype of the task's training data, float32 if unrecorded)."""
     if task not in ckpt.learned():
-        raise TaskError(f"task {task} is not learned in this checkpoint (learned: {', '.join(map(str, ckpt.learned())) or 'none'})")
+        raise TaskError(
+            f"task {task} is not learned in this checkpoint (learned: {', '.join(map(str, ckpt.learned())) or 'none'})"
+        )
     if suffix not in SUFFIXES:
-        raise ExportError(f"export writes .pt2 (torch.export program) or .safetensors files, not {suffix or 'a file without suffix'!r}")
+        raise ExportError(
+            "export writes .pt2 (torch.export program) or .safetensors files, not "
+            f"{suffix or 'a file without suffix'!r}"
+        )
     if sample_dtype is None:
         sample_dtype = np.dtype(ckpt.task_record(task).input_dtype or "float32")
     ep = _exported(ckpt, task, sample_dtype)
@@ -113,7 +135,9 @@ def export_task(ckpt: Checkpoint, task: int, suffix: str, sample_dtype: np.dtype
     try:
         torch.export.save(ep, buffer, extra_files={"wsn.json": json.dumps(info)})
     except Exception as exc:  # noqa: BLE001 - torch's packager raises many kinds; all mean "cannot save"
-        raise ExportError(f"torch.export could not save task {task} ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from None
+        raise ExportError(
+            f"torch.export could not save task {task} ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})"
+        ) from None
     return ExportResult("pt2", buffer.getvalue())
 
 
@@ -138,7 +162,11 @@ def _encode_arg(value):
 def program_graph(ep: torch.export.ExportedProgram) -> tuple[list[dict], dict[str, str]]:
     """The exported graph as JSON-able nodes, and which placeholder holds which tensor."""
     sig = ep.graph_signature
-    inputs = {**sig.inputs_to_parameters, **sig.inputs_to_buffers, **getattr(sig, "inputs_to_lifted_tensor_constants", {})}
+    inputs = {
+        **sig.inputs_to_parameters,
+        **sig.inputs_to_buffers,
+        **getattr(sig, "inputs_to_lifted_tensor_constants", {}),
+    }
     nodes = []
     for node in ep.graph.nodes:
         entry = {"name": node.name, "op": node.op}
@@ -148,7 +176,10 @@ def program_graph(ep: torch.export.ExportedProgram) -> tuple[list[dict], dict[st
                 raise ExportError(f"graph node {node.name} calls {target}, not an aten operation")
             entry["target"] = f"{target.namespace}.{target._opname}.{target._overloadname}"
         if node.op in ("call_function", "output"):
-            entry["args"], entry["kwargs"] = _encode_arg(list(node.args)), {k: _encode_arg(v) for k, v in node.kwargs.items()}
+            entry["args"], entry["kwargs"] = (
+                _encode_arg(list(node.args)),
+                {k: _encode_arg(v) for k, v in node.kwargs.items()},
+            )
         nodes.append(entry)
     return nodes, inputs
 
@@ -157,12 +188,21 @@ def _safetensors(ep: torch.export.ExportedProgram, info: dict) -> bytes:
     import safetensors.torch
 
     nodes, inputs = program_graph(ep)
-    tensors = {name: t.detach().contiguous() for name, t in {**ep.state_dict, **ep.constants}.items() if isinstance(t, torch.Tensor)}
+    tensors = {
+        name: t.detach().contiguous()
+        for name, t in {**ep.state_dict, **ep.constants}.items()
+        if isinstance(t, torch.Tensor)
+    }
     missing = sorted(set(inputs.values()) - set(tensors))
     if missing:
         raise ExportError(f"the exported program has no tensor {missing[0]!r}")
-    metadata = {"format": FORMAT_NAME, "version": str(FORMAT_VERSION), "wsn": json.dumps(info),
-                "graph": json.dumps(nodes), "inputs": json.dumps(inputs)}
+    metadata = {
+        "format": FORMAT_NAME,
+        "version": str(FORMAT_VERSION),
+        "wsn": json.dumps(info),
+        "graph": json.dumps(nodes),
+        "inputs": json.dumps(inputs),
+    }
     return _sorted(safetensors.torch.save(tensors, metadata=metadata))
 
 

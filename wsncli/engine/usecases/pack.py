@@ -28,7 +28,10 @@ def checkpoint_layer_masks(ckpt: CheckpointFile) -> tuple[list[formats.LayerMask
     tasks = [r.task for r in ckpt.meta.tasks if r.task in ckpt.masks]
     if not tasks:
         raise TaskError("the checkpoint has no task masks to pack (no task learned, or a finetune checkpoint)")
-    layers = [formats.LayerMasks(layer.name, tuple(layer.shape), [ckpt.masks[t][layer.name] for t in tasks]) for layer in ckpt.meta.layers]
+    layers = [
+        formats.LayerMasks(layer.name, tuple(layer.shape), [ckpt.masks[t][layer.name] for t in tasks])
+        for layer in ckpt.meta.layers
+    ]
     return layers, tasks
 
 
@@ -64,7 +67,9 @@ def masks_to_arrays(packed: formats.PackedMasks) -> dict[str, np.ndarray]:
     out = {}
     for layer in packed.layers:
         if not SAFE_NAME.fullmatch(layer.name) or ".." in layer.name:
-            raise formats.FormatError(f"layer name {layer.name[:40]!r} is not safe as an npz member name (letters, digits, _ . - only)")
+            raise formats.FormatError(
+                f"layer name {layer.name[:40]!r} is not safe as an npz member name (letters, digits, _ . - only)"
+            )
         for t, m in zip(packed.task_ids, layer.masks):
             out[f"task{t}/{layer.name}"] = np.asarray(m, bool).reshape(layer.shape)
     return out

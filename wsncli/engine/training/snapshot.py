@@ -21,11 +21,11 @@ import numpy as np
 import torch
 
 from wsncli.engine.data.registry import TaskData
-from wsncli.engine.lifecycle.train import EpochStats, TrainSettings, TrainState
 from wsncli.engine.store import container
 from wsncli.engine.store.checkpoint import Checkpoint
 from wsncli.engine.store.paths import plan_output, read_regular_file, write_output
 from wsncli.engine.store.schema import encode_meta
+from wsncli.engine.training.loop import EpochStats, TrainSettings, TrainState
 from wsncli.errors import CheckpointError, TaskError
 from wsncli.interrupts import record_removed
 
@@ -53,14 +53,24 @@ class Snapshots:
         self.path = snapshot_path(real_ckpt)
         self.ckpt = ckpt
         if real_ckpt.exists():
-            base = "file:" + hashlib.sha256(read_regular_file(real_ckpt, 1 << 40, "checkpoint", CheckpointError)).hexdigest()
+            base = (
+                "file:"
+                + hashlib.sha256(read_regular_file(real_ckpt, 1 << 40, "checkpoint", CheckpointError)).hexdigest()
+            )
         else:
             base = "new:" + hashlib.sha256(encode_meta(ckpt.meta)).hexdigest()
         self.identity = {
-            "checkpoint": base, "task": settings.task, "capacity": settings.capacity, "epochs": settings.epochs,
-            "batch_size": settings.batch_size, "lr": settings.lr, "seed": settings.seed, "method": settings.method,
+            "checkpoint": base,
+            "task": settings.task,
+            "capacity": settings.capacity,
+            "epochs": settings.epochs,
+            "batch_size": settings.batch_size,
+            "lr": settings.lr,
+            "seed": settings.seed,
+            "method": settings.method,
             "train_data": _digest_arrays(data.raw_train, data.y_train, data.prep.mean, data.prep.std),
-            "test_data": data.digest(), "torch": torch.__version__,
+            "test_data": data.digest(),
+            "torch": torch.__version__,
         }
 
     def start(self, restart: bool, status: Callable[[str], None]) -> TrainState | None:
@@ -73,11 +83,15 @@ class Snapshots:
             return None
         raw = read_regular_file(self.path, 1 << 40, "snapshot", TaskError)
         try:
-            fields, arrays, tampered, _ = container.decode_file(raw, FORMAT_NAME, FORMAT_VERSION, {"identity", "state"}, "wsn snapshot")
+            fields, arrays, tampered, _ = container.decode_file(
+                raw, FORMAT_NAME, FORMAT_VERSION, {"identity", "state"}, "wsn snapshot"
+            )
         except CheckpointError as exc:
             raise TaskError(f"{self.path}: {exc}; pass --restart to discard it") from None
         if tampered:
-            raise TaskError(f"{self.path}: tensor {tampered[0]!r} fails its checksum (corrupt); pass --restart to discard it")
+            raise TaskError(
+                f"{self.path}: tensor {tampered[0]!r} fails its checksum (corrupt); pass --restart to discard it"
+            )
         identity = json.loads(fields["identity"])
         if isinstance(identity, dict) and identity.get("task") in self.ckpt.learned():
             # left by a run killed after its checkpoint was saved: the task is in the file already
@@ -86,8 +100,11 @@ class Snapshots:
             return None
         if identity != self.identity:
             diff = sorted(k for k in set(identity) | set(self.identity) if identity.get(k) != self.identity.get(k))
-            raise TaskError(f"{self.path} holds task {identity.get('task')} trained with other settings or data "
-                            f"({', '.join(diff[:4])} differ); re-run with the same options to continue it, or pass --restart to discard it")
+            raise TaskError(
+                f"{self.path} holds task {identity.get('task')} trained with other settings or data "
+                f"({', '.join(diff[:4])} differ); re-run with the same options to continue it, or pass --restart "
+                "to discard it"
+            )
         state = _state_from(json.loads(fields["state"]), arrays)
         status(f"resuming task {identity['task']} after epoch {state.epoch} from {self.path}")
         return state
@@ -101,9 +118,16 @@ class Snapshots:
                 arrays[f"opt/{index}/{key}"] = torch.as_tensor(value).detach().cpu().numpy()
         arrays["rng/generator"] = state.generator.numpy()
         arrays["rng/torch"] = state.rng.numpy()
-        info = {"epoch": state.epoch, "best_loss": state.best_loss if np.isfinite(state.best_loss) else None,
-                "best_epoch": state.best_epoch, "history": [vars(h) for h in state.history]}
-        info["history"] = [{k: (v if not isinstance(v, float) or np.isfinite(v) else None) for k, v in h.items()} for h in info["history"]]
+        info = {
+            "epoch": state.epoch,
+            "best_loss": state.best_loss if np.isfinite(state.best_loss) else None,
+            "best_epoch": state.best_epoch,
+            "history": [vars(h) for h in state.history],
+        }
+        info["history"] = [
+            {k: (v if not isinstance(v, float) or np.isfinite(v) else None) for k, v in h.items()}
+            for h in info["history"]
+        ]
         fields = {"identity": json.dumps(self.identity, sort_keys=True), "state": json.dumps(info, sort_keys=True)}
         raw = container.encode_file(FORMAT_NAME, FORMAT_VERSION, fields, arrays)
         write_output(plan_output(self.path, what="snapshot", allow_stream=False, error=TaskError), raw, TaskError)
@@ -120,14 +144,26 @@ class Snapshots:
 
 def _state_from(info: dict, arrays: dict[str, np.ndarray]) -> TrainState:
     def group(prefix: str) -> dict[str, torch.Tensor]:
-        return {k[len(prefix):]: torch.from_numpy(v.copy()) for k, v in arrays.items() if k.startswith(prefix)}
+        return {k[len(prefix) :]: torch.from_numpy(v.copy()) for k, v in arrays.items() if k.startswith(prefix)}
 
     opt: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in group("opt/").items():
         index, name = key.split("/", 1)
         opt.setdefault(int(index), {})[name] = value
-    history = [EpochStats(**{k: (float("nan") if v is None and k != "is_best" else v) for k, v in h.items()}) for h in info["history"]]
+    history = [
+        EpochStats(**{k: (float("nan") if v is None and k != "is_best" else v) for k, v in h.items()})
+        for h in info["history"]
+    ]
     best = group("best/") or None
     best_loss = float("inf") if info["best_loss"] is None else float(info["best_loss"])
-    return TrainState(int(info["epoch"]), group("model/"), {"state": opt, "param_groups": None}, group("rng/")["generator"],
-                      group("rng/")["torch"], best_loss, int(info["best_epoch"]), best, history)
+    return TrainState(
+        int(info["epoch"]),
+        group("model/"),
+        {"state": opt, "param_groups": None},
+        group("rng/")["generator"],
+        group("rng/")["torch"],
+        best_loss,
+        int(info["best_epoch"]),
+        best,
+        history,
+    )

@@ -14,9 +14,9 @@ from wsncli.engine.data import loaders
 from wsncli.engine.data.preprocess import Preprocess, scaled
 from wsncli.engine.data.readers import data_limit, read_npz
 from wsncli.engine.data.splits import pmnist_permutation
-from wsncli.engine.lifecycle.outputs import device_transform, predict_logits, set_task_mode
 from wsncli.engine.store.checkpoint import Checkpoint
 from wsncli.engine.store.paths import read_regular_file
+from wsncli.engine.usecases.outputs import device_transform, predict_logits, set_task_mode
 from wsncli.errors import DataError, TaskError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -40,13 +40,17 @@ def task_transform(ckpt: Checkpoint, task: int, raw: np.ndarray | None = None) -
     if bench == "split-digits":
         return scaled(16.0, divide=True)
     if bench == "pmnist":
-        return scaled(1 / 255.0, mean=loaders.MNIST_NORM[0], std=loaders.MNIST_NORM[1], permutation=pmnist_permutation(task))
+        return scaled(
+            1 / 255.0, mean=loaders.MNIST_NORM[0], std=loaders.MNIST_NORM[1], permutation=pmnist_permutation(task)
+        )
     if bench in ("split-mnist", "split-fashion"):
         mean, std = loaders.FASHION_NORM if bench == "split-fashion" else loaders.MNIST_NORM
         return scaled(1 / 255.0, mean=mean, std=std)
     if bench in ("split-cifar10", "split-cifar100"):
         mean, std = loaders.CIFAR100_NORM if bench == "split-cifar100" else loaders.CIFAR10_NORM
-        return scaled(1 / 255.0, mean=np.asarray(mean, np.float32)[:, None, None], std=np.asarray(std, np.float32)[:, None, None])
+        return scaled(
+            1 / 255.0, mean=np.asarray(mean, np.float32)[:, None, None], std=np.asarray(std, np.float32)[:, None, None]
+        )
     return loaders.npz_input_prep(bench, "inputs", raw if raw is not None else np.zeros(1, np.float32))
 
 
@@ -82,7 +86,10 @@ def read_inputs(path: Path, ckpt: Checkpoint) -> np.ndarray:
         arrays = read_npz(path)
         key = next((k for k in NPZ_KEYS if k in arrays), None) or (next(iter(arrays)) if len(arrays) == 1 else None)
         if key is None:
-            raise DataError(f"{path}: an npz of inputs needs an array named x, x_test or inputs (it has: {', '.join(sorted(arrays))})")
+            raise DataError(
+                f"{path}: an npz of inputs needs an array named x, x_test or inputs (it has: "
+                f"{', '.join(sorted(arrays))})"
+            )
         return arrays[key]
     raise DataError(f"{path}: not an input file wsn reads (.npy, .npz, or .png/.jpg images or a folder of them)")
 
@@ -125,9 +132,13 @@ def fit_shape(x: np.ndarray, shape: tuple[int, ...], where: str) -> np.ndarray:
     raise DataError(f"{where}: inputs have shape {tuple(x.shape[1:])} per sample, the task's network takes {shape}")
 
 
-def predict_task(ckpt: Checkpoint, task: int, x: np.ndarray, device: torch.device, probabilities: bool, where: str) -> Predictions:
+def predict_task(
+    ckpt: Checkpoint, task: int, x: np.ndarray, device: torch.device, probabilities: bool, where: str
+) -> Predictions:
     if task not in ckpt.learned():
-        raise TaskError(f"task {task} is not learned in this checkpoint (learned: {', '.join(map(str, ckpt.learned())) or 'none'})")
+        raise TaskError(
+            f"task {task} is not learned in this checkpoint (learned: {', '.join(map(str, ckpt.learned())) or 'none'})"
+        )
     if x.dtype.kind not in "fiub":
         raise DataError(f"{where}: inputs have dtype {x.dtype}; they must be numbers")
     x = fit_shape(x, tuple(ckpt.meta.model.input_shape), where)
@@ -137,7 +148,9 @@ def predict_task(ckpt: Checkpoint, task: int, x: np.ndarray, device: torch.devic
     model = ckpt.model.to(device)
     masks = ckpt.masks.get(task)
     set_task_mode(model, None if masks is None else {n: m.to(device) for n, m in masks.items()})
-    logits = predict_logits(model, x, task, device, transform=device_transform(task_transform(ckpt, task, x), device))  # (N, K)
+    logits = predict_logits(
+        model, x, task, device, transform=device_transform(task_transform(ckpt, task, x), device)
+    )  # (N, K)
     indices = logits.argmax(1).numpy().astype(np.int64)
     classes = list(record.classes)
     labels = np.asarray(classes)[indices] if len(indices) else np.zeros(0, np.int64)

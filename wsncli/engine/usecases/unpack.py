@@ -23,7 +23,7 @@ def mask_bits_limit() -> int | None:
 
 
 def file_kind(data: bytes) -> str:
-    """"packed-masks", "checkpoint", "npz" or "other", from a file's first bytes."""
+    """ "packed-masks", "checkpoint", "npz" or "other", from a file's first bytes."""
     if data[:4] == MAGIC[:4]:
         return "packed-masks"
     if looks_like_container(data[:16]):
@@ -41,9 +41,15 @@ def read_packed_file(path: Path, accept_checkpoints: bool = False) -> bytes:
     kind = file_kind(data)
     if kind == "packed-masks" or (accept_checkpoints and kind == "checkpoint"):
         return data
-    what = {"checkpoint": "a wsn checkpoint, not a packed-mask file (pass it with --ckpt)",
-            "npz": "an .npz of arrays (as unpack-masks writes), not a packed-mask file or checkpoint"}.get(
-        kind, "neither a packed-mask file (.wsnm) nor a wsn checkpoint" if accept_checkpoints else "not a packed-mask file (.wsnm)")
+    what = {
+        "checkpoint": "a wsn checkpoint, not a packed-mask file (pass it with --ckpt)",
+        "npz": "an .npz of arrays (as unpack-masks writes), not a packed-mask file or checkpoint",
+    }.get(
+        kind,
+        "neither a packed-mask file (.wsnm) nor a wsn checkpoint"
+        if accept_checkpoints
+        else "not a packed-mask file (.wsnm)",
+    )
     raise formats.FormatError(f"{path}: {what}")
 
 

@@ -12,11 +12,17 @@ from pathlib import Path
 
 import numpy as np
 
-from wsncli.engine.lifecycle.inspect import CheckpointDescription
+from wsncli.engine.usecases.inspect import CheckpointDescription
 from wsncli.errors import WsnError
 
-FILES = ("report.md", "accuracy_matrix.csv", "accuracy_matrix.png", "accuracy_over_time.png", "capacity_per_layer.png",
-         "mask_density_and_reuse.png")
+FILES = (
+    "report.md",
+    "accuracy_matrix.csv",
+    "accuracy_matrix.png",
+    "accuracy_over_time.png",
+    "capacity_per_layer.png",
+    "mask_density_and_reuse.png",
+)
 
 
 class PlotError(WsnError):
@@ -66,8 +72,15 @@ def _matrix_plot(plt, tasks, r) -> bytes:
     for i in range(n):
         for j in range(n):
             if np.isfinite(r[i, j]):
-                ax.text(j, i, f"{100 * r[i, j]:.1f}", ha="center", va="center", fontsize=8,
-                        color="white" if r[i, j] < np.nanmean(r) else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{100 * r[i, j]:.1f}",
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if r[i, j] < np.nanmean(r) else "black",
+                )
     ax.set_xticks(range(n), [f"task {t}" for t in tasks], rotation=45, ha="right")
     ax.set_yticks(range(n), [f"after task {t}" for t in tasks])
     ax.set_xlabel("task measured")
@@ -98,7 +111,10 @@ def _capacity_plot(plt, desc: CheckpointDescription) -> bytes:
     steps = np.arange(1, len(tasks) + 1)
     for layer in desc.layers:
         ax.plot(steps, [100 * after[layer.name] for after in desc.capacity_after], marker="o", label=layer.name)
-    total = [100 * sum(after[l.name] * l.weights for l in desc.layers) / sum(l.weights for l in desc.layers) for after in desc.capacity_after]
+    total = [
+        100 * sum(after[l.name] * l.weights for l in desc.layers) / sum(l.weights for l in desc.layers)
+        for after in desc.capacity_after
+    ]
     ax.plot(steps, total, color="black", linewidth=2.5, label="all layers")
     ax.set_xticks(steps, [f"{i}\n(task {t})" for i, t in zip(steps, tasks)])
     ax.set_ylim(0, 100)
@@ -141,23 +157,38 @@ def _markdown(desc: CheckpointDescription, tasks, r, pictures: list[str]) -> byt
     final = [r[-1, j] for j in range(len(tasks))] if tasks else []
     acc = np.nanmean(final) if tasks else float("nan")
     forgetting = [r[-1, j] - r[j, j] for j in range(len(tasks) - 1) if np.isfinite(r[-1, j])]
-    lines = [f"# wsn report: {Path(desc.path).name}", "",
-             f"Benchmark `{meta.benchmark}`, network `{meta.model.arch}` {'x'.join(map(str, meta.model.input_shape))}, "
-             f"method `{meta.method}`, {len(tasks)} task(s) learned in the order {', '.join(map(str, tasks)) or '-'}.", "",
-             "Every number here was measured when a task was learned (each `train-task` re-measures every earlier "
-             "task). Run `wsn eval` to re-measure them all now and prove that nothing changed.", "",
-             f"- ACC after the last task: {100 * acc:.2f}%" if tasks else "- no task learned yet",
-             f"- BWT (mean change of earlier tasks): {100 * np.mean(forgetting):+.2f} points" if forgetting else "- BWT: n/a",
-             f"- weights used by any task: {100 * desc.capacity_used:.2f}%" if desc.capacity_used is not None else
-             "- weights used: all (dense baseline)", ""]
-    lines += ["## Accuracy matrix (%)", "", "| after \\ task | " + " | ".join(map(str, tasks)) + " |",
-              "|---|" + "---|" * len(tasks)]
+    lines = [
+        f"# wsn report: {Path(desc.path).name}",
+        "",
+        f"Benchmark `{meta.benchmark}`, network `{meta.model.arch}` {'x'.join(map(str, meta.model.input_shape))}, "
+        f"method `{meta.method}`, {len(tasks)} task(s) learned in the order {', '.join(map(str, tasks)) or '-'}.",
+        "",
+        "Every number here was measured when a task was learned (each `train-task` re-measures every earlier "
+        "task). Run `wsn eval` to re-measure them all now and prove that nothing changed.",
+        "",
+        f"- ACC after the last task: {100 * acc:.2f}%" if tasks else "- no task learned yet",
+        f"- BWT (mean change of earlier tasks): {100 * np.mean(forgetting):+.2f} points"
+        if forgetting
+        else "- BWT: n/a",
+        f"- weights used by any task: {100 * desc.capacity_used:.2f}%"
+        if desc.capacity_used is not None
+        else "- weights used: all (dense baseline)",
+        "",
+    ]
+    lines += [
+        "## Accuracy matrix (%)",
+        "",
+        "| after \\ task | " + " | ".join(map(str, tasks)) + " |",
+        "|---|" + "---|" * len(tasks),
+    ]
     for t, row in zip(tasks, r):
         lines.append(f"| {t} | " + " | ".join("" if not np.isfinite(v) else f"{100 * v:.2f}" for v in row) + " |")
-    captions = {"accuracy_matrix.png": "The accuracy matrix as a heat map.",
-                "accuracy_over_time.png": "Each task's accuracy after every later task.",
-                "capacity_per_layer.png": "Share of each layer's weights used by any task so far.",
-                "mask_density_and_reuse.png": "Each task's mask: its size and how much of it earlier tasks already used."}
+    captions = {
+        "accuracy_matrix.png": "The accuracy matrix as a heat map.",
+        "accuracy_over_time.png": "Each task's accuracy after every later task.",
+        "capacity_per_layer.png": "Share of each layer's weights used by any task so far.",
+        "mask_density_and_reuse.png": "Each task's mask: its size and how much of it earlier tasks already used.",
+    }
     for name in pictures:
         lines += ["", f"## {captions[name]}", "", f"![{captions[name]}]({name})"]
     lines += ["", "The matrix as numbers: [accuracy_matrix.csv](accuracy_matrix.csv)", ""]
@@ -169,9 +200,15 @@ def build_report(desc: CheckpointDescription, on_file: Callable[[str], None] | N
     plt = _pyplot()
     tasks, r = recorded_matrix(desc)
     files, pictures = [], []
-    makers = [("accuracy_matrix.png", lambda: _matrix_plot(plt, tasks, r)), ("accuracy_over_time.png", lambda: _over_time_plot(plt, tasks, r))]
+    makers = [
+        ("accuracy_matrix.png", lambda: _matrix_plot(plt, tasks, r)),
+        ("accuracy_over_time.png", lambda: _over_time_plot(plt, tasks, r)),
+    ]
     if desc.capacity_used is not None:
-        makers += [("capacity_per_layer.png", lambda: _capacity_plot(plt, desc)), ("mask_density_and_reuse.png", lambda: _density_plot(plt, desc))]
+        makers += [
+            ("capacity_per_layer.png", lambda: _capacity_plot(plt, desc)),
+            ("mask_density_and_reuse.png", lambda: _density_plot(plt, desc)),
+        ]
     for name, make in makers if tasks else []:
         if on_file:
             on_file(name)

@@ -1,0 +1,1 @@
+"""Training one task: the loop, CUDA-graph steps and resumable snapshots."""
