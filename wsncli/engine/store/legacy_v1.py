@@ -149,7 +149,7 @@ def read_v1(raw: bytes) -> tuple[CheckpointMeta, dict[str, np.ndarray], list[str
     version = payload.get("version")
     if type(version) is not int or version != 1:
         raise CheckpointError(
-            f"checkpoint format version {_short(version)} is not supported (this wsn reads versions 1 and 2)"
+            f"checkpoint format version {_short(version)} is not supported (this wsn reads versions 1, 2 and 3)"
         )
     meta, sums = payload.get("meta"), payload.get("checksums")
     if not isinstance(meta, dict) or not isinstance(sums, dict) or not isinstance(sums.get("tensors"), dict):
@@ -165,7 +165,7 @@ def read_v1(raw: bytes) -> tuple[CheckpointMeta, dict[str, np.ndarray], list[str
     missing = sorted(set(arrays) - set(table))
     if missing:
         raise CheckpointError(f"tensor {missing[0][:80]!r} has no checksum")
-    tampered = sorted(name for name in arrays if tensor_digest(arrays[name]) != table[name])
+    tampered = sorted(name for name in arrays if tensor_digest(arrays[name], legacy_v1=True) != table[name])
     bad_masks = [n for n in tampered if n.startswith("mask/")]
     if bad_masks:
         raise CheckpointError(f"mask tensor {bad_masks[0][:80]!r} fails its checksum (file corrupt)")

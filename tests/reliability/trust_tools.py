@@ -1,0 +1,102 @@
+"""Helpers for the trust tests: learn tasks in-process, leave a task's `.resume` snapshot behind as an
+interrupted run would, and rewrite a snapshot part by part with its checksums made valid again (as an
+editor who knows the checksum rules, but not the key, would)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import safetensors.numpy
+import torch
+
+from tests.ckpt_tools import read_parts
+from tests.reliability.spec_reader import auth_message, tensor_sha256
+
+HIDDEN = (16,)
+
+
+class Stop(Exception):
+    """Raised from a progress callback: the run ends as a kill between epochs would leave it."""
+
+
+def request(path: Path, task: int, **kwargs):
+    from wsncli.engine.usecases.learn import TaskRequest
+
+    defaults = {"hidden": HIDDEN, "epochs": 4, "device": "cpu"}
+    return TaskRequest(ckpt=Path(path), task=task, **{**defaults, **kwargs})
+
+
+def learn(path: Path, task: int, **kwargs):
+    """learn_task in-process, torch's thread count restored after."""
+    from wsncli.engine.usecases.learn import learn_task
+
+    threads = torch.get_num_threads()
+    try:
+        return learn_task(request(path, task, **kwargs))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def interrupted(path: Path, task: int, stop_after: int = 2, **kwargs) -> Path:
+    """Run `task` into `path` and stop it once epoch `stop_after` is snapshotted; the snapshot's path."""
+    from wsncli.engine.training.loop import TrainCallbacks
+    from wsncli.engine.usecases.learn import learn_task
+
+    def on_epoch_end(stats) -> None:
+        if stats.epoch > stop_after:
+            raise Stop
+
+    threads = torch.get_num_threads()
+    try:
+        learn_task(request(path, task, **kwargs), TrainCallbacks(on_epoch_end=on_epoch_end))
+    except Stop:
+        pass
+    finally:
+        torch.set_num_threads(threads)
+    snap = Path(path).with_name(Path(path).name + ".resume")
+    assert snap.exists()
+    return snap
+
+
+def copy_pair(ckpt: Path, snap: Path, folder: Path) -> tuple[Path, Path]:
+    """The checkpoint and its snapshot copied into `folder` under the same names."""
+    new_ckpt, new_snap = folder / ckpt.name, folder / snap.name
+    shutil.copyfile(ckpt, new_ckpt)
+    shutil.copyfile(snap, new_snap)
+    return new_ckpt, new_snap
+
+
+def rewrite_snapshot(
+    snap: Path, state=None, identity=None, arrays=None, metadata=None, recompute: bool = True, drop_hmac: bool = True
+) -> None:
+    """Apply `state(dict)`, `identity(dict)`, `arrays(dict)` or `metadata(dict)` changes (each may
+    replace the JSON text instead by returning a str), then write the file back; with `recompute`
+    every tensor checksum and (format 2) the whole-file sha256 are made valid again."""
+    md, arrs = read_parts(snap)
+    arrs = {k: np.array(v) for k, v in arrs.items()}
+    for key, change in (("state", state), ("identity", identity)):
+        if change is not None:
+            value = json.loads(md[key])
+            out = change(value)
+            md[key] = out if isinstance(out, str) else json.dumps(value, sort_keys=True)
+    if arrays is not None:
+        arrays(arrs)
+    if metadata is not None:
+        metadata(md)
+    if recompute:  # version 1 of the snapshot hashed a 0-d tensor as shape [1] (wsn 0.2.0)
+        old = md.get("version") == "1"
+        md["checksums"] = json.dumps(
+            {k: tensor_sha256(v, zero_d_as=[1] if old else None) for k, v in arrs.items()},
+            sort_keys=True,
+            separators=(",", ":"),
+        )
+        if "sha256" in md:
+            fields = {k: v for k, v in md.items() if k not in ("format", "version", "sha256", "hmac")}
+            md["sha256"] = hashlib.sha256(auth_message(md["format"], int(md["version"]), fields)).hexdigest()
+    if drop_hmac:
+        md.pop("hmac", None)
+    Path(snap).write_bytes(safetensors.numpy.save(arrs, metadata=md))
