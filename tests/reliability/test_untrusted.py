@@ -575,4 +575,4 @@ def test_valid_payload_rewritten_loads(tiny, golden, tmp_path):
     assert _load(tmp_path, rewritten(golden, lambda p: None)).learned() == [2, 1]
     assert _load(tmp_path, dump_payload(load_payload(golden))).learned() == [2, 1]
     again = _load(tmp_path, serialize(parse(tiny)))
-    assert again.learned() == [1, 2] and again.tampered == [] and again.version == 2
+    assert again.learned() == [1, 2] and again.tampered == [] and again.version == 3

@@ -22,6 +22,7 @@ from wsncli.engine.nn.models import WSNNet, build_model
 from wsncli.engine.store import container
 from wsncli.engine.store.paths import OutputTarget, write_output
 from wsncli.engine.store.reader import MASKS, CheckpointFile, read_checkpoint_bytes, read_checkpoint_file
+from wsncli.engine.store.records import stamp_records
 from wsncli.engine.store.schema import (
     CheckpointMeta,
     LayerSpec,
@@ -47,6 +48,7 @@ class Checkpoint:
     tampered: list[str] = field(default_factory=list)  # what fails a check: "tensor 'x' fails its checksum", ...
     version: int = FORMAT_VERSION
     signature: str = "unsigned"
+    damaged_records: list[int] = field(default_factory=list)  # tasks whose record digest fails (section 6)
     file_bytes: int = 0
     mask_codec: str | None = None
     mask_bytes: int = 0
@@ -64,6 +66,14 @@ class Checkpoint:
 
     def learned(self) -> list[int]:
         return [r.task for r in self.tasks]
+
+    def require_intact_record(self, task: int) -> None:
+        """A task whose record digest fails may map its outputs to other labels: refuse to use it."""
+        if task in self.damaged_records:
+            raise CheckpointError(
+                f"task {task}'s record fails its record digest (its labels, transform or digests were edited "
+                "outside wsn); refusing to use it"
+            )
 
     def used_weights(self, tasks: list[int] | None = None) -> dict[str, torch.Tensor]:
         """Union of the masks of `tasks` (default: all learned), per layer (bool, weight shape)."""
@@ -88,10 +98,11 @@ def check_model_size(config) -> None:
         raise CheckpointError(f"the network has {n} masked weights, over the limit of {MAX_WEIGHTS}")
 
 
-def load_checkpoint(path: Path, require_signature: bool = True) -> Checkpoint:
-    """Read, verify and rebuild a checkpoint; any failure is a one-line CheckpointError naming the file."""
+def load_checkpoint(path: Path, signatures: str = container.REQUIRE) -> Checkpoint:
+    """Read, verify and rebuild a checkpoint; any failure is a one-line CheckpointError naming the file.
+    `signatures`: see store.reader.read_checkpoint_file."""
     path = Path(path)
-    found = read_checkpoint_file(path, require_signature)
+    found = read_checkpoint_file(path, signatures)
     try:
         return build_checkpoint(found)
     except CheckpointError as exc:
@@ -132,6 +143,7 @@ def build_checkpoint(found: CheckpointFile) -> Checkpoint:
         model,
         version=found.version,
         signature=found.signature,
+        damaged_records=list(found.damaged_records),
         file_bytes=found.size,
         mask_codec=found.mask_codec,
         mask_bytes=found.mask_bytes,
@@ -139,9 +151,8 @@ def build_checkpoint(found: CheckpointFile) -> Checkpoint:
     with torch.no_grad():
         for name, layer in layers.items():
             for kind in ("weight", "scores"):
-                getattr(layer, kind).copy_(
-                    torch.from_numpy(take(f"layer/{name}/{kind}", tuple(layer.weight.shape), (np.float32,)))
-                )
+                arr = take(f"layer/{name}/{kind}", tuple(layer.weight.shape), (np.float32,))
+                getattr(layer, kind).copy_(torch.from_numpy(arr if arr.flags.writeable else arr.copy()))
         for record in meta.tasks:
             t = record.task
             take(f"head/{t}/weight", (record.n_classes, model.feature_dim), (np.float32,))  # before allocating it
@@ -164,6 +175,11 @@ def build_checkpoint(found: CheckpointFile) -> Checkpoint:
     orphans = sorted(set(arrays) - used)
     ckpt.tampered = [f"tensor {name!r} fails its checksum" for name in found.tampered]
     ckpt.tampered += [f"tensor {name!r} belongs to no task record (a record was removed?)" for name in orphans]
+    ckpt.tampered += [
+        f"task {t}: its record fails its record digest (what data it is measured on, its labels or its "
+        "recorded digests were edited)"
+        for t in found.damaged_records
+    ]
     return ckpt
 
 
@@ -201,22 +217,33 @@ def prep_spec(prep: Preprocess) -> PreprocessSpec:
 
 
 # -- save ------------------------------------------------------------------------------------
+def task_arrays(model: WSNNet, task: int, prep: Preprocess | None) -> dict[str, np.ndarray]:
+    """Every tensor task `task` owns, named and shaped as stored (section 4; a 0-d tensor as [1]):
+    its head, its BatchNorm statistics and its transform. The recorded predictions are not included."""
+    arrays: dict[str, np.ndarray] = {}
+    for k, v in model.heads[str(task)].state_dict().items():
+        arrays[f"head/{task}/{k}"] = v.detach().cpu().numpy()
+    if str(task) in model.task_norms:
+        for k, v in model.task_norms[str(task)].state_dict().items():
+            arrays[f"norm/{task}/{k}"] = v.detach().cpu().numpy()
+    if prep is not None:
+        arrays[f"prep/{task}/mean"], arrays[f"prep/{task}/std"] = prep.mean, prep.std
+        if prep.permutation is not None:
+            arrays[f"prep/{task}/permutation"] = prep.permutation.astype(np.int32)  # < 2^24 inputs: int32 is exact
+    return {k: np.ascontiguousarray(v).reshape(v.shape or (1,)) for k, v in arrays.items()}
+
+
 def checkpoint_arrays(ckpt: Checkpoint) -> dict[str, np.ndarray]:
-    """Every tensor of the version-2 file (names in docs/CHECKPOINT.md section 4)."""
+    """Every tensor of the file (names in docs/CHECKPOINT.md section 4)."""
     arrays: dict[str, np.ndarray] = {}
     for name, layer in ckpt.model.subnet_layers().items():
         arrays[f"layer/{name}/weight"] = layer.weight.detach().cpu().numpy()
         arrays[f"layer/{name}/scores"] = layer.scores.detach().cpu().numpy()
-    for key, head in ckpt.model.heads.items():
-        for k, v in head.state_dict().items():
-            arrays[f"head/{key}/{k}"] = v.detach().cpu().numpy()
-    for key, norms in ckpt.model.task_norms.items():
-        for k, v in norms.state_dict().items():
+    for key in ckpt.model.heads:
+        arrays.update(task_arrays(ckpt.model, int(key), ckpt.preps.get(int(key))))
+    for key in set(ckpt.model.task_norms) - set(ckpt.model.heads):  # statistics of a task without a head
+        for k, v in ckpt.model.task_norms[key].state_dict().items():
             arrays[f"norm/{key}/{k}"] = v.detach().cpu().numpy()
-    for t, prep in ckpt.preps.items():
-        arrays[f"prep/{t}/mean"], arrays[f"prep/{t}/std"] = prep.mean, prep.std
-        if prep.permutation is not None:
-            arrays[f"prep/{t}/permutation"] = prep.permutation.astype(np.int32)  # < 2^24 inputs: int32 is exact
     for t, pred in ckpt.predictions.items():
         n_classes = ckpt.task_record(t).n_classes
         arrays[f"pred/{t}"] = pred.astype(np.uint8 if n_classes <= 256 else np.int32)
@@ -245,6 +272,7 @@ def pack_masks(ckpt: Checkpoint, tasks: list[int], codec: str) -> bytes:
 def encode_checkpoint(ckpt: Checkpoint) -> bytes:
     """The version-2 file's bytes, after refusing any non-finite parameter."""
     ckpt.meta.layers = [LayerSpec(n, list(layer.weight.shape)) for n, layer in ckpt.model.subnet_layers().items()]
+    stamp_records(ckpt.meta)  # format 3: every record carries its record digest
     arrays = checkpoint_arrays(ckpt)
     for name, arr in arrays.items():
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
@@ -259,7 +287,7 @@ def save_checkpoint(ckpt: Checkpoint, target: OutputTarget) -> int:
     so a checkpoint that could not be loaded is never written."""
     raw = encode_checkpoint(ckpt)
     try:
-        back = build_checkpoint(read_checkpoint_bytes(raw, require_signature=False))
+        back = build_checkpoint(read_checkpoint_bytes(raw, container.ADOPT))
     except CheckpointError as exc:
         raise CheckpointError(
             f"{target.path}: the new checkpoint would not load back ({exc}); nothing was written"

@@ -104,7 +104,7 @@ class TaskRecord(msgspec.Struct, forbid_unknown_fields=True):
     train_seconds: Seconds | None = None
     learned_at: Short | None = None
     preprocess: PreprocessSpec | None = None  # None: version-1 record (the benchmark's fixed transform)
-    digest_version: Annotated[int, msgspec.Meta(ge=1, le=2)] = 2  # 1: subnet digest without the transform
+    digest_version: Annotated[int, msgspec.Meta(ge=1, le=3)] = 3  # section 6 of docs/CHECKPOINT.md
     accuracy_row: Annotated[
         list[Fraction | None], msgspec.Meta(max_length=MAX_TASK_ID)
     ] = []  # earlier tasks, right after this one
@@ -116,6 +116,7 @@ class TaskRecord(msgspec.Struct, forbid_unknown_fields=True):
         ]
         | None
     ) = None
+    record_digest: Digest | None = None  # format 3: sha256 of what decides the task's data and proof (store.records)
 
 
 class CheckpointMeta(msgspec.Struct, forbid_unknown_fields=True):
@@ -135,8 +136,8 @@ class CheckpointMeta(msgspec.Struct, forbid_unknown_fields=True):
     channels: Annotated[int, msgspec.Meta(ge=1, le=4)] | None = None
 
 
-def decode_meta(raw: bytes) -> CheckpointMeta:
-    """JSON bytes -> CheckpointMeta, typed and checked (CheckpointError on any problem)."""
+def decode_meta(raw: bytes, version: int = 3) -> CheckpointMeta:
+    """JSON bytes of a format-`version` file -> CheckpointMeta, typed and checked (CheckpointError on any problem)."""
     try:
         meta = msgspec.json.decode(raw, type=CheckpointMeta, strict=True)
     except msgspec.ValidationError as exc:
@@ -144,7 +145,7 @@ def decode_meta(raw: bytes) -> CheckpointMeta:
     except msgspec.DecodeError as exc:
         raise CheckpointError(f"metadata is not valid JSON: {str(exc)[:200]}") from None
     _no_duplicate_keys(raw)
-    check_meta(meta)
+    check_meta(meta, version)
     return meta
 
 
@@ -168,7 +169,7 @@ def convert_meta(obj: dict) -> CheckpointMeta:
         meta = msgspec.convert(obj, type=CheckpointMeta, strict=True)
     except msgspec.ValidationError as exc:
         raise CheckpointError(f"metadata is invalid: {str(exc)[:200]}") from None
-    check_meta(meta)
+    check_meta(meta, 1)
     return meta
 
 
@@ -176,8 +177,8 @@ def encode_meta(meta: CheckpointMeta) -> bytes:
     return msgspec.json.encode(meta)
 
 
-def check_meta(meta: CheckpointMeta) -> None:
-    """The rules that span fields (docs/CHECKPOINT.md section 3)."""
+def check_meta(meta: CheckpointMeta, version: int = 3) -> None:
+    """The rules that span fields (docs/CHECKPOINT.md section 3) in a file of format `version`."""
     if meta.benchmark not in BENCHMARKS:
         raise CheckpointError(f"meta.benchmark must be one of {', '.join(BENCHMARKS)}, got {meta.benchmark[:60]!r}")
     if meta.model.arch not in ARCHS:
@@ -191,6 +192,7 @@ def check_meta(meta: CheckpointMeta) -> None:
     for i, record in enumerate(meta.tasks):
         at = f"meta.tasks[{i}]"
         check_record(record, at, meta.method, i + 1)
+        _check_versions(record, at, version)
         if record.task in seen:
             raise CheckpointError(f"{at}.task {record.task} is learned twice")
         seen.add(record.task)
@@ -220,6 +222,16 @@ def check_record(record: TaskRecord, at: str, method: str, order: int) -> None:
         )
     if record.digest_version == 2 and record.preprocess is None:
         raise CheckpointError(f"{at}.preprocess is missing")
+
+
+def _check_versions(record: TaskRecord, at: str, version: int) -> None:
+    """Format 3: every record carries its record digest; earlier formats: none, digest version <= 2."""
+    if version >= 3 and record.record_digest is None:
+        raise CheckpointError(f"{at}.record_digest is missing (every record of a format-3 file has one)")
+    if version < 3 and (record.record_digest is not None or record.digest_version > 2):
+        raise CheckpointError(f"{at}: digest version 3 and record digests need format version 3, not {version}")
+    if version < 2 and record.digest_version != 1:
+        raise CheckpointError(f"{at}.digest_version must be 1 in a version-1 file")
 
 
 def to_model_config(spec: ModelSpec):
