@@ -80,7 +80,8 @@ def checkpoint_doc(d):
         tasks=tasks,
         layers=layers,
         size=d.size,
-        tampered=list(d.file.tampered),
+        tampered=list(d.file.tampered)
+        + [f"task {t}: its record fails its record digest" for t in d.file.damaged_records],
     )
 
 
@@ -112,9 +113,9 @@ def _render_checkpoint(doc) -> None:
             str(t.order),
             str(t.task),
             "-" if t.capacity is None else str(t.capacity),
-            str(t.epochs),
-            str(t.batch_size),
-            f"{t.lr:g}",
+            "-" if t.epochs is None else str(t.epochs),
+            "-" if t.batch_size is None else str(t.batch_size),
+            "-" if t.lr is None else f"{t.lr:g}",
             pct(t.accuracy_at_learning),
             pct(t.mask_density),
             pct(t.reuse_of_earlier),

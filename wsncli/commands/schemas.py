@@ -59,7 +59,7 @@ class TrainTaskDoc(Doc, kw_only=True):
 class EvalTask(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     task: int
     order: int
-    status: str  # proven | outputs-differ | data-changed | changed
+    status: str  # proven | outputs-differ | data-changed | changed | record-changed
     accuracy: float
     accuracy_at_learning: float
     change: float | None  # accuracy - accuracy_at_learning (null when the test data differs)
@@ -68,6 +68,7 @@ class EvalTask(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     data_match: bool
     outputs_match: bool | None
     differing_outputs: int | None
+    record_match: bool  # the task's record digest holds (false: record-changed, a damaged record)
 
 
 class Matrix(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -87,6 +88,7 @@ class EvalDoc(Doc, kw_only=True):
     changed: list[int]
     outputs_differ: list[int]
     data_changed: list[int]
+    record_changed: list[int]
     capacity_used: float | None
     tampered: list[str]
     signature: str

@@ -125,6 +125,7 @@ def export_task(ckpt: Checkpoint, task: int, suffix: str, sample_dtype: np.dtype
             "export writes .pt2 (torch.export program) or .safetensors files, not "
             f"{suffix or 'a file without suffix'!r}"
         )
+    ckpt.require_intact_record(task)
     if sample_dtype is None:
         sample_dtype = np.dtype(ckpt.task_record(task).input_dtype or "float32")
     ep = _exported(ckpt, task, sample_dtype)

@@ -144,6 +144,7 @@ def predict_task(
     x = fit_shape(x, tuple(ckpt.meta.model.input_shape), where)
     if x.dtype.kind == "f" and not np.isfinite(x).all():
         raise DataError(f"{where}: inputs contain NaN or infinite values")
+    ckpt.require_intact_record(task)
     record = ckpt.task_record(task)
     model = ckpt.model.to(device)
     masks = ckpt.masks.get(task)
