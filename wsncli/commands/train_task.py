@@ -99,6 +99,14 @@ def train_task_command(
     restart: Annotated[
         bool, typer.Option(help="Discard a resumable snapshot of this task instead of continuing it.")
     ] = False,
+    adopt_unsigned: Annotated[
+        bool,
+        typer.Option(
+            "--adopt-unsigned",
+            help="With WSN_CHECKPOINT_KEY set: accept an unsigned (or otherwise signed) checkpoint after "
+            "re-verifying every task against its recorded data, and sign it.",
+        ),
+    ] = False,
     threads: Annotated[
         Optional[int], typer.Option(min=1, max=MAX_THREADS, help="CPU threads (default: 1 under 2M weights).")
     ] = None,
@@ -142,6 +150,7 @@ def train_task_command(
         matrix=matrix,
         restart=restart,
         cuda_graphs=cuda_graphs,
+        adopt_unsigned=adopt_unsigned,
     )
     quiet = quiet or os.environ.get("RANK", "0") != "0"  # in a torchrun group, rank 0 reports
     with progress_bar(show_progress(quiet)) as progress:

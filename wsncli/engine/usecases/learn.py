@@ -18,12 +18,13 @@ from wsncli.engine.nn.subnet import k_for_capacity
 from wsncli.engine.parallel.shard import Shard, world_size_from_env
 from wsncli.engine.runtime import configure_threads, resolve_device
 from wsncli.engine.store.checkpoint import Checkpoint, check_model_size, load_checkpoint, save_checkpoint
-from wsncli.engine.store.container import KEY_ENV
+from wsncli.engine.store.container import ADOPT, KEY_ENV, REQUIRE, signing_key
 from wsncli.engine.store.lock import CheckpointLock
 from wsncli.engine.store.paths import plan_output, remove_stale_temps, resolve
 from wsncli.engine.store.schema import CheckpointMeta, TaskRecord, from_model_config
 from wsncli.engine.training import snapshot as resume
 from wsncli.engine.training.loop import TrainCallbacks, TrainResult, TrainSettings, train_task
+from wsncli.engine.usecases.adopt import adopt
 from wsncli.engine.usecases.record import accuracy_row, data_options, task_record
 from wsncli.engine.usecases.request import (
     DEFAULT_BENCHMARK,
@@ -110,18 +111,19 @@ class _Job:
     frozen: dict[str, torch.Tensor] | None
     device: torch.device
     snapshot: resume.Snapshots | None = None
+    adopted: str | None = None  # what --adopt-unsigned re-verified (said as a warning)
 
 
 def _prepare(req: TaskRequest, real: Path, device: torch.device, status, on_progress) -> _Job:
     created = not os.path.lexists(real)
     data_root = resolve_data_root(req.data_root)
-    ckpt = None
+    ckpt, adopted = None, None
     if created:
         benchmark, options = req.benchmark or DEFAULT_BENCHMARK, data_options_for(req, on_progress)
         check_options_apply(benchmark, options)
     else:
         status(f"loading {req.ckpt}")
-        ckpt = load_checkpoint(real, require_signature=False)
+        ckpt = load_checkpoint(real, ADOPT if req.adopt_unsigned else REQUIRE)
         if ckpt.signature == "unverified":  # signed, and no key here: the new file would silently lose it
             raise CheckpointError(
                 f"{req.ckpt}: the checkpoint is signed; set {KEY_ENV} to the key it was signed with "
@@ -131,6 +133,9 @@ def _prepare(req: TaskRequest, real: Path, device: torch.device, status, on_prog
         benchmark, options = ckpt.meta.benchmark, data_options(ckpt, on_progress)
         if data_root is None and ckpt.meta.data_root:
             data_root = Path(ckpt.meta.data_root)
+        if ckpt.signature in ("unsigned", "invalid") and signing_key() is not None:  # --adopt-unsigned
+            status(f"re-verifying every task of {req.ckpt} before adopting it")
+            adopted = adopt(ckpt, req.ckpt, data_root, device)
     status(f"loading {benchmark} task {req.task}")
     n_tasks = req.n_tasks if ckpt is None else ckpt.meta.n_tasks
     data = load_task(benchmark, req.task, data_root, n_tasks, options, req.standardize)
@@ -156,7 +161,7 @@ def _prepare(req: TaskRequest, real: Path, device: torch.device, status, on_prog
     ckpt.model.add_task(req.task, data.n_classes)
     ckpt.model.to(device)
     frozen = ckpt.used_weights() if settings.method == "wsn" and ckpt.learned() else None
-    return _Job(req, real, created, ckpt, data, data_root, settings, frozen, device)
+    return _Job(req, real, created, ckpt, data, data_root, settings, frozen, device, adopted=adopted)
 
 
 def _train(job: _Job, callbacks: TrainCallbacks | None, status, shard=None) -> tuple[TrainResult, int]:
@@ -190,7 +195,7 @@ def _train(job: _Job, callbacks: TrainCallbacks | None, status, shard=None) -> t
 
 def _record_and_save(job: _Job, result: TrainResult, target, status) -> tuple[TaskRecord, int, list[str]]:
     ckpt, req = job.ckpt, job.req
-    warnings: list[str] = []
+    warnings: list[str] = [job.adopted] if job.adopted else []
     if result.cuda_graphs.startswith("failed"):
         warnings.append(f"CUDA graph capture {result.cuda_graphs}; the steps ran eagerly (same results, slower)")
     row = [None] * len(ckpt.learned())
@@ -229,6 +234,7 @@ def learn_task(
     target = plan_output(req.ckpt, what="checkpoint", allow_stream=False, error=CheckpointError)
     with CheckpointLock(req.ckpt):
         remove_stale_temps(target.real)  # left by a writer that was killed (SIGKILL, power cut)
+        remove_stale_temps(resume.snapshot_path(target.real))  # and by a killed snapshot writer
         job = _prepare(req, target.real, device, status, on_progress)
         result, resumed = _train(job, callbacks, status)
         record, size, warnings = _record_and_save(job, result, target, status)
@@ -245,6 +251,7 @@ def _learn_parallel(req: TaskRequest, device: torch.device, callbacks, status, o
                 target = plan_output(req.ckpt, what="checkpoint", allow_stream=False, error=CheckpointError)
                 lock = CheckpointLock(req.ckpt).__enter__()
                 remove_stale_temps(target.real)
+                remove_stale_temps(resume.snapshot_path(target.real))
             except WsnError as exc:
                 error = exc
         shard.agree(error)

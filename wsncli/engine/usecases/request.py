@@ -11,6 +11,7 @@ from wsncli.engine.data.registry import BENCHMARKS
 from wsncli.engine.limits import MAX_BATCH_SIZE, MAX_EPOCHS, MAX_LR, MAX_SEED, MAX_TASK_ID, MAX_THREADS, METHODS
 from wsncli.engine.nn.models import ARCHS
 from wsncli.engine.store.checkpoint import Checkpoint
+from wsncli.engine.store.container import KEY_ENV, signing_key
 from wsncli.engine.store.schema import to_model_config
 from wsncli.errors import CheckpointError, TaskError, UsageError
 
@@ -46,6 +47,7 @@ class TaskRequest:
     matrix: bool = True  # re-measure every earlier task after this one (the accuracy matrix)
     restart: bool = False  # discard a resumable snapshot instead of continuing from it
     cuda_graphs: bool | None = None  # replay steps as CUDA graphs (None: on CUDA for small networks)
+    adopt_unsigned: bool = False  # with a key set: re-verify an unsigned checkpoint's tasks, then sign it
 
 
 def _in(name: str, value, lo, hi) -> None:
@@ -81,6 +83,10 @@ def check_request(req: TaskRequest) -> None:
         raise UsageError(f"--hidden sizes must be 1..65536, got {'-'.join(map(str, req.hidden))}")
     if req.method == "finetune" and req.capacity is not None:
         raise UsageError("--capacity has no meaning for --method finetune (the dense baseline uses every weight)")
+    if req.adopt_unsigned and signing_key() is None:
+        raise UsageError(
+            f"--adopt-unsigned needs {KEY_ENV} set: it re-verifies a checkpoint, then signs it with that key"
+        )
 
 
 def check_matches(ckpt: Checkpoint, req: TaskRequest) -> None:
