@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from wsncli.commands.console import handle_errors, not_stdout, print_json, progress_bar, show_progress, stdout
+from wsncli.errors import WsnError
 
 _MAGIC = {".png": b"\x89PNG", ".csv": b"after_task", ".md": b"# wsn report"}
 
@@ -51,11 +52,33 @@ def report_command(
         files = build_report(
             describe_checkpoint(found, ckpt), lambda name: progress.update(bar, advance=1, description=name)
         )
-    output.mkdir(parents=True, exist_ok=True)
-    for f in files:
-        write_output(targets.get(f.name) or plan_output(output / f.name, what="report file", inputs=[ckpt]), f.data)
+    made = _make_folder(output)
+    try:
+        for f in files:
+            write_output(targets.get(f.name) or plan_output(output / f.name, what="report file", inputs=[ckpt]), f.data)
+    except WsnError:
+        _remove_empty(made)  # a full disk leaves no empty folder behind
+        raise
     written = [str(output / f.name) for f in files]
     if json_out:
         print_json(ReportDoc(schema=schema_id("report"), checkpoint=str(ckpt), output=str(output), files=written))
     else:
         stdout.print(f"wrote {len(files)} files to {output}/: " + ", ".join(f.name for f in files))
+
+
+def _make_folder(output: Path) -> list[Path]:
+    """mkdir -p `output`; returns the folders it created, deepest first."""
+    made, folder = [], output
+    while not folder.exists() and folder != folder.parent:
+        made.append(folder)
+        folder = folder.parent
+    output.mkdir(parents=True, exist_ok=True)
+    return made
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for folder in folders:
+        try:
+            folder.rmdir()  # only if empty: a file something else put there stays
+        except OSError:
+            return

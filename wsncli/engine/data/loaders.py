@@ -3,6 +3,7 @@ labels) and the fixed transform that makes them network inputs (data.preprocess)
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,11 +49,23 @@ def _select(x: np.ndarray, y: np.ndarray, classes: tuple[int, ...]) -> tuple[np.
     return x[sel], y[sel].astype(np.int64)
 
 
+NAME_MAX, ROOT_MAX = 255, 3584  # bytes of one path component; of a data root (PATH_MAX 4096 less room for names below)
+
+
 def resolve_data_root(data_root: Path | None) -> Path | None:
-    """`--data-root` when given, else $WSN_DATA_ROOT when set, else None."""
-    if data_root is not None:
-        return Path(data_root).expanduser()
-    return ds.env_data_root()
+    """`--data-root` when given, else $WSN_DATA_ROOT when set, else None; a path no file system can
+    open (a component over 255 bytes, or too long as a whole) is a DataError, not an OSError later."""
+    root = Path(data_root).expanduser() if data_root is not None else ds.env_data_root()
+    if root is not None:
+        raw = os.fsencode(root)
+        longest = max((len(part) for part in raw.split(b"/")), default=0)
+        if longest > NAME_MAX or len(raw) > ROOT_MAX:
+            what = f"a component of {longest} bytes" if longest > NAME_MAX else f"{len(raw)} bytes"
+            raise DataError(
+                f"data root {str(root)[:60] + ('...' if len(str(root)) > 60 else '')} has {what}, over the limit of "
+                f"{NAME_MAX if longest > NAME_MAX else ROOT_MAX} (from --data-root, WSN_DATA_ROOT or the checkpoint)"
+            )
+    return root
 
 
 def require_root(name: str, data_root: Path | None, what: str) -> Path:

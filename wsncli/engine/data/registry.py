@@ -19,7 +19,15 @@ import numpy as np
 
 from wsncli.engine.data import loaders
 from wsncli.engine.data import readers as ds
-from wsncli.engine.data.checks import check_arrays, check_finite, check_labels, check_pair, task_classes, to_indices
+from wsncli.engine.data.checks import (
+    check_arrays,
+    check_finite,
+    check_fits_float32,
+    check_labels,
+    check_pair,
+    task_classes,
+    to_indices,
+)
 from wsncli.engine.data.loaders import CIFAR10_FILES, CIFAR100_FILES, DEBIAN_FASHION, MNIST_FILES, resolve_data_root  # noqa: F401
 from wsncli.engine.data.preprocess import Preprocess, standardize
 from wsncli.engine.data.splits import pmnist_permutation, split_seed, stratified_split  # noqa: F401
@@ -228,13 +236,16 @@ def load_task(
         yva = to_indices(classes, yva_raw)
     for label, arr in (("x_train", xtr), ("x_test", raw.x_test), ("x_val", xva)):
         check_finite(where, label, arr)
+        check_fits_float32(where, label, arr)
     prep = raw.prep
     if standardize_inputs if standardize_inputs is not None else info.standardize:
         prep = standardize(prep, xtr, raw.per_channel)
     data = TaskData(name, task, tuple(classes), xtr, ytr, xva, yva, raw.x_test, yte, prep)
     if raw.x_train.dtype.kind == "f" or raw.x_train.dtype.itemsize > 2:  # e.g. float64 beyond float32's range
         for label in ("x_train", "x_test"):
-            check_finite(where, f"{label} (as float32, transformed)", getattr(data, label))
+            with np.errstate(over="ignore", invalid="ignore"):  # what overflows is refused by name just below
+                transformed = getattr(data, label)
+            check_finite(where, f"{label} (as float32, transformed)", transformed)
     return data
 
 
