@@ -3,8 +3,9 @@
 both WsnError); any other exception, or a load slower than --timeout seconds, is a bug: the script
 saves the input under --out and exits 1.
 
-    python benchmarks/fuzz_loaders.py --iterations 20000 [--seed 0] [--target checkpoint|wsnm|all]
+    python benchmarks/fuzz_loaders.py --iterations 20000 [--seed 0] [--target checkpoint|wsnm|snapshot|all]
     python benchmarks/fuzz_loaders.py --target wsnm --iterations 3000 --structure-iterations 3000
+    python benchmarks/fuzz_loaders.py --target memory   # peak memory per file size, no fuzzing
 
 Checkpoint mutants come at three levels (tests/reliability/fuzzing.py): raw bytes, the pickle inside a
 re-zipped valid ZIP, and the payload dict with checksums recomputed. `.wsnm` mutants are byte-level
@@ -15,6 +16,13 @@ hangs (a decode over --wsnm-timeout s), peak RSS growth (flagged above --max-rss
 tracebacks (anything but FormatError; an accepted file must also pack() back), as a table and one
 final JSON line; it fails on any hang, memory flag or traceback. The test suite runs the same
 mutators for ~1000 examples.
+
+Snapshot mutants (`--target snapshot`, tests/reliability/mutate_snapshot.py: the state, identity,
+metadata, tensors and entries of a `.resume`, checksums recomputed; --structure-iterations of them,
+plus --iterations byte-level ones) are resumed as `train-task` would: a task resumes, or the snapshot
+is refused with one line naming it and `--restart`; anything else is a bug. `--target memory` writes
+valid checkpoints of growing size and sparse files of 1 and 8 GiB, and reports, per file, the peak
+memory growth of reading it (inspect) and loading it (eval), each in a fresh process.
 """
 
 from __future__ import annotations
@@ -206,7 +214,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", "-n", type=int, default=5000, help="mutants per target (default 5000)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--target", choices=("checkpoint", "wsnm", "all"), default="all")
+    parser.add_argument("--target", choices=("checkpoint", "wsnm", "snapshot", "memory", "all"), default="all")
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds one checkpoint load (and its use) may take")
     parser.add_argument(
         "--structure-iterations",
@@ -222,6 +230,12 @@ def main() -> int:
         help="decoded-size limit given to unpack (a valid tiny stream may decode to this many bits)",
     )
     parser.add_argument("--max-rss-growth", type=float, default=256.0, help="MiB of peak RSS growth that is a bug")
+    parser.add_argument(
+        "--sizes", type=lambda t: [int(v) for v in t.split(",")], default=[1, 16, 64, 256], help="--target memory: MiB"
+    )
+    parser.add_argument(
+        "--sparse", type=lambda t: [int(v) for v in t.split(",")], default=[1, 8], help="--target memory: GiB"
+    )
     parser.add_argument("--out", type=Path, default=Path("fuzz-failures"), help="where failing inputs are saved")
     args = parser.parse_args()
     if args.structure_iterations is None:
@@ -232,7 +246,7 @@ def main() -> int:
 
 
 def run(args: argparse.Namespace, work: Path) -> int:
-    valid_path = make_tiny_checkpoint(work / "tiny.pt")
+    valid_path = make_tiny_checkpoint(work / "tiny.pt") if args.target != "memory" else None
     signal.signal(signal.SIGALRM, _alarm)
     failures = 0
     args.checkpoint_summary = None
@@ -241,8 +255,17 @@ def run(args: argparse.Namespace, work: Path) -> int:
     wsnm = _wsnm_samples(valid_path) if args.target in ("wsnm", "all") else []
     if wsnm:
         failures += wsnm_campaign(args, wsnm)
+    args.snapshot_summary = args.memory_summary = None
+    if args.target in ("snapshot", "all"):
+        from fuzz_snapshots import snapshot_campaign
+
+        failures += snapshot_campaign(args, work)
+    if args.target == "memory":
+        from fuzz_snapshots import memory_table
+
+        failures += memory_table(args, work)
     print("no bugs found" if not failures else f"{failures} bug(s) found; inputs in {args.out}")
-    for summary in (args.checkpoint_summary, args.summary):
+    for summary in (args.checkpoint_summary, args.summary, args.snapshot_summary, args.memory_summary):
         if summary is not None:
             print(json.dumps(summary))
     return 1 if failures else 0

@@ -12,47 +12,14 @@ import struct
 import pytest
 
 from tests.reliability.conftest import run_python
-from tests.reliability.trust_tools import learn
+from tests.reliability.trust_tools import PEAK_SCRIPT, learn, untrained_checkpoint_script
 
 GIB = 1 << 30
 MIB = 1 << 20
 
-_MEASURE = """
-import json, os, resource, sys
-from pathlib import Path
-from wsncli.engine.store.checkpoint import load_checkpoint
-from wsncli.engine.store.reader import read_checkpoint_file
-from wsncli.errors import WsnError
-
-def peak():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-def reset():
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # the high-water mark back to the current resident size
-    except OSError:
-        pass
-
-out = {}
-for name, fn in (("read", read_checkpoint_file), ("load", load_checkpoint)):
-    reset()
-    before = peak()
-    try:
-        fn(Path(sys.argv[1]))
-        out[name + "_message"] = None
-    except WsnError as exc:
-        out[name + "_message"] = str(exc)
-    out[name + "_growth"] = peak() - before
-print(json.dumps(out))
-"""
-
 
 def _measure(path, cwd) -> dict:
-    result = run_python(_MEASURE.replace("sys.argv[1]", repr(str(path))), cwd)
+    result = run_python(PEAK_SCRIPT.replace("sys.argv[1]", repr(str(path))), cwd)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -107,15 +74,7 @@ def test_a_header_declaring_1_gib_of_masks_is_refused_before_reading(tiny, tmp_p
 def test_a_valid_file_costs_its_size_and_a_small_constant(tmp_path):
     """A 33 MB checkpoint (an MLP 64-2000-2000 with no task yet) is read with one buffer: peak growth
     at most its size plus 16 MiB. wsn 0.2.0 held it two to three times over."""
-    code = (
-        "from pathlib import Path\n"
-        "from wsncli.engine.nn.models import ModelConfig, build_model\n"
-        "from wsncli.engine.store.checkpoint import Checkpoint, encode_checkpoint\n"
-        "from wsncli.engine.store.schema import CheckpointMeta, from_model_config\n"
-        "config = ModelConfig('mlp', (64,), (2000, 2000))\n"
-        "meta = CheckpointMeta(benchmark='split-digits', model=from_model_config(config), seed=0, method='wsn')\n"
-        f"Path({str(tmp_path / 'big.pt')!r}).write_bytes(encode_checkpoint(Checkpoint(meta, build_model(config))))\n"
-    )
+    code = untrained_checkpoint_script(tmp_path / "big.pt", (2000, 2000))
     made = run_python(code, tmp_path)
     assert made.returncode == 0, made.stderr
     size = (tmp_path / "big.pt").stat().st_size

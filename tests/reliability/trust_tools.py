@@ -100,3 +100,54 @@ def rewrite_snapshot(
     if drop_hmac:
         md.pop("hmac", None)
     Path(snap).write_bytes(safetensors.numpy.save(arrs, metadata=md))
+
+
+# A fresh process reads `sys.argv[1]` with read_checkpoint_file (what inspect reads) then with
+# load_checkpoint (what eval loads), each after resetting the peak resident size to the current one
+# (/proc/self/clear_refs), and prints one JSON line: each one's refusal (or null) and peak growth in bytes.
+PEAK_SCRIPT = """
+import json, os, resource, sys
+from pathlib import Path
+from wsncli.engine.store.checkpoint import load_checkpoint
+from wsncli.engine.store.reader import read_checkpoint_file
+from wsncli.errors import WsnError
+
+def peak():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+def reset():
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+out = {}
+for name, fn in (("read", read_checkpoint_file), ("load", load_checkpoint)):
+    reset()
+    before = peak()
+    try:
+        fn(Path(sys.argv[1]))
+        out[name + "_message"] = None
+    except WsnError as exc:
+        out[name + "_message"] = str(exc)
+    out[name + "_growth"] = peak() - before
+print(json.dumps(out))
+"""
+
+
+def untrained_checkpoint_script(path: Path, hidden: tuple[int, ...]) -> str:
+    """Python code writing a checkpoint of an MLP 64-`hidden` with no task yet (its size: 8 bytes per
+    masked weight, weights and scores) to `path`."""
+    return (
+        "from pathlib import Path\n"
+        "from wsncli.engine.nn.models import ModelConfig, build_model\n"
+        "from wsncli.engine.store.checkpoint import Checkpoint, encode_checkpoint\n"
+        "from wsncli.engine.store.schema import CheckpointMeta, from_model_config\n"
+        f"config = ModelConfig('mlp', (64,), {tuple(hidden)!r})\n"
+        "meta = CheckpointMeta(benchmark='split-digits', model=from_model_config(config), seed=0, method='wsn')\n"
+        f"Path({str(path)!r}).write_bytes(encode_checkpoint(Checkpoint(meta, build_model(config))))\n"
+    )

@@ -54,6 +54,8 @@ def _check_tensor(arrays: dict, name: str, like: torch.Tensor) -> torch.Tensor:
     if arr is None or arr.dtype != want.numpy().dtype or tuple(arr.shape) != tuple(want.shape):
         got = "missing" if arr is None else f"{arr.dtype} {tuple(arr.shape)}"
         raise CheckpointError(f"tensor {name[:80]!r} is {got}, expected {want.numpy().dtype} {tuple(want.shape)}")
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise CheckpointError(f"tensor {name[:80]!r} holds NaN or infinite values")
     return torch.from_numpy(np.array(arr))  # a copy the run owns
 
 
