@@ -242,8 +242,10 @@ Statuses in `wsn.eval`: `proven` (subnetwork and predictions identical to those 
 `outputs-differ` (subnetwork bit-identical, some predictions differ: near-ties computed differently
 on another machine, thread count or device; a warning, exit 0), `data-changed` (the test data is not
 the one used at learning: accuracy not comparable, left out of BWT; the subnetwork is still proven),
-`changed` (the subnetwork changed: forgetting, exit 3). BWT = mean over the tasks learned before the
-last one, whose test data is unchanged, of (accuracy now - accuracy at learning).
+`changed` (the subnetwork changed: forgetting, exit 3), `record-changed` (format 3: the task's record
+fails its record digest: what data it is measured on, its labels or its recorded digests were edited,
+no parameter changed; a damaged record, exit 1, and `forget_free` is false). BWT = mean over the tasks
+learned before the last one, whose test data is unchanged, of (accuracy now - accuracy at learning).
 """
 
 
