@@ -420,6 +420,10 @@ HOSTILE_V2 = {
         _meta(lambda m: m["model"].__setitem__("hidden", [65536, 1024])),
         "meta.layers does not match the network meta.model describes",
     ),
+    "meta-arch-needs-images": (  # found by the fuzzer: a DataError from building the net, not a CheckpointError
+        _meta(lambda m: m["model"].__setitem__("arch", "lenet")),
+        "malformed checkpoint: arch lenet needs image inputs (C, H, W), got shape (64,)",
+    ),
     "meta-tasks-dropped": (
         _meta(lambda m: m.__setitem__("tasks", [])),
         "a masks tensor must be uint8 (bytes), and only where wsn tasks are learned",

@@ -33,7 +33,7 @@ def eval_doc(ckpt: Path, report: EvalReport):
             status=t.status,
             accuracy=t.accuracy,
             accuracy_at_learning=t.accuracy_at_learning,
-            change=t.accuracy - t.accuracy_at_learning if t.data_match else None,
+            change=t.accuracy - t.accuracy_at_learning if t.data_match and t.record_match else None,
             n_test=t.n_test,
             subnet_match=t.subnet_match,
             data_match=t.data_match,

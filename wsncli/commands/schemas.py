@@ -62,7 +62,7 @@ class EvalTask(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     status: str  # proven | outputs-differ | data-changed | changed | record-changed
     accuracy: float
     accuracy_at_learning: float
-    change: float | None  # accuracy - accuracy_at_learning (null when the test data differs)
+    change: float | None  # accuracy - accuracy_at_learning (null when the test data or the record differs)
     n_test: int
     subnet_match: bool
     data_match: bool

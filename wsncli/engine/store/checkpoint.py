@@ -31,7 +31,7 @@ from wsncli.engine.store.schema import (
     encode_meta,
     to_model_config,
 )
-from wsncli.errors import CheckpointError, UsageError
+from wsncli.errors import CheckpointError, DataError, UsageError
 
 FORMAT_NAME, FORMAT_VERSION = container.FORMAT_NAME, container.FORMAT_VERSION
 
@@ -122,7 +122,7 @@ def build_checkpoint(found: CheckpointFile) -> Checkpoint:
         if declared != shapes:
             raise CheckpointError("malformed checkpoint: meta.layers does not match the network meta.model describes")
         model = build_model(config)
-    except UsageError as exc:
+    except (UsageError, DataError) as exc:  # a network meta.model cannot describe
         raise CheckpointError(f"malformed checkpoint: {exc}") from None
     layers = model.subnet_layers()
     arrays, used = found.arrays, set()

@@ -18,7 +18,7 @@ from wsncli.engine.store.legacy_v1 import ZIP_MAGIC
 from wsncli.engine.store.paths import check_unchanged_size, file_prefix, open_regular_file, read_at
 from wsncli.engine.store.records import damaged_records
 from wsncli.engine.store.schema import CheckpointMeta, decode_meta
-from wsncli.errors import CheckpointError, UsageError
+from wsncli.errors import CheckpointError, DataError, UsageError
 
 MAX_CHECKPOINT_BYTES = 16 * 2**30  # default of $WSN_MAX_CHECKPOINT_BYTES
 MASKS = "masks"  # the tensor holding every task's masks as a .wsnm file
@@ -238,6 +238,6 @@ def _v1_layer_shapes(meta: CheckpointMeta) -> dict[str, tuple[int, ...]]:
     try:
         with torch.device("meta"):
             model = build_model(to_model_config(meta.model))
-    except UsageError as exc:
+    except (UsageError, DataError) as exc:
         raise CheckpointError(str(exc)) from None
     return {name: tuple(layer.weight.shape) for name, layer in model.subnet_layers().items()}

@@ -86,8 +86,8 @@ class EvalReport:
 
     @property
     def bwt_tasks(self) -> list[TaskEval]:
-        """Tasks BWT averages over: learned before the last one, with unchanged test data."""
-        return [t for t in self.tasks if t.task != self.last_task and t.data_match]
+        """Tasks BWT averages over: learned before the last one, with unchanged test data and record."""
+        return [t for t in self.tasks if t.task != self.last_task and t.data_match and t.record_match]
 
     @property
     def bwt(self) -> float | None:
