@@ -114,3 +114,18 @@ def test_report_on_a_full_disk_leaves_no_empty_folder(tmp_path, monkeypatch):
     assert result.returncode == 1, result.stderr
     assert_one_line_error(result.stderr, "cannot write", "File too large")
     assert not (tmp_path / "new").exists()
+
+
+def test_a_transform_that_overflows_in_eval_prints_no_numpy_warnings(tmp_path, monkeypatch):
+    """A stored std edited to 1e-45 (checksums recomputed): eval finds the changed subnetwork (exit 3)
+    with one line; the overflow it computes on the way prints nothing (wsn 0.2.0 printed numpy's
+    RuntimeWarning first). A real process: pytest would swallow the warnings."""
+    from tests.ckpt_tools import edit_arrays
+
+    monkeypatch.delenv("WSN_CHECKPOINT_KEY", raising=False)
+    ckpt = tmp_path / "m.pt"
+    learn(ckpt, 1, epochs=1)
+    edit_arrays(ckpt, lambda a: a["prep/1/std"].__setitem__(..., np.float32(1e-45)))
+    result = run_wsn(["eval", "--ckpt", ckpt], tmp_path)
+    assert result.returncode == 3
+    assert_one_line_error(result.stderr, "forgetting detected")

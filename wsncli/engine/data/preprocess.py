@@ -35,17 +35,19 @@ class Preprocess:
         return not self.mean.any() and bool((self.std == 1).all())
 
     def apply(self, x: np.ndarray) -> np.ndarray:
-        """(N, *sample) raw -> (N, *sample) float32, a new array."""
-        out = np.array(x, dtype=np.float32, copy=True)
-        if self.permutation is not None:
-            out = out.reshape(len(out), -1)[:, self.permutation].reshape(out.shape)
-        if self.divide:
-            out /= np.float32(self.scale)
-        elif self.scale != 1.0:
-            out *= np.float32(self.scale)
-        if not self.is_identity_affine:
-            out -= self.mean
-            out /= self.std
+        """(N, *sample) raw -> (N, *sample) float32, a new array. Values that overflow become inf or
+        NaN silently: callers refuse them by name (data.checks), never with numpy's warnings."""
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            out = np.array(x, dtype=np.float32, copy=True)
+            if self.permutation is not None:
+                out = out.reshape(len(out), -1)[:, self.permutation].reshape(out.shape)
+            if self.divide:
+                out /= np.float32(self.scale)
+            elif self.scale != 1.0:
+                out *= np.float32(self.scale)
+            if not self.is_identity_affine:
+                out -= self.mean
+                out /= self.std
         return out
 
     def same_as(self, other: Preprocess) -> bool:
