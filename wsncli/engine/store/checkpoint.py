@@ -1,6 +1,6 @@
 """The wsn checkpoint in memory (network, masks, transforms, recorded outputs) and on disk.
 
-Version 2 (written) is a safetensors file (store.container, docs/CHECKPOINT.md); version 1 (wsn
+Version 3 (written; version 2 read) is a safetensors file (store.container, docs/CHECKPOINT.md); version 1 (wsn
 0.1) is still read. Saving serialises in memory, reads the bytes back through the same code that
 loads checkpoints (so a file that would not load is never written), then replaces the file
 atomically (store.paths).
@@ -43,8 +43,8 @@ class Checkpoint:
     meta: CheckpointMeta
     model: WSNNet
     masks: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)  # task -> layer -> bool
-    preps: dict[int, Preprocess] = field(default_factory=dict)  # version-2 records
-    predictions: dict[int, np.ndarray] = field(default_factory=dict)  # test predictions at learning (v2)
+    preps: dict[int, Preprocess] = field(default_factory=dict)  # records of versions 2 and 3
+    predictions: dict[int, np.ndarray] = field(default_factory=dict)  # test predictions at learning (v2, v3)
     tampered: list[str] = field(default_factory=list)  # what fails a check: "tensor 'x' fails its checksum", ...
     version: int = FORMAT_VERSION
     signature: str = "unsigned"
@@ -270,7 +270,7 @@ def pack_masks(ckpt: Checkpoint, tasks: list[int], codec: str) -> bytes:
 
 
 def encode_checkpoint(ckpt: Checkpoint) -> bytes:
-    """The version-2 file's bytes, after refusing any non-finite parameter."""
+    """The version-3 file's bytes, after refusing any non-finite parameter."""
     ckpt.meta.layers = [LayerSpec(n, list(layer.weight.shape)) for n, layer in ckpt.model.subnet_layers().items()]
     stamp_records(ckpt.meta)  # format 3: every record carries its record digest
     arrays = checkpoint_arrays(ckpt)

@@ -1,10 +1,10 @@
 """Reading version-1 checkpoints (wsn 0.1): a `torch.save` ZIP holding only tensors and plain data.
 
-Read-only: wsn writes version 2. The file is untrusted: the ZIP is checked first (stored entries
+Read-only: wsn writes version 3. The file is untrusted: the ZIP is checked first (stored entries
 only, declared sizes within the file, CRCs), then unpickled with `torch.load(weights_only=True)`
 (torch >= 2.10, past CVE-2025-32434 and CVE-2026-24747), then every container is checked to be plain
-data, every tensor a dense contiguous CPU view of its own bytes, and the metadata is converted into the version-2 schema
-(which checks every field). The result has the same shape as a version-2 read.
+data, every tensor a dense contiguous CPU view of its own bytes, and the metadata is converted into the current schema
+(which checks every field). The result has the same shape as a version-3 read.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Reading a checkpoint file of either version into numpy arrays and typed metadata (no torch for
-version 2, so `wsn inspect` starts fast): size limit, container checks, masks decoded and checked
+"""Reading a checkpoint file of any version into numpy arrays and typed metadata (no torch for
+versions 2 and 3, so `wsn inspect` starts fast): size limit, container checks, masks decoded and checked
 against the metadata. Building the network from it is store.checkpoint's job."""
 
 from __future__ import annotations
@@ -200,7 +200,7 @@ def _decode_masks(blob: bytes, meta: CheckpointMeta, tasks: list[int]) -> tuple[
 
 
 def _read_v1(raw: bytes) -> CheckpointFile:
-    """A version-1 file, in version-2 terms (meta.layers filled from the network it describes)."""
+    """A version-1 file, in current terms (meta.layers filled from the network it describes)."""
     from wsncli.engine.store import legacy_v1
     from wsncli.engine.store.schema import LayerSpec
 

@@ -33,7 +33,7 @@ class Predictions:
 
 
 def task_transform(ckpt: Checkpoint, task: int, raw: np.ndarray | None = None) -> Preprocess:
-    """The transform the task was learned with: stored (version 2), else the benchmark's fixed one."""
+    """The transform the task was learned with: stored (versions 2 and 3), else the benchmark's fixed one."""
     if task in ckpt.preps:
         return ckpt.preps[task]
     bench = ckpt.meta.benchmark

@@ -24,7 +24,7 @@ def data_options(ckpt: Checkpoint, on_progress=None) -> DataOptions:
 
 
 def recorded_task_data(ckpt: Checkpoint, task: int, data_root: Path | None, on_progress=None) -> TaskData:
-    """Task `task`'s data as it was learned: under the transform stored with it (version 2), or
+    """Task `task`'s data as it was learned: under the transform stored with it (versions 2 and 3), or
     the benchmark's fixed one (version-1 records, which had no standardisation)."""
     meta = ckpt.meta
     stored = ckpt.preps.get(task)
