@@ -63,6 +63,9 @@ def snapshot_campaign(args, work: Path) -> int:
         kind, mutant = (
             ("bytes", mutate_bytes(snap_bytes, rng)) if level == "bytes" else mutate_snapshot(snap_bytes, rng)
         )
+        if mutant == snap_bytes:  # a mutation that changed nothing (zeros over zeros): not a mutant
+            counts[f"{level}: unchanged"] += 1
+            continue
         t0 = time.perf_counter()
         try:
             signal.setitimer(signal.ITIMER_REAL, args.timeout)
@@ -75,7 +78,7 @@ def snapshot_campaign(args, work: Path) -> int:
             signal.setitimer(signal.ITIMER_REAL, 0)
         seconds = time.perf_counter() - t0
         slowest = max(slowest, seconds)
-        if outcome not in ("resumed", "refused", "restarted", "hang", "traceback"):
+        if outcome not in ("resumed", "refused", "restarted", "diverged", "hang", "traceback"):
             outcome, message = "traceback", f"refused with {outcome}, not one line naming the snapshot"
         counts[f"{level}: {outcome}"] += 1
         if outcome == "refused":

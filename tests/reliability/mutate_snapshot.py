@@ -109,7 +109,8 @@ def _mutate_tensors(f: V2File, rng: random.Random) -> None:
     elif isinstance(dtype, str) and dtype in DTYPES and data:
         arr = np.frombuffer(data, DTYPES[dtype]).copy()
         k = rng.randrange(len(arr))
-        arr[k] = rng.choice([0, 1, 255]) if arr.dtype.kind == "u" else rng.choice([np.nan, np.inf, -1, 2**20])
+        pool = {"u": [0, 1, 255], "i": [0, -1, 2**31 - 1, -(2**31)], "f": [np.nan, np.inf, -1.0, 2.0**20]}
+        arr[k] = rng.choice(pool[arr.dtype.kind])
         f.tensors[i][3] = arr.tobytes()
 
 
@@ -135,11 +136,13 @@ def mutate_snapshot(raw: bytes, rng: random.Random) -> tuple[str, bytes]:
 
 
 def exercise_snapshot(ckpt, snap, ckpt_bytes: bytes, mutant: bytes, request) -> tuple[str, str | None]:
-    """Resume the task from `mutant` as `train-task` would: ('resumed' or 'restarted', None), or
-    ('refused', the message) for a one-line TaskError naming the snapshot and --restart, or (another
-    WsnError's class name, its message). Anything else propagates: a bug."""
+    """Resume the task from `mutant` as `train-task` would: ('resumed' or 'restarted', None),
+    ('refused', the message) for a one-line TaskError naming the snapshot and --restart, ('diverged',
+    the message) when training on its values diverges (nothing is saved), or (another WsnError's
+    class name, its message). Anything else propagates: a bug."""
     import torch
 
+    from wsncli.engine.training.loop import TrainingDiverged
     from wsncli.engine.usecases.learn import learn_task
     from wsncli.errors import TaskError, WsnError
 
@@ -148,6 +151,8 @@ def exercise_snapshot(ckpt, snap, ckpt_bytes: bytes, mutant: bytes, request) -> 
     threads = torch.get_num_threads()
     try:
         result = learn_task(request)
+    except TrainingDiverged as exc:  # finite but absurd values (checksums recomputed): one line, nothing saved
+        return "diverged", str(exc)
     except TaskError as exc:
         text = str(exc)
         if str(snap) in text and "--restart" in text and "\n" not in text:

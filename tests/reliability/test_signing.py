@@ -73,6 +73,9 @@ READERS = {
     "inspect": lambda p: ("inspect", p),
     "predict": lambda p: ("predict", p.parent / "x.npy", "--ckpt", p, "--task", 1),
     "train-task": lambda p: (*TRAIN3, "--ckpt", p),
+    "export": lambda p: ("export", "--ckpt", p, "--task", 1, "-o", p.parent / "t1.safetensors"),
+    "pack-masks": lambda p: ("pack-masks", "--ckpt", p, "-o", p.parent / "m.wsnm"),
+    "report": lambda p: ("report", "--ckpt", p, "-o", p.parent / "report", "-q"),
 }
 
 

@@ -45,6 +45,10 @@ DAMAGE = {
     "state-epoch-edited": lambda s: rewrite_snapshot(s, state=lambda st: st.__setitem__("epoch", 30)),
     "state-not-json": lambda s: rewrite_snapshot(s, state=lambda st: '{"epoch": 2,'),
     "state-epoch-a-string": lambda s: rewrite_snapshot(s, state=lambda st: st.__setitem__("epoch", "2")),
+    "best-loss-a-huge-integer": lambda s: rewrite_snapshot(s, state=lambda st: st.__setitem__("best_loss", 2**64)),
+    "history-loss-a-string": lambda s: rewrite_snapshot(
+        s, state=lambda st: st["history"][0].__setitem__("train_loss", "0.5")
+    ),
     "history-unknown-field": lambda s: rewrite_snapshot(s, state=lambda st: st["history"][0].__setitem__("lr", 1)),
     "identity-not-json": lambda s: rewrite_snapshot(s, identity=lambda i: "[1, 2"),
     "rng-tensor-missing": lambda s: rewrite_snapshot(s, arrays=lambda a: a.pop("rng/generator")),

@@ -371,6 +371,10 @@ HOSTILE_V2 = {
         lambda f: {"header_edit": lambda t: t.replace('"shape": [', '"shape": [' + "[" * 5000 + "]" * 5000 + ", ", 1)},
         "the safetensors header is not valid JSON",
     ),
+    "header-lone-surrogate": (  # found by the fuzzer: a UnicodeEncodeError when the metadata was hashed
+        lambda f: {"header_edit": lambda t: t.replace('"meta": "', '"meta": "\\ud800', 1)},
+        "the metadata's 'meta' holds a lone surrogate (not valid Unicode)",
+    ),
     "header-not-utf8": (
         lambda f: {"header_edit": lambda t: t.replace('"format"', '"\udcff"', 1)},
         "the safetensors header is not valid UTF-8",

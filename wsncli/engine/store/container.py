@@ -194,6 +194,7 @@ def _entries(header: dict, data_bytes: int) -> dict[str, Entry]:
     out = {}
     for name, entry in entries:
         short = name[:80]
+        _unicode(name, f"tensor name {short!r}")
         if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
             raise CheckpointError(f"tensor {short!r}: entry must have exactly dtype, shape and data_offsets")
         dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
@@ -222,11 +223,21 @@ def _entries(header: dict, data_bytes: int) -> dict[str, Entry]:
     return out
 
 
+def _unicode(text: str, what: str) -> None:
+    """A JSON string may escape half a surrogate pair (`\\ud800`): no UTF-8 text can hold it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise CheckpointError(f"{what} holds a lone surrogate (not valid Unicode)") from None
+
+
 def _metadata(header: dict, spec: Spec) -> tuple[int, dict[str, str]]:
     what = spec.what
     md = header.get("__metadata__")
     if not isinstance(md, dict) or not all(isinstance(v, str) for v in md.values()):
         raise CheckpointError(f"not a {what} (no wsn metadata in the safetensors header)")
+    for key, value in md.items():
+        _unicode(key + value, f"the metadata's {key[:20]!r}")
     if md.get("format") != spec.name:
         raise CheckpointError(f"not a {what} (format {str(md.get('format'))[:40]!r})")
     versions = {str(v): v for v in spec.readable}

@@ -11,6 +11,7 @@ torch accepts. Anything else raises CheckpointError with a short reason.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import torch
@@ -41,9 +42,9 @@ def _epoch_stats(entry, i: int) -> EpochStats:
         if kind == "bool" and type(value) is not bool or kind == "int" and type(value) is not int:
             raise CheckpointError(f"state: history[{i}].{name} must be {kind}, got {str(value)[:20]}")
         if kind == "float":
-            if value is not None and type(value) not in (int, float):
+            if value is not None and type(value) is not float:  # what the writer writes: floats, or null for NaN
                 raise CheckpointError(f"state: history[{i}].{name} must be a number or null")
-            value = float("nan") if value is None else float(value)
+            value = float("nan") if value is None else value
         values[name] = value
     return EpochStats(**values)
 
@@ -76,7 +77,7 @@ def check_state(state_json: str, arrays: dict[str, np.ndarray], model: WSNNet, s
     epoch = _int(info["epoch"], "epoch", 1, settings.epochs - 1)  # a snapshot is written before the last epoch
     best_epoch = _int(info["best_epoch"], "best_epoch", 0, epoch)
     best_loss = info["best_loss"]
-    if best_loss is not None and (type(best_loss) not in (int, float) or not np.isfinite(best_loss)):
+    if best_loss is not None and (type(best_loss) is not float or not math.isfinite(best_loss)):
         raise CheckpointError("state: best_loss must be a finite number or null")
     if (best_loss is None) != (best_epoch == 0):
         raise CheckpointError("state: best_loss and best_epoch disagree (one says a best epoch was found)")
