@@ -305,6 +305,24 @@ def _refusal_class(message: str, path: Path) -> str:
     return " ".join(text.split()[:7])
 
 
+def _verdicts(valid: bytes, mutant: bytes, statuses: list[str]) -> list[str]:
+    """eval's status of each task of a loaded wsn mutant, named by how the mutant differs from its
+    file: its tensors changed, or only its records, the task's record digest failing or holding
+    (recomputed by the mutator). A failing record digest must always give `record-changed`."""
+    from tests.reliability.mutate_v2 import parse
+    from tests.reliability.spec_reader import record_digest
+
+    a, b = parse(valid), parse(mutant)
+    meta = json.loads(b.metadata["meta"])
+    if meta.get("method") != "wsn":
+        return []  # the finetune baseline forgets by design: `changed` is its right answer
+    tensors = [sorted((t[0], str(t[1]), str(t[2]), t[3]) for t in f.tensors) for f in (a, b)]
+    if tensors[0] != tensors[1]:
+        return [f"tensors changed: {s}" for s in statuses]
+    holds = [r.get("record_digest") == record_digest(meta, r) for r in meta["tasks"]]
+    return [f"record-only, digest {'holds' if h else 'fails'}: {s}" for h, s in zip(holds, statuses)]
+
+
 def checkpoint_campaign(args: argparse.Namespace, samples: dict, work: Path) -> int:
     """Byte-level (--iterations) then structure-aware (--structure-iterations) mutants of version-1
     and version-2 checkpoints, each loaded and, when accepted, used as every command would
@@ -317,6 +335,7 @@ def checkpoint_campaign(args: argparse.Namespace, samples: dict, work: Path) -> 
     levels += [STRUCTURE_LEVELS[i % len(STRUCTURE_LEVELS)] for i in range(args.structure_iterations)]
     counts: collections.Counter = collections.Counter()
     refusals: collections.Counter = collections.Counter()
+    verdicts: collections.Counter = collections.Counter()
     bugs = {"hang": 0, "memory": 0, "traceback": 0}
     rss_start = _max_rss_mib()
     growth = slowest = 0.0
@@ -334,8 +353,11 @@ def checkpoint_campaign(args: argparse.Namespace, samples: dict, work: Path) -> 
         try:
             _ARMED[0] = True
             signal.setitimer(signal.ITIMER_REAL, args.timeout)
-            outcome, message = exercise_detail(path)
+            seen: dict = {}
+            outcome, message = exercise_detail(path, seen)
             outcome = "accepted" if outcome == "loaded" else "refused"
+            if level == "v2-structure" and "statuses" in seen:
+                verdicts.update(_verdicts(valid, mutant, seen["statuses"]))
         except Hang:
             outcome = "hang"
         except Exception:  # noqa: BLE001 - anything but wsn's own errors is what we hunt
@@ -376,6 +398,7 @@ def checkpoint_campaign(args: argparse.Namespace, samples: dict, work: Path) -> 
         "unwritable": sum(n for k, n in counts.items() if k.endswith(": unwritable")),
         "refusal_classes": _top(refusals, 10),
         "refusal_class_count": len(refusals),
+        "v2_eval_verdicts": dict(sorted(verdicts.items())),
         "hangs": bugs["hang"],
         "tracebacks": bugs["traceback"],
         "peak_rss_growth_mib": round(growth, 1),
@@ -383,6 +406,10 @@ def checkpoint_campaign(args: argparse.Namespace, samples: dict, work: Path) -> 
         "seconds": round(time.perf_counter() - start, 1),
         "slowest_ms": round(1000 * slowest),
     }
+    bad = sum(n for k, n in verdicts.items() if "digest fails" in k and not k.endswith(": record-changed"))
+    if bad:  # a record edit that the record digest sees is a damaged record, never forgetting or proven
+        bugs["traceback"] += bad
+        print(f"checkpoint: {bad} task(s) with a failing record digest were not called `record-changed`")
     _print_summary("checkpoint", summary, args, counts, refusals, growth)
     args.checkpoint_summary = summary
     return sum(bugs.values())

@@ -197,6 +197,7 @@ def test_edited_metadata_fails_its_checksum(digits_ckpt):
         (lambda m: m["model"].__setitem__("arch", "transformer"), "meta.model.arch must be one of"),
         (lambda m: m["tasks"][0].__setitem__("classes", [5, 4]), "classes must be sorted and distinct"),
         (lambda m: m["tasks"][0].__setitem__("capacity", None), "capacity must be a fraction"),
+        (lambda m: m["tasks"][0].__setitem__("preprocess", None), "meta.tasks[0].preprocess is missing"),
         (lambda m: m["model"].__setitem__("hidden", [65536, 65536]), "over the limit of"),
     ],
     ids=["int-range", "fraction", "order", "duplicate", "unknown", "arch", "classes", "capacity", "too-big"],

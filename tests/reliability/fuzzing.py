@@ -304,12 +304,12 @@ def exercise(path) -> str:
     return exercise_detail(path)[0]
 
 
-def exercise_detail(path) -> tuple[str, str | None]:
+def exercise_detail(path, seen: dict | None = None) -> tuple[str, str | None]:
     """Load `path` and, when it loads, use it as every command would: inspect, eval, the checks of
     train-task, pack-masks, and saving it again. Returns ('loaded', None) or (the loader's refusal
     class name, its message). The loader may refuse only with CheckpointError, the commands only
     with a WsnError; anything else propagates (a bug), as does a loaded checkpoint that the writer
-    accepts but that cannot be read back."""
+    accepts but that cannot be read back. `seen["statuses"]`: eval's task statuses, when it ran."""
     from wsncli.engine.store.checkpoint import build_checkpoint, encode_checkpoint, load_checkpoint
     from wsncli.engine.store.reader import read_checkpoint_bytes, read_checkpoint_file
     from wsncli.engine.usecases.evaluate import capacity_used, evaluate_checkpoint
@@ -336,6 +336,8 @@ def exercise_detail(path) -> tuple[str, str | None]:
         if not all(math.isfinite(t.accuracy) for t in report.tasks):
             raise AssertionError(f"non-finite accuracy in {report.tasks}")
         render_eval(report, path)
+        if seen is not None:
+            seen["statuses"] = [t.status for t in report.tasks]
     except WsnError:
         pass
     if not ckpt.tampered:  # what was accepted and can be written again is read back

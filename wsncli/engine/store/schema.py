@@ -220,7 +220,7 @@ def check_record(record: TaskRecord, at: str, method: str, order: int) -> None:
         raise CheckpointError(
             f"{at}.accuracy_row has {len(record.accuracy_row)} entries; at most {order - 1} tasks came before"
         )
-    if record.digest_version == 2 and record.preprocess is None:
+    if record.digest_version >= 2 and record.preprocess is None:
         raise CheckpointError(f"{at}.preprocess is missing")
 
 
