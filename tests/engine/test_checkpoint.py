@@ -200,7 +200,18 @@ def test_edited_metadata_fails_its_checksum(digits_ckpt):
         (lambda m: m["tasks"][0].__setitem__("preprocess", None), "meta.tasks[0].preprocess is missing"),
         (lambda m: m["model"].__setitem__("hidden", [65536, 65536]), "over the limit of"),
     ],
-    ids=["int-range", "fraction", "order", "duplicate", "unknown", "arch", "classes", "capacity", "no-transform", "too-big"],
+    ids=[
+        "int-range",
+        "fraction",
+        "order",
+        "duplicate",
+        "unknown",
+        "arch",
+        "classes",
+        "capacity",
+        "no-transform",
+        "too-big",
+    ],
 )
 def test_metadata_is_checked_against_the_schema_even_with_valid_checksums(digits_ckpt, change, message):
     edit_meta(digits_ckpt, change)

@@ -111,7 +111,26 @@ def canonical(value) -> str:
     return "{" + ",".join(f"{json.dumps(k, ensure_ascii=True)}:{canonical(value[k])}" for k in sorted(value)) + "}"
 
 
+def _as_typed(record: dict) -> dict:
+    """Section 6: a value is written as its schema type says: the float fields (`capacity`,
+    `accuracy`, `accuracy_row`'s entries, `preprocess.scale`) as floats even when the JSON number
+    is an integer."""
+    out = dict(record)
+
+    def f(v):
+        return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+    for key in ("capacity", "accuracy"):
+        out[key] = f(out.get(key))
+    if isinstance(out.get("accuracy_row"), list):
+        out["accuracy_row"] = [f(v) for v in out["accuracy_row"]]
+    if isinstance(out.get("preprocess"), dict):
+        out["preprocess"] = {**out["preprocess"], "scale": f(out["preprocess"].get("scale"))}
+    return out
+
+
 def record_digest(meta: dict, record: dict) -> str:
+    record = _as_typed(record)
     lines = ["wsn-record-digest 1"]
     lines += [f"{k}={canonical(meta.get(k))}" for k in RECORD_META]
     lines += [f"task.{k}={canonical(record.get(k))}" for k in RECORD_TASK]

@@ -79,3 +79,21 @@ def test_the_reader_notices_what_it_should(tmp_path):
         spec_reader.verify_checkpoint(path.read_bytes())
     metadata = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])["__metadata__"]
     assert metadata["version"] == "3"
+
+
+def test_the_record_digest_hashes_values_as_their_schema_types(tmp_path):
+    """A float field written as the JSON number 1 is the float 1.0 to both readers (found by the
+    fuzzer: the mutator's digest, written from the document, disagreed with wsn's)."""
+    from tests.ckpt_tools import edit_meta
+    from wsncli.engine.store.checkpoint import load_checkpoint
+
+    path = tmp_path / "m.pt"
+    learn(path, 1, epochs=1)
+
+    def integers(meta):
+        meta["tasks"][0]["capacity"] = 1
+        meta["tasks"][0]["preprocess"]["scale"] = 16
+
+    edit_meta(path, integers, restamp=True)  # restamped by tests/reliability/spec_reader.py
+    assert load_checkpoint(path).damaged_records == []
+    spec_reader.verify_checkpoint(path.read_bytes())
