@@ -66,9 +66,9 @@ def _mutate_json(f: V2File, key: str, rng: random.Random) -> None:
             history.append(copy.deepcopy(rng.choice(history)))
         elif what == "swap" and len(history) > 1:
             history[0], history[-1] = history[-1], history[0]
-        elif isinstance(history[0], dict):
-            entry = rng.choice(history)
-            name = rng.choice(sorted(entry) + ["extra"])
+        elif any(isinstance(e, dict) for e in history):
+            entry = rng.choice([e for e in history if isinstance(e, dict)])
+            name = rng.choice(sorted(map(str, entry)) + ["extra"])
             entry[name] = _weird(rng)
     else:
         paths = _paths(value)
