@@ -111,11 +111,14 @@ def canonical(value) -> str:
     return "{" + ",".join(f"{json.dumps(k, ensure_ascii=True)}:{canonical(value[k])}" for k in sorted(value)) + "}"
 
 
+DEFAULTS = {"digest_version": 3, "accuracy_row": []}  # section 3: an absent field takes its default (else null)
+
+
 def _as_typed(record: dict) -> dict:
-    """Section 6: a value is written as its schema type says: the float fields (`capacity`,
-    `accuracy`, `accuracy_row`'s entries, `preprocess.scale`) as floats even when the JSON number
-    is an integer."""
-    out = dict(record)
+    """Section 6: a value is written as its schema type says: an absent field as its default
+    (section 3), the float fields (`capacity`, `accuracy`, `accuracy_row`'s entries,
+    `preprocess.scale`) as floats even when the JSON number is an integer."""
+    out = {**DEFAULTS, **record}
 
     def f(v):
         return float(v) if isinstance(v, int) and not isinstance(v, bool) else v

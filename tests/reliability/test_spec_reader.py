@@ -97,3 +97,19 @@ def test_the_record_digest_hashes_values_as_their_schema_types(tmp_path):
     edit_meta(path, integers, restamp=True)  # restamped by tests/reliability/spec_reader.py
     assert load_checkpoint(path).damaged_records == []
     spec_reader.verify_checkpoint(path.read_bytes())
+
+
+def test_the_record_digest_takes_absent_fields_at_their_defaults(tmp_path):
+    """An absent `digest_version` is 3, an absent `accuracy_row` is [] (section 3), to both readers."""
+    from tests.ckpt_tools import edit_meta
+    from wsncli.engine.store.checkpoint import load_checkpoint
+
+    path = tmp_path / "m.pt"
+    learn(path, 1, epochs=1)
+
+    def drop(meta):
+        del meta["tasks"][0]["digest_version"], meta["tasks"][0]["accuracy_row"]
+
+    edit_meta(path, drop)  # the record digest left as wsn wrote it: the defaults are what it hashed
+    assert load_checkpoint(path).damaged_records == []
+    spec_reader.verify_checkpoint(path.read_bytes())
