@@ -59,6 +59,12 @@ DAMAGE = {
     "optimizer-index-not-a-number": lambda s: rewrite_snapshot(
         s, arrays=lambda a: a.__setitem__("opt/x/exp_avg", a.pop(_first("opt/")(a)))
     ),
+    "frozen-weight-changed": lambda s: rewrite_snapshot(  # every weight: some of them task 1 uses
+        s, arrays=lambda a: a["model/layers.0.weight"].__iadd__(1.0)
+    ),
+    "frozen-weight-moved-by-adam": lambda s: rewrite_snapshot(  # the moments would move task 1's weights
+        s, arrays=lambda a: a["opt/0/exp_avg"].__iadd__(1.0)
+    ),
     "tensor-added": lambda s: rewrite_snapshot(s, arrays=lambda a: a.__setitem__("junk", np.zeros(3, np.float32))),
     "truncated": lambda s: s.write_bytes(s.read_bytes()[: len(s.read_bytes()) * 2 // 3]),
 }

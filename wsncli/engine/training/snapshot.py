@@ -121,8 +121,9 @@ class Snapshots:
                 f"({', '.join(d[:20] for d in diff[:4])} differ); re-run with the same options to continue it, or "
                 "pass --restart to discard it"
             )
+        frozen = self.ckpt.used_weights() if self.settings.method == "wsn" and self.ckpt.learned() else None
         try:
-            state = check_state(found.header.fields["state"], found.arrays, self.ckpt.model, self.settings)
+            state = check_state(found.header.fields["state"], found.arrays, self.ckpt.model, self.settings, frozen)
         except CheckpointError as exc:
             raise TaskError(f"{self.path}: {exc}{RESTART}") from None
         status(f"resuming task {identity['task']} after epoch {state.epoch} from {self.path}")

@@ -5,7 +5,9 @@ itself and with the run's settings (an epoch before the last, one history entry 
 tensors must be exactly what this run's network, optimizer and generators hold, with their dtypes
 and shapes: `model/<key>` and `best/<key>` the task's state (training.loop.task_state), `opt/<i>/<key>`
 Adam's moments and step of the i-th trained parameter, `rng/generator` and `rng/torch` states that
-torch accepts. Anything else raises CheckpointError with a short reason.
+torch accepts; and they must leave every weight an earlier task uses as the checkpoint has it (those
+weights bit for bit, Adam's moments zero there: frozen weights get no gradient). Anything else raises
+CheckpointError with a short reason.
 """
 
 from __future__ import annotations
@@ -69,8 +71,25 @@ def _rng(arrays: dict, name: str, fresh: torch.Tensor, apply) -> torch.Tensor:
     return state
 
 
-def check_state(state_json: str, arrays: dict[str, np.ndarray], model: WSNNet, settings: TrainSettings) -> TrainState:
-    """The TrainState a snapshot holds, checked (module docstring)."""
+def _check_frozen(state: dict[str, torch.Tensor], prefix: str, model: WSNNet, frozen) -> None:
+    """The weights earlier tasks use are the checkpoint's, bit for bit: a snapshot that changes one
+    would make the task forget (training would stop at its end with an internal error)."""
+    for name, layer in model.subnet_layers().items():
+        mask = frozen[name].cpu()
+        current, saved = layer.weight.detach().cpu()[mask], state[f"{name}.weight"][mask]
+        if not torch.equal(current.view(torch.int32), saved.view(torch.int32)):
+            n = int((current.view(torch.int32) != saved.view(torch.int32)).sum())
+            raise CheckpointError(
+                f"tensor '{prefix}{name}.weight' changes {n} weight(s) that earlier tasks use: not a snapshot of "
+                "this checkpoint"
+            )
+
+
+def check_state(
+    state_json: str, arrays: dict[str, np.ndarray], model: WSNNet, settings: TrainSettings, frozen=None
+) -> TrainState:
+    """The TrainState a snapshot holds, checked (module docstring); `frozen`: per layer, the weights
+    earlier tasks use (None: nothing is frozen)."""
     info = strict_json(state_json.encode(), "its state")
     if not isinstance(info, dict) or set(info) != _STATE_KEYS:
         raise CheckpointError(f"state must be a JSON object of exactly {', '.join(sorted(_STATE_KEYS))}")
@@ -94,6 +113,10 @@ def check_state(state_json: str, arrays: dict[str, np.ndarray], model: WSNNet, s
     names |= {f"best/{k}" for k in expected} if best_epoch else set()
     current = {k: _check_tensor(arrays, f"model/{k}", v) for k, v in expected.items()}
     best = {k: _check_tensor(arrays, f"best/{k}", v) for k, v in expected.items()} if best_epoch else None
+    if frozen is not None:
+        for prefix, state in (("model/", current), ("best/", best or {})):
+            if state:
+                _check_frozen(state, prefix, model, frozen)
     params = trainable_parameters(model, settings.task, settings.method)
     optimizer: dict[int, dict[str, torch.Tensor]] = {}
     for name in arrays:
@@ -105,11 +128,20 @@ def check_state(state_json: str, arrays: dict[str, np.ndarray], model: WSNNet, s
         like = torch.zeros((), dtype=torch.float32) if key == "step" else params[int(index)].detach().float()
         optimizer.setdefault(int(index), {})[key] = _check_tensor(arrays, name, like)
         names.add(name)
+    weights = {id(layer.weight): name for name, layer in model.subnet_layers().items()}
     for index, entry in optimizer.items():
         if set(entry) != ADAM_KEYS:
             raise CheckpointError(
                 f"optimizer state of parameter {index} lacks {', '.join(sorted(ADAM_KEYS - set(entry)))}"
             )
+        name = weights.get(id(params[index]))
+        if frozen is not None and name is not None:  # frozen weights get no gradient: their moments stay 0
+            mask = frozen[name].cpu()
+            if bool(entry["exp_avg"][mask].any()) or bool(entry["exp_avg_sq"][mask].any()):
+                raise CheckpointError(
+                    f"optimizer state 'opt/{index}' would move weights of layer {name!r} that earlier tasks use: "
+                    "not a snapshot of this checkpoint"
+                )
     unknown = sorted(set(arrays) - names)
     if unknown:
         raise CheckpointError(f"tensor {unknown[0][:80]!r} is not part of this run's state")
