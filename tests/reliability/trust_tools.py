@@ -102,11 +102,13 @@ def rewrite_snapshot(
     Path(snap).write_bytes(safetensors.numpy.save(arrs, metadata=md))
 
 
-# A fresh process reads `sys.argv[1]` with read_checkpoint_file (what inspect reads) then with
-# load_checkpoint (what eval loads), each after resetting the peak resident size to the current one
-# (/proc/self/clear_refs), and prints one JSON line: each one's refusal (or null) and peak growth in bytes.
+# Python code for a fresh process: it reads PATH with read_checkpoint_file (what inspect reads) or
+# loads it with load_checkpoint (what eval loads), as WHAT says ("read" or "load"), after resetting its
+# peak resident size to the current one (/proc/self/clear_refs: torch's imports are not counted),
+# and prints one JSON line: the refusal (or null) and the peak growth in bytes. One measurement per
+# process: memory freed by one would be reused by the next without showing.
 PEAK_SCRIPT = """
-import json, os, resource, sys
+import json, resource, sys
 from pathlib import Path
 from wsncli.engine.store.checkpoint import load_checkpoint
 from wsncli.engine.store.reader import read_checkpoint_file
@@ -118,25 +120,24 @@ def peak():
             return int(line.split()[1]) * 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
-def reset():
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
-
-out = {}
-for name, fn in (("read", read_checkpoint_file), ("load", load_checkpoint)):
-    reset()
-    before = peak()
-    try:
-        fn(Path(sys.argv[1]))
-        out[name + "_message"] = None
-    except WsnError as exc:
-        out[name + "_message"] = str(exc)
-    out[name + "_growth"] = peak() - before
-print(json.dumps(out))
+try:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+except OSError:
+    pass
+before = peak()
+try:
+    (read_checkpoint_file if WHAT == "read" else load_checkpoint)(Path(PATH))
+    message = None
+except WsnError as exc:
+    message = str(exc)
+print(json.dumps({"message": message, "growth": peak() - before}))
 """
+
+
+def peak_script(path: Path, what: str) -> str:
+    """PEAK_SCRIPT measuring `what` ("read" or "load") of `path`."""
+    return PEAK_SCRIPT.replace("WHAT", repr(what)).replace("PATH", repr(str(path)))
 
 
 def untrained_checkpoint_script(path: Path, hidden: tuple[int, ...]) -> str:
