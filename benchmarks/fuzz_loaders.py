@@ -231,7 +231,10 @@ def main() -> int:
     )
     parser.add_argument("--max-rss-growth", type=float, default=256.0, help="MiB of peak RSS growth that is a bug")
     parser.add_argument(
-        "--sizes", type=lambda t: [int(v) for v in t.split(",")], default=[1, 16, 64, 256], help="--target memory: MiB"
+        "--sizes",
+        type=lambda t: [int(v) for v in t.split(",") if v],
+        default=[1, 16, 64, 256],
+        help="--target memory: MiB",
     )
     parser.add_argument(
         "--sparse", type=lambda t: [int(v) for v in t.split(",")], default=[1, 8], help="--target memory: GiB"
