@@ -20,6 +20,7 @@ from wsncli.engine.data.device import device_transform
 from wsncli.engine.data.registry import TaskData
 from wsncli.engine.nn.models import WSNNet
 from wsncli.engine.nn.selection import NonFiniteScores
+from wsncli.engine.training.batchnorm import recompute_statistics
 from wsncli.engine.training.graphed import GraphedStep, graphs_pay
 
 if TYPE_CHECKING:
@@ -317,6 +318,7 @@ class _Run:
                 cb.on_batch_end(b)
         loss_sum, correct = self._global(loss_sum), self._global(correct)
         _check_loss(loss_sum, n, s, epoch, self.hint, self.model)
+        recompute_statistics(self.model, task, self.train, bs)  # exact statistics, kept with the epoch's state
         self.model.eval()
         val_loss, val_acc = _loss_and_accuracy(self.model, self.val, task)
         score = val_loss if len(self.val) else -epoch  # no validation set: keep the last epoch
