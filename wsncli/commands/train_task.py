@@ -51,6 +51,13 @@ def train_task_command(
     ] = None,
     hidden: Annotated[Optional[str], typer.Option(help="MLP hidden sizes of a new checkpoint, e.g. 100-100.")] = None,
     width: Annotated[Optional[int], typer.Option(min=1, max=1024, help="resnet18 base width nf (default 20).")] = None,
+    bias: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--bias/--no-bias",
+            help="A new checkpoint's masked layers get a bias per task (default: on for npz).",
+        ),
+    ] = None,
     capacity: Annotated[
         Optional[float],
         typer.Option(
@@ -126,6 +133,7 @@ def train_task_command(
         arch=arch,
         hidden=parse_hidden(hidden) if hidden else None,
         width=width,
+        bias=bias,
         capacity=capacity,
         epochs=epochs,
         batch_size=batch_size,

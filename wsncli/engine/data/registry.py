@@ -104,6 +104,7 @@ class BenchmarkInfo:
     default_batch_size: int
     val_fraction: float
     standardize: bool  # default of --standardize for its tasks
+    default_bias: bool = False  # default of --bias for a new checkpoint
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,7 @@ class _Spec:
     batch: int
     val: float
     standardize: bool = False
+    bias: bool = False
 
 
 _SPECS: dict[str, _Spec] = {
@@ -126,7 +128,7 @@ _SPECS: dict[str, _Spec] = {
     "split-cifar10": _Spec(5, 2, (3, 32, 32), "conv", 50, 64, 0.05),
     "split-cifar100": _Spec(10, 10, (3, 32, 32), "conv", 50, 64, 0.05),
     "split-tinyimagenet": _Spec(40, -1, None, "conv4", 50, 64, 0.05),
-    "npz": _Spec(0, -1, None, "mlp", 10, 32, 0.1, standardize=True),
+    "npz": _Spec(0, -1, None, "mlp", 100, 16, 0.1, standardize=True, bias=True),  # tabular: RESULTS.md section 7
     "image-folder": _Spec(0, -1, None, "resnet18", 20, 64, 0.05, standardize=True),
 }
 _RAW = {
@@ -183,7 +185,9 @@ def benchmark_info(
         size = options.image_size if options else None
         if size is not None and shape is not None and len(shape) == 3:
             shape = (shape[0], size, size)
-    return BenchmarkInfo(name, len(ids), ids, shape, spec.arch, spec.epochs, spec.batch, spec.val, spec.standardize)
+    return BenchmarkInfo(
+        name, len(ids), ids, shape, spec.arch, spec.epochs, spec.batch, spec.val, spec.standardize, spec.bias
+    )
 
 
 def load_task(

@@ -149,6 +149,9 @@ def build_checkpoint(found: CheckpointFile) -> Checkpoint:
             _load_state(model.heads[str(t)], f"head/{t}/", take)
             if str(t) in model.task_norms:
                 _load_state(model.task_norms[str(t)], f"norm/{t}/", take)
+            if str(t) in model.task_biases:
+                for name, bias in zip(layers, model.task_biases[str(t)]):
+                    bias.copy_(torch.from_numpy(take(f"bias/{t}/{name}", tuple(bias.shape), (np.float32,))))
             if record.preprocess is not None:
                 ckpt.preps[t] = _read_prep(record.preprocess, t, take, model.config.input_shape)
                 pred = take(f"pred/{t}", (record.n_test,), (np.uint8, np.int32))
@@ -176,6 +179,13 @@ def _load_state(module: torch.nn.Module, prefix: str, take) -> None:
 
 
 def _read_prep(spec: PreprocessSpec, task: int, take, input_shape: tuple[int, ...]) -> Preprocess:
+    if spec.padding:
+        if len(input_shape) != 1 or spec.padding >= input_shape[0]:
+            raise CheckpointError(
+                f"malformed checkpoint: task {task}'s transform pads {spec.padding} features, which does not fit "
+                f"inputs {input_shape}"
+            )
+        input_shape = (input_shape[0] - spec.padding,)  # the task's own inputs
     shape = tuple(spec.mean_shape)
     if len(shape) > len(input_shape) or any(d not in (1, s) for d, s in zip(shape[::-1], input_shape[::-1])):
         raise CheckpointError(
@@ -191,13 +201,20 @@ def _read_prep(spec: PreprocessSpec, task: int, take, input_shape: tuple[int, ..
         perm = take(f"prep/{task}/permutation", (n,), (np.int32, np.int64)).astype(np.int64)
         if not np.array_equal(np.sort(perm), np.arange(n)):
             raise CheckpointError(f"malformed checkpoint: task {task}'s permutation is not a permutation of {n} inputs")
-    return Preprocess(spec.scale, spec.divide, mean, std, perm, spec.standardized)
+    return Preprocess(spec.scale, spec.divide, mean, std, perm, spec.standardized, spec.padding)
 
 
 def prep_spec(prep: Preprocess) -> PreprocessSpec:
     return PreprocessSpec(
-        prep.scale, prep.divide, prep.standardized, prep.permutation is not None, list(prep.mean.shape)
+        prep.scale, prep.divide, prep.standardized, prep.permutation is not None, list(prep.mean.shape), prep.padding
     )
+
+
+def task_input_shape(ckpt: Checkpoint, task: int) -> tuple[int, ...]:
+    """The sample shape task `task` takes: the network's, less the zero features its transform appends."""
+    shape = tuple(ckpt.meta.model.input_shape)
+    prep = ckpt.preps.get(task)
+    return (shape[0] - prep.padding,) if prep is not None and prep.padding else shape
 
 
 # -- save ------------------------------------------------------------------------------------
@@ -213,6 +230,9 @@ def checkpoint_arrays(ckpt: Checkpoint) -> dict[str, np.ndarray]:
     for key, norms in ckpt.model.task_norms.items():
         for k, v in norms.state_dict().items():
             arrays[f"norm/{key}/{k}"] = v.detach().cpu().numpy()
+    for key, biases in ckpt.model.task_biases.items():
+        for name, bias in zip(ckpt.model.subnet_layers(), biases):
+            arrays[f"bias/{key}/{name}"] = bias.detach().cpu().numpy()
     for t, prep in ckpt.preps.items():
         arrays[f"prep/{t}/mean"], arrays[f"prep/{t}/std"] = prep.mean, prep.std
         if prep.permutation is not None:

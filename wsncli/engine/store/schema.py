@@ -56,6 +56,7 @@ class ModelSpec(msgspec.Struct, forbid_unknown_fields=True):
     ]
     hidden: Annotated[list[Annotated[int, msgspec.Meta(ge=1, le=65536)]], msgspec.Meta(max_length=64)] = []
     width: Annotated[int, msgspec.Meta(ge=1, le=1024)] | None = None
+    bias: bool = False  # per-task biases: tensors bias/<task>/<layer> (absent in files written before them)
 
 
 class LayerSpec(msgspec.Struct, forbid_unknown_fields=True):
@@ -76,6 +77,7 @@ class PreprocessSpec(msgspec.Struct, forbid_unknown_fields=True):
         list[Annotated[int, msgspec.Meta(ge=1, le=MAX_INPUT_DIM)]],
         msgspec.Meta(min_length=1, max_length=MAX_INPUT_DIMS),
     ]
+    padding: Annotated[int, msgspec.Meta(ge=0, le=MAX_INPUT_DIM)] = 0  # zero features appended (fewer than the net's)
 
 
 class TaskRecord(msgspec.Struct, forbid_unknown_fields=True):
@@ -227,8 +229,10 @@ def to_model_config(spec: ModelSpec):
     from wsncli.engine.nn.models import ModelConfig
 
     extra = {"width": spec.width} if spec.width is not None else {}
-    return ModelConfig(spec.arch, tuple(spec.input_shape), tuple(spec.hidden), **extra)
+    return ModelConfig(spec.arch, tuple(spec.input_shape), tuple(spec.hidden), bias=spec.bias, **extra)
 
 
 def from_model_config(config) -> ModelSpec:
-    return ModelSpec(config.arch, list(config.input_shape), list(config.hidden), getattr(config, "width", None))
+    return ModelSpec(
+        config.arch, list(config.input_shape), list(config.hidden), getattr(config, "width", None), config.bias
+    )

@@ -110,11 +110,13 @@ def trainable_parameters(model: WSNNet, task: int, method: str) -> list[torch.nn
         if method == "wsn":
             params.append(layer.scores)
     params.extend(model.heads[str(task)].parameters())
+    if str(task) in model.task_biases:  # the task's own biases (trained only in it, like its head)
+        params.extend(model.task_biases[str(task)].parameters())
     return params
 
 
 def task_state(model: WSNNet, task: int) -> dict[str, torch.Tensor]:
-    """Everything training this task changes: weights, scores, its head and BatchNorm statistics."""
+    """Everything training this task changes: weights, scores, its head, biases and BatchNorm statistics."""
     state = {}
     for name, layer in model.subnet_layers().items():
         state[f"{name}.weight"] = layer.weight.detach().clone()
@@ -124,6 +126,9 @@ def task_state(model: WSNNet, task: int) -> dict[str, torch.Tensor]:
     if str(task) in model.task_norms:
         for key, value in model.task_norms[str(task)].state_dict().items():
             state[f"norm.{key}"] = value.clone()
+    if str(task) in model.task_biases:
+        for key, value in model.task_biases[str(task)].state_dict().items():
+            state[f"bias.{key}"] = value.clone()
     return state
 
 
@@ -135,6 +140,8 @@ def restore_task_state(model: WSNNet, task: int, state: dict[str, torch.Tensor])
         model.heads[str(task)].load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("head.")})
         if str(task) in model.task_norms:
             model.task_norms[str(task)].load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("norm.")})
+        if str(task) in model.task_biases:
+            model.task_biases[str(task)].load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("bias.")})
 
 
 class DeviceSplit:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -55,7 +55,8 @@ def _new_checkpoint(req: TaskRequest, data: TaskData, data_root: Path | None) ->
     info = benchmark_info(benchmark, data_root, req.n_tasks)
     arch = req.arch or info.default_arch
     extra = {"width": req.width} if req.width is not None else {}
-    config = ModelConfig(arch, tuple(data.input_shape), tuple(req.hidden or (100, 100)), **extra)
+    bias = info.default_bias if req.bias is None else req.bias
+    config = ModelConfig(arch, tuple(data.input_shape), tuple(req.hidden or (100, 100)), bias=bias, **extra)
     try:
         check_model_size(config)
     except CheckpointError as exc:
@@ -79,15 +80,22 @@ def _new_checkpoint(req: TaskRequest, data: TaskData, data_root: Path | None) ->
     return Checkpoint(meta=meta, model=model)
 
 
-def _check_data_fits(ckpt: Checkpoint, data: TaskData, req: TaskRequest) -> None:
-    shape = tuple(ckpt.meta.model.input_shape)
-    if tuple(data.input_shape) != shape:
-        first = ckpt.tasks[0].task if ckpt.tasks else None
-        fixed = f" (fixed by task {first}, the first learned)" if first is not None else ""
+def _fit_data(ckpt: Checkpoint, data: TaskData, req: TaskRequest) -> TaskData:
+    """The task's data as network inputs: as it is, or (npz, flat features) with fewer features than the
+    network takes zero-padded to its width, the padding stored with the task's transform (docs/DATA.md)."""
+    shape, own = tuple(ckpt.meta.model.input_shape), tuple(data.input_shape)
+    if own == shape:
+        return data
+    first = ckpt.tasks[0].task if ckpt.tasks else None
+    fixed = f" (fixed by task {first}, the first learned)" if first is not None else ""
+    if ckpt.meta.benchmark == "npz" and len(own) == len(shape) == 1:
+        if own[0] < shape[0]:
+            return data.with_prep(replace(data.prep, padding=shape[0] - own[0]))
         raise DataError(
-            f"task {req.task} inputs have shape {tuple(data.input_shape)}, the checkpoint's network takes "
-            f"{shape}{fixed}"
+            f"task {req.task} inputs have {own[0]} features, the checkpoint's network takes {shape[0]}{fixed}; tasks "
+            "with fewer features are zero-padded, so learn the widest task first"
         )
+    raise DataError(f"task {req.task} inputs have shape {own}, the checkpoint's network takes {shape}{fixed}")
 
 
 def _hint(benchmark: str, data: TaskData) -> str:
@@ -136,7 +144,7 @@ def _prepare(req: TaskRequest, real: Path, device: torch.device, status, on_prog
     data = load_task(benchmark, req.task, data_root, n_tasks, options, req.standardize)
     if ckpt is None:
         ckpt = _new_checkpoint(req, data, data_root)
-    _check_data_fits(ckpt, data, req)
+    data = _fit_data(ckpt, data, req)
     meta = ckpt.meta
     info = benchmark_info(meta.benchmark, data_root, meta.n_tasks, options)
     settings = TrainSettings(
@@ -193,6 +201,7 @@ def _record_and_save(job: _Job, result: TrainResult, target, status) -> tuple[Ta
     warnings: list[str] = []
     if result.cuda_graphs.startswith("failed"):
         warnings.append(f"CUDA graph capture {result.cuda_graphs}; the steps ran eagerly (same results, slower)")
+    warnings += chance_warning(req.task, result, job.data)
     row = [None] * len(ckpt.learned())
     if req.matrix and ckpt.learned():
         status("re-measuring earlier tasks for the accuracy matrix")
@@ -293,6 +302,26 @@ def data_options_for(req: TaskRequest, on_progress=None):
     return DataOptions(image_size=req.image_size, channels=req.channels, on_progress=on_progress)
 
 
+HIGH_TRAIN_ACCURACY = 0.9
+
+
+def chance_warning(task: int, result: TrainResult, data: TaskData) -> list[str]:
+    """A warning when training accuracy got high while validation accuracy never beat chance (what
+    always predicting the validation split's most common class gets) in any epoch."""
+    history = result.history
+    if not history or len(data.y_val) == 0:
+        return []
+    chance = float(torch.bincount(torch.from_numpy(data.y_val)).max()) / len(data.y_val)
+    train = max(s.train_accuracy for s in history)
+    if train < HIGH_TRAIN_ACCURACY or any(s.val_accuracy > chance for s in history):
+        return []
+    return [
+        f"task {task}: training accuracy reached {100 * train:.2f}% but validation accuracy stayed at chance "
+        f"({100 * chance:.2f}%, what always predicting one class gets) in every epoch: the network does not "
+        "generalise from its training split (too few samples, or training and held-out data that differ)"
+    ]
+
+
 def _check_capacity_keeps_weights(model, settings: TrainSettings) -> None:
     """A mask that keeps no weight in some layer can only give chance accuracy: refuse it."""
     if settings.method != "wsn":
@@ -310,6 +339,8 @@ def _check_finite(model, task: int) -> None:
     """Weights, scores and the new head must be finite: a broken task is never saved."""
     tensors = [(f"{n}.{k}", getattr(l, k)) for n, l in model.subnet_layers().items() for k in ("weight", "scores")]
     tensors += [(f"head {task} {k}", v) for k, v in model.heads[str(task)].state_dict().items()]
+    if str(task) in model.task_biases:
+        tensors += [(f"bias {task} {k}", v) for k, v in model.task_biases[str(task)].state_dict().items()]
     for name, tensor in tensors:
         if not bool(torch.isfinite(tensor.detach()).all()):
             raise TaskError(

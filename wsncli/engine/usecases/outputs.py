@@ -58,8 +58,8 @@ def subnet_digest(
     model: WSNNet, task: int, masks: dict[str, torch.Tensor] | None, prep: Preprocess | None = None, version: int = 2
 ) -> str:
     """sha256 over everything task's outputs depend on: the masked weights (values under the mask,
-    in flat order), the mask bits, the task's head and BatchNorm state and (version 2) its input
-    transform. Device-independent (docs/CHECKPOINT.md section 6)."""
+    in flat order), the mask bits, the task's head, BatchNorm state and biases (when the net has them)
+    and (version 2) its input transform. Device-independent (docs/CHECKPOINT.md section 6)."""
     h = hashlib.sha256()
     for name, layer in model.subnet_layers().items():
         w = layer.weight.detach().cpu()
@@ -74,9 +74,14 @@ def subnet_digest(
     if str(task) in model.task_norms:
         for key, value in sorted(model.task_norms[str(task)].state_dict().items()):
             h.update(key.encode() + value.detach().cpu().contiguous().numpy().tobytes())
+    if str(task) in model.task_biases:
+        for name, bias in zip(model.subnet_layers(), model.task_biases[str(task)]):
+            h.update(f"bias:{name}".encode() + bias.detach().cpu().contiguous().numpy().tobytes())
     if version >= 2 and prep is not None:
         h.update(f"prep:{float(prep.scale)!r}:{int(prep.divide)}:{list(prep.mean.shape)}".encode())
         h.update(np.ascontiguousarray(prep.mean, "<f4").tobytes() + np.ascontiguousarray(prep.std, "<f4").tobytes())
         if prep.permutation is not None:
             h.update(np.ascontiguousarray(prep.permutation, "<i8").tobytes())
+        if prep.padding:
+            h.update(f"padding:{prep.padding}".encode())
     return h.hexdigest()
