@@ -31,12 +31,23 @@ def written() -> list[str]:
     return list(_WRITTEN)
 
 
+_HINTS: list[Callable[[], str | None]] = []  # how to go on after an interrupt (asked when it comes)
+
+
+def add_interrupt_hint(hint: Callable[[], str | None]) -> None:
+    """Register a hint the interrupt message ends with (None from it: nothing to add)."""
+    _HINTS.append(hint)
+
+
 def interrupted_message(terminated: bool) -> str:
-    """What an interrupt left: nothing, or the outputs completed before it."""
+    """What an interrupt left: nothing, or the outputs completed before it; and how to go on."""
     what = "terminated (SIGTERM)" if terminated else "interrupted"
     if not _WRITTEN:
-        return f"{what}; files are as they were before the command"
-    return f"{what} after writing {', '.join(_WRITTEN)} (complete); nothing else was changed"
+        message = f"{what}; files are as they were before the command"
+    else:
+        message = f"{what} after writing {', '.join(_WRITTEN)} (complete); nothing else was changed"
+    hints = [h for h in (hint() for hint in _HINTS) if h]
+    return "; ".join([message, *hints])
 
 
 class Terminated(KeyboardInterrupt):
@@ -101,6 +112,7 @@ def command_finished() -> None:
 
 def command_started() -> None:
     """Called as a command begins: Ctrl-C raises KeyboardInterrupt again, SIGTERM raises Terminated."""
+    _HINTS.clear()
     if signal.getsignal(signal.SIGINT) is _at_startup:
         signal.signal(signal.SIGINT, _raise_interrupted)
     if signal.getsignal(signal.SIGTERM) is _at_startup:

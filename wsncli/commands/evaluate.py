@@ -96,15 +96,17 @@ def _summary(report: EvalReport) -> str:
     bwt = "n/a" if report.bwt is None else f"{100 * report.bwt:+.2f} pts over {len(report.bwt_tasks)} task(s)"
     proven = [t.task for t in report.tasks if t.status in ("proven", "outputs-differ")]
     data = report.with_status("data-changed")
+    changed = (
+        f"task(s) {', '.join(map(str, data))}: subnetwork unchanged, outputs not comparable (their test data changed)"
+    )
     verdict = (
         "NO"
         if not report.forget_free
         else "proven"
         if not data
-        else (
-            f"proven for task(s) {', '.join(map(str, proven)) or 'none'}; task(s) {', '.join(map(str, data))}: "
-            "subnetwork unchanged only"
-        )
+        else f"proven for task(s) {', '.join(map(str, proven))}; {changed}"
+        if proven
+        else f"not proven by outputs; {changed}"
     )
     capacity = f"  capacity used {pct(report.capacity_used)}" if report.capacity_used is not None else ""
     return f"ACC {pct(report.acc)}  BWT {bwt}{capacity}  forget-free: {verdict} ({len(report.tasks)} tasks re-measured)"

@@ -28,6 +28,7 @@ def checkpoint_doc(d):
                 task=r.task,
                 order=r.order,
                 n_classes=r.n_classes,
+                classes=list(r.classes),
                 accuracy_at_learning=r.accuracy,
                 capacity=r.capacity,
                 epochs=r.epochs,
@@ -62,6 +63,7 @@ def checkpoint_doc(d):
         "input_shape": list(meta.model.input_shape),
         "hidden": list(meta.model.hidden),
         "width": meta.model.width,
+        "bias": meta.model.bias,
     }
     return InspectCheckpointDoc(
         schema=schema_id("inspect"),
@@ -84,6 +86,12 @@ def checkpoint_doc(d):
     )
 
 
+def classes_text(classes: list, most: int = 6) -> str:
+    """A task's labels, the first `most` of them and how many more: '3, 7' or '0, 1, 2, 3, 4, 5, … (+94)'."""
+    shown = ", ".join(str(c) for c in classes[:most])
+    return shown + (f", … (+{len(classes) - most})" if len(classes) > most else "")
+
+
 def _render_checkpoint(doc) -> None:
     m = doc.model
     shape = "x".join(map(str, m["input_shape"]))
@@ -97,6 +105,7 @@ def _render_checkpoint(doc) -> None:
     for col in (
         "order",
         "task",
+        "classes",
         "capacity",
         "epochs",
         "batch",
@@ -111,6 +120,7 @@ def _render_checkpoint(doc) -> None:
         tasks.add_row(
             str(t.order),
             str(t.task),
+            classes_text(t.classes),
             "-" if t.capacity is None else str(t.capacity),
             str(t.epochs),
             str(t.batch_size),

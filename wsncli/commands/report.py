@@ -34,6 +34,9 @@ def report_command(
 
     if output.exists() and not output.is_dir():
         raise PlotError(f"{output} exists and is not a folder")
+    parent = output.absolute().parent
+    if not output.exists() and not parent.is_dir():  # like every file wsn writes: no folders made above it
+        raise PlotError(f"{output}: cannot write: folder {parent} does not exist")
     found = read_checkpoint_file(ckpt)
     targets = {
         name: plan_output(
@@ -51,7 +54,7 @@ def report_command(
         files = build_report(
             describe_checkpoint(found, ckpt), lambda name: progress.update(bar, advance=1, description=name)
         )
-    output.mkdir(parents=True, exist_ok=True)
+    output.mkdir(exist_ok=True)  # the report's own folder (its parent exists)
     for f in files:
         write_output(targets.get(f.name) or plan_output(output / f.name, what="report file", inputs=[ckpt]), f.data)
     written = [str(output / f.name) for f in files]

@@ -9,7 +9,7 @@ from torch import nn
 
 from wsncli.engine.nn.selection import NonFiniteScores
 from wsncli.engine.nn.subnet import SubnetLayer, k_for_capacity
-from wsncli.errors import DataError
+from wsncli.errors import DataError, TaskError
 
 
 @dataclass(frozen=True)
@@ -83,6 +83,7 @@ class WSNNet(nn.Module):
         self.task_biases = nn.ModuleDict()
         self.feature_dim = 0
         self._no_biases: list[None] | None = None
+        self.needs_task_mode = False  # set by the checkpoint loader: forward refuses until a mode is chosen
 
     def subnet_layers(self) -> dict[str, SubnetLayer]:
         """Masked layers by stable name, in forward order."""
@@ -114,18 +115,27 @@ class WSNNet(nn.Module):
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor, task: int) -> torch.Tensor:
+        if self.needs_task_mode:
+            raise TaskError(
+                "this network holds several tasks' subnetworks and runs none of them until one is chosen: "
+                "call wsncli.engine.usecases.outputs.set_task_mode(model, checkpoint.masks[task]) first (the "
+                "dense network is no task's function)"
+            )
         return self.heads[str(task)](self.trunk(x, task))  # (B, n_classes)
 
     # modes over all masked layers ------------------------------------------------------------
     def train_subnet(self, capacity: float, frozen: dict[str, torch.Tensor] | None) -> None:
+        self.needs_task_mode = False
         for name, layer in self.subnet_layers().items():
             layer.train_subnet(k_for_capacity(layer.weight.numel(), capacity), None if frozen is None else frozen[name])
 
     def use_masks(self, masks: dict[str, torch.Tensor]) -> None:
+        self.needs_task_mode = False
         for name, layer in self.subnet_layers().items():
             layer.use_mask(masks[name])
 
     def dense(self) -> None:
+        self.needs_task_mode = False
         for layer in self.subnet_layers().values():
             layer.dense()
 

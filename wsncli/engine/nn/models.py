@@ -47,7 +47,9 @@ def parse_hidden(text: str) -> tuple[int, ...]:
         sizes = tuple(int(p) for p in parts)
     except ValueError:
         raise UsageError(f"--hidden must be sizes like 100-100, got {text!r}") from None
-    if not sizes or any(s < 1 or s > 65536 for s in sizes):
+    if not sizes:
+        raise UsageError(f"--hidden must be sizes like 100-100, got {text!r}")
+    if any(s < 1 or s > 65536 for s in sizes):
         raise UsageError(f"--hidden sizes must be 1..65536, got {text!r}")
     return sizes
 

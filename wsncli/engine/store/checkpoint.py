@@ -164,6 +164,7 @@ def build_checkpoint(found: CheckpointFile) -> Checkpoint:
             if meta.method == "wsn":
                 ckpt.masks[t] = {n: torch.from_numpy(found.masks[t][n]).reshape(layers[n].weight.shape) for n in layers}
     model.eval()
+    model.needs_task_mode = meta.method == "wsn"  # the dense trunk is no task's function (set_task_mode first)
     orphans = sorted(set(arrays) - used)
     ckpt.tampered = [f"tensor {name!r} fails its checksum" for name in found.tampered]
     ckpt.tampered += [f"tensor {name!r} belongs to no task record (a record was removed?)" for name in orphans]

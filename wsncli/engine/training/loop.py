@@ -63,6 +63,9 @@ class TrainCallbacks:
     on_batch_end: Callable[[int], None] | None = None  # (batch index)
     on_epoch_end: Callable[[EpochStats], None] | None = None
     on_state: Callable[[TrainState], None] | None = None  # after each epoch: a resumable snapshot
+    # at each epoch's start: (epochs in all, a reader of the epoch's mean training loss so far); the reader
+    # synchronises once per call, so call it when a display refreshes, not per step
+    on_running_loss: Callable[[int, Callable[[], float]], None] | None = None
 
 
 @dataclass
@@ -78,6 +81,7 @@ class TrainState:
     best_epoch: int
     best: dict[str, torch.Tensor] | None
     history: list[EpochStats] = field(default_factory=list)
+    seconds: float = 0.0  # training time so far, every part before a stop included
 
 
 @dataclass
@@ -286,6 +290,7 @@ class _Run:
             list(state.history),
         )
         self.first = state.epoch + 1
+        self.start -= state.seconds  # the task's train_seconds count the parts before the stop too
 
     def _step(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step on a batch; returns (loss x samples, correct) of this process's part."""
@@ -310,6 +315,9 @@ class _Run:
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), dtype=torch.long, device=self.device)
         checked, checked_n = torch.zeros((), device=self.device), 0  # loss_sum and samples at the last check
+        b = -1  # the batch under way, read (late-bound) by the running-loss reader
+        if cb.on_running_loss:
+            cb.on_running_loss(s.epochs, lambda: float(loss_sum) / min((b + 1) * bs, n) if b >= 0 else math.nan)
         for b in range(n_batches):
             batch_loss, batch_correct = self.step(
                 self.train.inputs(xs[b * bs : (b + 1) * bs]), ys[b * bs : (b + 1) * bs]
@@ -348,6 +356,7 @@ class _Run:
                     self.best_epoch,
                     self.best_state,
                     list(self.history),
+                    time.perf_counter() - self.start,
                 )
             )
 

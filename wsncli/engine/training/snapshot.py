@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 
@@ -52,6 +53,7 @@ class Snapshots:
     def __init__(self, real_ckpt: Path, ckpt: Checkpoint, req, settings: TrainSettings, data: TaskData) -> None:
         self.path = snapshot_path(real_ckpt)
         self.ckpt = ckpt
+        self.ckpt_arg = shlex.quote(str(req.ckpt))  # as the user named it, for the commands in messages
         if real_ckpt.exists():
             base = (
                 "file:"
@@ -98,6 +100,14 @@ class Snapshots:
             self.remove()
             status(f"removed the stale snapshot {self.path} (task {identity['task']} is already learned)")
             return None
+        if isinstance(identity, dict) and identity.get("task") != self.identity["task"]:
+            pending = identity.get("task")
+            raise TaskError(
+                f"{self.path} holds task {pending}, stopped after epoch {json.loads(fields['state']).get('epoch')} "
+                f"and not yet saved: finish it with `wsn train-task -c {self.ckpt_arg} -t {pending}` (and the "
+                f"options it was started with), or discard it with `wsn train-task -c {self.ckpt_arg} "
+                f"-t {self.identity['task']} --restart`"
+            )
         if identity != self.identity:
             diff = sorted(k for k in set(identity) | set(self.identity) if identity.get(k) != self.identity.get(k))
             raise TaskError(
@@ -123,6 +133,7 @@ class Snapshots:
             "best_loss": state.best_loss if np.isfinite(state.best_loss) else None,
             "best_epoch": state.best_epoch,
             "history": [vars(h) for h in state.history],
+            "seconds": state.seconds,
         }
         info["history"] = [
             {k: (v if not isinstance(v, float) or np.isfinite(v) else None) for k, v in h.items()}
@@ -166,4 +177,5 @@ def _state_from(info: dict, arrays: dict[str, np.ndarray]) -> TrainState:
         int(info["best_epoch"]),
         best,
         history,
+        float(info.get("seconds", 0.0)),
     )

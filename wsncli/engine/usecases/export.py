@@ -22,7 +22,7 @@ from torch import nn
 from wsncli import __version__
 from wsncli.engine.store.checkpoint import Checkpoint, task_input_shape
 from wsncli.engine.usecases.predict import task_transform
-from wsncli.errors import TaskError, WsnError
+from wsncli.errors import TaskError, UsageError, WsnError
 
 FORMAT_NAME = "wsn-task-export"
 FORMAT_VERSION = 1
@@ -47,7 +47,7 @@ class TaskProgram(nn.Module):
                         torch.where(masks[name], layer.weight, torch.zeros((), dtype=layer.weight.dtype))
                     )
                 del layer.scores  # the program needs only the masked weights
-                layer.dense()
+        model.dense()  # the task's masked weights, baked in above
         model.heads = nn.ModuleDict({str(task): model.heads[str(task)]})
         if str(task) in model.task_norms:
             model.task_norms = nn.ModuleDict({str(task): model.task_norms[str(task)]})
@@ -126,7 +126,7 @@ def export_task(ckpt: Checkpoint, task: int, suffix: str, sample_dtype: np.dtype
             f"task {task} is not learned in this checkpoint (learned: {', '.join(map(str, ckpt.learned())) or 'none'})"
         )
     if suffix not in SUFFIXES:
-        raise ExportError(
+        raise UsageError(
             "export writes .pt2 (torch.export program) or .safetensors files, not "
             f"{suffix or 'a file without suffix'!r}"
         )
