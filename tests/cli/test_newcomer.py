@@ -208,3 +208,24 @@ def test_the_running_loss_reader_gives_the_epochs_mean_loss_so_far():
     assert 0.4 < seen[1] < 1.5  # after one batch of 8 (of 32): that batch's mean cross-entropy, near ln 2
     per_epoch = len(seen) // 2
     assert seen[per_epoch - 1] == pytest.approx(result.history[0].train_loss, rel=1e-5)  # the epoch's mean
+
+
+def test_a_resumed_task_counts_the_training_time_before_the_stop():
+    from dataclasses import replace
+
+    from tests.conftest import image_task
+    from wsncli.engine.nn.models import ModelConfig, build_model
+    from wsncli.engine.training.loop import TrainCallbacks, TrainSettings, train_task
+
+    data, settings = image_task(1, shape=(1, 6, 6)), TrainSettings(1, 0.5, 2, 8, 1e-2, 0)
+    states = []
+    torch.manual_seed(0)
+    model = build_model(ModelConfig("mlp", (1, 6, 6), (8,)))
+    model.add_task(1, 2)
+    train_task(model, data, settings, None, torch.device("cpu"), TrainCallbacks(on_state=states.append))
+    assert states[0].seconds > 0  # the snapshot after epoch 1 carries the time so far
+    torch.manual_seed(0)
+    again = build_model(ModelConfig("mlp", (1, 6, 6), (8,)))
+    again.add_task(1, 2)
+    resumed = train_task(again, data, settings, None, torch.device("cpu"), resume=replace(states[0], seconds=1000.0))
+    assert resumed.seconds >= 1000.0
