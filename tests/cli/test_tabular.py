@@ -127,3 +127,32 @@ def test_the_warning_when_validation_stays_at_chance_while_training_accuracy_is_
     assert chance_warning(2, _result([0.6, 1.0], [0.5, 0.75]), data) == []  # one epoch beat chance
     assert chance_warning(2, _result([0.6, 0.8], [0.5, 0.5]), data) == []  # training accuracy not high
     assert chance_warning(2, _result([1.0], [0.75]), _data([1, 1, 1, 0])) != []  # chance is the majority share
+
+
+def test_per_benchmark_defaults_are_documented_as_the_registry_has_them():
+    from wsncli.engine.data.registry import _SPECS
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "DATA.md").read_text()
+    section = doc.split("## Per-benchmark defaults")[1].split("\n## ")[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if line.startswith("| `"):
+            for name in cells[0].replace("`", "").split(", "):
+                rows[name] = cells[1:]
+    assert set(rows) == set(_SPECS)
+    for name, spec in _SPECS.items():
+        on = {True: "on", False: "off"}
+        want = [str(spec.epochs), str(spec.batch), f"{spec.val * 100:g}%", on[spec.standardize], on[spec.bias]]
+        assert rows[name] == want, name
+
+
+def test_files_using_no_new_field_are_written_as_before(tabular, digits_ckpt):
+    import json
+
+    from tests.ckpt_tools import read_parts
+
+    plain = json.loads(read_parts(digits_ckpt)[0]["meta"])
+    assert "bias" not in plain["model"] and all("padding" not in t["preprocess"] for t in plain["tasks"])
+    used = json.loads(read_parts(tabular / "m.pt")[0]["meta"])
+    assert used["model"]["bias"] is True and [t["preprocess"].get("padding") for t in used["tasks"]] == [None, 2]

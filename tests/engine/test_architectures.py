@@ -292,6 +292,23 @@ DOCUMENTED = [
 ]
 
 
+def test_documented_bias_storage_per_task():
+    """docs/ARCHITECTURES.md: one float32 per output channel of every masked layer per task."""
+    doc = (ROOT / "docs" / "ARCHITECTURES.md").read_text()
+    for config, values in (
+        (ModelConfig("mlp", (784,)), 200),
+        (ModelConfig("conv", (3, 32, 32)), 4544),
+        (ModelConfig("resnet18", (3, 32, 32)), 1500),
+        (ModelConfig("lenet", (1, 28, 28)), 570),
+        (ModelConfig("conv4", (3, 64, 64)), 1920),
+    ):
+        assert count_parameters(config)["bias_features"] == values
+        model = build_model(replace(config, bias=True))
+        model.add_task(1, 2)
+        assert sum(b.numel() for b in model.task_biases["1"]) == values
+        assert f"{values * 4:,} bytes" in doc or f"{values * 4} bytes" in doc
+
+
 @pytest.mark.parametrize("config,total", DOCUMENTED, ids=lambda v: getattr(v, "arch", ""))
 def test_documented_parameter_counts(config, total):
     counted = count_parameters(config)

@@ -46,8 +46,9 @@ Label = int | Annotated[str, msgspec.Meta(max_length=MAX_LABEL_CHARS)]
 Seconds = Annotated[float, msgspec.Meta(ge=0.0, le=1e9)]
 
 
-class ModelSpec(msgspec.Struct, forbid_unknown_fields=True):
-    """The shape-defining settings of the network (must match on every later task)."""
+class ModelSpec(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """The shape-defining settings of the network (must match on every later task). Fields at their
+    defaults are not written, so a file using no newer field reads in every earlier 0.2 reader."""
 
     arch: Short
     input_shape: Annotated[
@@ -66,8 +67,9 @@ class LayerSpec(msgspec.Struct, forbid_unknown_fields=True):
     shape: Annotated[list[Annotated[int, msgspec.Meta(ge=1, le=1 << 31)]], msgspec.Meta(min_length=1, max_length=8)]
 
 
-class PreprocessSpec(msgspec.Struct, forbid_unknown_fields=True):
-    """The task's input transform (data.preprocess); its arrays are the `prep/<t>/...` tensors."""
+class PreprocessSpec(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """The task's input transform (data.preprocess); its arrays are the `prep/<t>/...` tensors.
+    Fields at their defaults are not written (as ModelSpec)."""
 
     scale: Annotated[float, msgspec.Meta(gt=0.0, le=1e30)]
     divide: bool
