@@ -23,7 +23,12 @@ from pathlib import Path
 import numpy as np
 from common import emit, machine, run_sequence
 
-VARIANTS = {"defaults": {}, "no-bias": {"bias": False}, "raw": {"standardize": False}}
+VARIANTS = {
+    "defaults": {},
+    "no-bias": {"bias": False},
+    "raw": {"standardize": False},
+    "0.2-defaults": {"bias": False, "epochs": 10, "batch_size": 32},  # what wsn 0.2 did for npz
+}
 
 
 def make_tasks(folder: Path) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
