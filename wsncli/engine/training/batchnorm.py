@@ -9,10 +9,11 @@ the whole training split, in one pass with the current weights (as pycls / Detec
 - the network runs in eval mode (no dropout) on the split's network inputs, in order, in batches of
   the training batch size; each BatchNorm of this task normalises with its batch's statistics, as in
   training, so the layers after it see what they were trained on;
-- every BatchNorm's input is accumulated per channel as an exact per-sample (per-value) average in
-  float64 (Chan's pairwise update of count, mean and sum of squared deviations), so an uneven last
-  batch weighs by its size, not as a whole batch (torch's `momentum=None` would weigh batches
-  equally); the variance is stored with Bessel's correction, as torch's running_var is;
+- every BatchNorm's input is accumulated per channel as a per-sample (per-value) average: each
+  batch's mean and variance (in the activations' dtype), merged across batches in float64 by Chan's
+  pairwise update of count, mean and sum of squared deviations, so an uneven last batch weighs by
+  its size, not as a whole batch (torch's `momentum=None` would weigh batches equally); the variance
+  is stored with Bessel's correction, as torch's running_var is;
 - only `model.task_norms[task]` is read or written (other tasks' statistics, weights, scores and
   heads are untouched), and no collective runs: under data-parallel training every process holds
   the whole training split and computes the same statistics on its own.
@@ -36,11 +37,10 @@ class _Moments:
         self.m2: torch.Tensor | None = None
 
     def add(self, x: torch.Tensor) -> None:
-        channels = x.shape[1]
-        values = x.detach().transpose(0, 1).reshape(channels, -1).to(torch.float64)  # (C, B·H·W)
-        n = values.shape[1]
-        mean = values.mean(1)  # (C,)
-        m2 = (values - mean[:, None]).square().sum(1)  # (C,)
+        dims = [0, *range(2, x.dim())]  # every axis but the channels
+        n = x.numel() // x.shape[1]
+        var, mean = torch.var_mean(x.detach(), dim=dims, correction=0)  # (C,), (C,): this batch, in x's dtype
+        mean, m2 = mean.to(torch.float64), var.to(torch.float64) * n
         if self.mean is None or self.m2 is None:
             self.count, self.mean, self.m2 = n, mean, m2
             return
