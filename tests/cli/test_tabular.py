@@ -57,6 +57,11 @@ def test_npz_checkpoints_get_per_task_biases_stored_per_task_and_in_the_digest(t
     assert subnet_digest(ckpt.model, 1, ckpt.masks[1], ckpt.preps[1]) != record.subnet_digest
 
 
+def test_inspect_says_the_network_has_per_task_biases(tabular):
+    assert json_out(wsn("inspect", tabular / "m.pt", "--json"))["model"]["bias"] is True
+    assert "mlp 6 hidden 100-100 with per-task biases" in wsn("inspect", tabular / "m.pt").stdout
+
+
 def test_a_task_with_fewer_features_is_zero_padded_and_eval_proves_every_task(tabular):
     ckpt = load_checkpoint(tabular / "m.pt")
     assert ckpt.preps[1].padding == 0 and ckpt.preps[2].padding == 2

@@ -96,6 +96,7 @@ def _render_checkpoint(doc) -> None:
     m = doc.model
     shape = "x".join(map(str, m["input_shape"]))
     net = f"{m['arch']} {shape}" + (f" hidden {'-'.join(map(str, m['hidden']))}" if m["arch"] == "mlp" else "")
+    net += " with per-task biases" if m.get("bias") else ""
     stdout.print(
         f"[bold]{doc.checkpoint}[/]: {doc.format} v{doc.version}, benchmark {doc.benchmark}, {net}, method "
         f"{doc.method}, "
