@@ -62,7 +62,7 @@ class MLPNet(WSNNet):
         self.feature_dim = sizes[-1]
 
     def trunk(self, x: torch.Tensor, task: int) -> torch.Tensor:
-        h = x.reshape(x.shape[0], -1)  # (B, D)
+        h = x.flatten(1)  # (B, D)
         for layer in self.layers:
             h = F.relu(layer(h))  # (B, hidden)
         return h
