@@ -22,6 +22,13 @@ from wsncli.engine.training.graphed import GraphedStep
 CAPTURE_ERROR = "CUDA error: operation not permitted when stream is capturing"
 
 
+@pytest.fixture(autouse=True)
+def _threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
 class FakeStream:
     def __init__(self, name: str) -> None:
         self.name = name
@@ -92,6 +99,7 @@ class FakeCuda:
 
 
 def _model_and_steps(arch: str = "mlp"):
+    torch.set_num_threads(1)  # restored by the autouse fixture below
     torch.manual_seed(0)
     shape = (1, 20, 20) if arch == "conv" else (64,)
     model = build_model(ModelConfig(arch, shape, (32, 32)))
@@ -143,7 +151,7 @@ def test_a_failed_capture_restores_the_stream_and_the_steps_run_eagerly_with_the
 def test_a_failed_capture_hands_the_dropout_draw_a_fresh_generator_that_goes_on_where_it_was(monkeypatch):
     fake = FakeCuda()
     fake.install(monkeypatch)
-    model, _params, opt, eager, batches = _model_and_steps("conv")
+    model, _params, opt, eager, batches = _model_and_steps()
     draw = DropoutDraw(torch.Generator().manual_seed(5))
     step = GraphedStep(model, 1, opt, eager, batch_size=10, draws=[draw])
     model.train()

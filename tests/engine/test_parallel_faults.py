@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
 import time
 
 import pytest
@@ -20,10 +19,11 @@ from tests.engine.conftest import CONV_STEPS_PER_EPOCH, REFERENCE, conv_args
 from tests.engine.torchrun import (
     assert_same_bits,
     copy,
-    env,
     exit_codes,
+    finish,
     free_port,
     leftovers,
+    start,
     torchrun,
     torchrun_cmd,
     worker_traceback,
@@ -95,13 +95,10 @@ def test_two_launchers_act_as_two_machines_and_only_the_global_rank_0_writes(fre
         "--nnodes", "2", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", run_id,
     )  # fmt: skip
     cmd = torchrun_cmd("train-task", "--ckpt", "m.pt", *REFERENCE, nproc=1, launcher=launcher)
-    nodes = [
-        subprocess.Popen(cmd, cwd=tmp_path, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for _ in range(2)
-    ]
-    outputs = [node.communicate(timeout=200) for node in nodes]
-    assert [node.returncode for node in nodes] == [0, 0], outputs
-    assert sum(out.count("learned task 1") for out, _ in outputs) == 1  # the global rank 0 reports
+    nodes = [start(cmd, tmp_path) for _ in range(2)]
+    runs = [finish(node, 200) for node in nodes]
+    assert [run.returncode for run in runs] == [0, 0], [run.stderr for run in runs]
+    assert sum(run.stdout.count("learned task 1") for run in runs) == 1  # the global rank 0 reports
     assert [r.world_size for r in load_checkpoint(tmp_path / "m.pt").tasks] == [2]
     assert_same_bits(tmp_path / "m.pt", fresh_pair.par)
     assert leftovers(tmp_path, {"m.pt"}) == []
@@ -134,21 +131,16 @@ def test_sigterm_reaches_every_process_even_while_they_wait_in_a_collective(fres
     before, mark = ckpt.read_bytes(), tmp_path / "hanging"
     cmd = torchrun_cmd("train-task", "--task", 2, "--ckpt", ckpt.name, "--epochs", 1, "--threads", 1, "-q", inject=True)
     extra = dict(WSN_TEST_FAULT="hang", WSN_TEST_FAULT_RANK="1", WSN_TEST_FAULT_STEP="2", WSN_TEST_MARK=str(mark))
-    launcher = subprocess.Popen(
-        cmd, cwd=tmp_path, env=env(**extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while not mark.exists() and launcher.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert mark.exists(), launcher.communicate(timeout=5)
-        time.sleep(1.0)  # rank 0 reaches its all-reduce and waits there
-        signalled = time.monotonic()
-        launcher.send_signal(signal.SIGTERM)
-        _out, err = launcher.communicate(timeout=25)  # torchrun itself would SIGKILL them only after 30 s
-    finally:
-        if launcher.poll() is None:
-            launcher.kill()
+    launcher = start(cmd, tmp_path, **extra)
+    deadline = time.monotonic() + 120
+    while not mark.exists() and launcher.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if not mark.exists():
+        raise AssertionError(finish(launcher, 5))
+    time.sleep(1.0)  # rank 0 reaches its all-reduce and waits there
+    signalled = time.monotonic()
+    launcher.send_signal(signal.SIGTERM)
+    err = finish(launcher, 25).stderr  # torchrun itself would SIGKILL its workers only after 30 s
     assert time.monotonic() - signalled < 20
     lines = [l for l in err.splitlines() if l.startswith("wsn:")]
     assert lines == ["wsn: error: terminated (SIGTERM); files are as they were before the command"] * 2, err

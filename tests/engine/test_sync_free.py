@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import image_task
+from tests.conftest import image_task, torch_threads
 from tests.engine.host_sync import HostSync, HostSyncGuard
 from wsncli.engine.data.preprocess import scaled
 from wsncli.engine.data.registry import TaskData
@@ -65,7 +65,7 @@ def test_every_architecture_trains_on_the_device_path_without_host_synchronisati
     callbacks = loop.TrainCallbacks(on_epoch_start=lambda e, n: None, on_batch_end=steps.append)
     settings = loop.TrainSettings(task=1, capacity=0.3, epochs=EPOCHS, batch_size=BATCH, lr=1e-3, seed=0)
     allowed = (loop._Run.__init__, loop._Run._end_epoch, check_loss, loop._Run.finish)
-    with HostSyncGuard(allowed) as guard:
+    with torch_threads(1), HostSyncGuard(allowed) as guard:  # one thread, as wsn trains small networks
         result = loop.train_task(model, data, settings, frozen, torch.device("cpu"), callbacks)
     assert guard.violations == []
     assert len(steps) == EPOCHS * 4 and result.masks is not None

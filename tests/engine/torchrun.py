@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -48,9 +49,34 @@ def torchrun_cmd(*args, nproc: int = 2, launcher: tuple = (), inject: bool = Fal
     ]
 
 
+def start(cmd: list[str], cwd: Path, **extra) -> subprocess.Popen:
+    """A launcher in its own process group, so that `finish` can end its workers with it."""
+    return subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        env=env(**extra),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def finish(launcher: subprocess.Popen, timeout: float) -> subprocess.CompletedProcess:
+    """Wait for a launcher; past `timeout`, kill it and every worker it started (none outlives a test)."""
+    try:
+        out, err = launcher.communicate(timeout=timeout)
+    finally:
+        try:
+            os.killpg(launcher.pid, signal.SIGKILL)  # a worker torchrun left behind, or all on a timeout
+        except ProcessLookupError:
+            pass
+    return subprocess.CompletedProcess(launcher.args, launcher.returncode, out, err)
+
+
 def torchrun(cwd: Path, *args, nproc: int = 2, inject: bool = False, launcher: tuple = (), timeout: int = 300, **extra):
     cmd = torchrun_cmd(*args, nproc=nproc, launcher=launcher, inject=inject)
-    return subprocess.run(cmd, cwd=cwd, env=env(**extra), capture_output=True, text=True, timeout=timeout)
+    return finish(start(cmd, cwd, **extra), timeout)
 
 
 def learn_here(path: Path, task: int, **options):

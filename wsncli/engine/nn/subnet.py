@@ -6,8 +6,9 @@ Three modes per layer:
 - `use_mask(mask)`: inference with a stored mask; the masked weight is computed once and cached.
 - `train_dense()` / `dense()`: the plain network (the fine-tune baseline), every weight trains.
 
-The selection: on CUDA (or with `static_selection`) the sync-free radix select; on the CPU the
-band selector, fused with the mask products in the C kernels where they are built.
+The selection: on CUDA (or with `static_selection`) the static radix select, free of host
+synchronisation (tests/engine/test_sync_free.py); on the CPU the band selector, fused with the mask
+products in the C kernels where they are built.
 """
 
 from __future__ import annotations
@@ -179,7 +180,7 @@ class SubnetConv2d(SubnetLayer):
 
 
 def set_static_selection(model: nn.Module, on: bool = True) -> None:
-    """Make every masked layer of `model` select as on CUDA (the static, sync-free radix select, no C
+    """Make every masked layer of `model` select as on CUDA (the static radix select, no C
     kernels) on any device: the CPU then runs the device path, as tests/engine/test_sync_free.py does."""
     for module in model.modules():
         if isinstance(module, SubnetLayer):

@@ -44,14 +44,20 @@ class Agreement:
     """This process's side of the agreement on how the run ends."""
 
     def __init__(self, rank: int) -> None:
+        """Made before the process group (joining it may wait on a hung peer too): signals are watched
+        from then on; failures are shared once `attach` gives the group's store."""
         self.rank = rank
         self.agreed: ParallelFailure | None = None
+        self.store = None
+        interrupts.on_signal(self._on_signal)
+        interrupts.start_watchdog(self._describe)
+
+    def attach(self) -> None:
+        """Share failures through the initialised process group's store."""
         try:
             self.store = dist.distributed_c10d._get_default_store()
         except (RuntimeError, ValueError):  # no store: failures stay this process's own
             self.store = None
-        interrupts.on_signal(self._on_signal)
-        interrupts.start_watchdog(self._describe)
 
     def fail(self, error: BaseException) -> ParallelFailure:
         """The failure to raise for `error`: the first recorded by any process (this one's if none was)."""

@@ -71,10 +71,11 @@ class Shard:
             self.device = torch.device("cuda", self.local_rank)
         else:
             self.device = device
+        self.agreement = Agreement(self.rank)
         if not dist.is_initialized():
             backend = "nccl" if self.device.type == "cuda" else "gloo"
             dist.init_process_group(backend, timeout=TIMEOUT, **self._attempt_store())
-        self.agreement = Agreement(self.rank)
+        self.agreement.attach()
         self.batch_size = 0  # the global batch being trained on (set by `part`)
         self._norms: tuple[nn.Module, str, nn.Module] | None = None
         self._ddp: nn.Module | None = None

@@ -311,9 +311,7 @@ class _Run:
         self.model.train()
         if cb.on_epoch_start:
             cb.on_epoch_start(epoch, n_batches)
-        self.dropout.generator.manual_seed(dropout_seed(s.seed, s.task, epoch))
-        order = torch.randperm(n, generator=self.generator).to(self.device)
-        xs, ys = self.train.x[order], self.train.y[order]  # shuffled copy; batches are views
+        xs, ys = self._shuffled(epoch)  # batches are views of this copy
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), dtype=torch.long, device=self.device)
         checked, checked_n = torch.zeros((), device=self.device), 0  # loss_sum and samples at the last check
@@ -331,6 +329,12 @@ class _Run:
             if cb.on_batch_end:
                 cb.on_batch_end(b)
         self._end_epoch(epoch, loss_sum, correct)
+
+    def _shuffled(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training split in this epoch's order (drawn on the CPU: one host-to-device copy per epoch)."""
+        self.dropout.generator.manual_seed(dropout_seed(self.settings.seed, self.settings.task, epoch))
+        order = torch.randperm(len(self.train), generator=self.generator).to(self.device)
+        return self.train.x[order], self.train.y[order]
 
     def _end_epoch(self, epoch: int, loss_sum: torch.Tensor, correct: torch.Tensor) -> None:
         """The epoch's figures read on the host (once), validation, the best epoch and the snapshot."""
