@@ -64,7 +64,7 @@ class MLPNet(WSNNet):
         self.feature_dim = sizes[-1]
 
     def trunk(self, x: torch.Tensor, task: int) -> torch.Tensor:
-        h = x.reshape(x.shape[0], -1)  # (B, D)
+        h = x.flatten(1)  # (B, D)
         for layer, bias in zip(self.layers, self.biases(task)):
             h = F.relu(shift(layer(h), bias))  # (B, hidden)
         return h

@@ -108,4 +108,4 @@ class ResNet18(WSNNet):
         for block in self.blocks():
             h = block(h, norms, biases)  # (B, nf·2^stage, H'', W'')
         h = F.adaptive_avg_pool2d(h, POOLED_SIDE)  # (B, 8nf, 2, 2)
-        return h.reshape(h.shape[0], -1)  # (B, 32nf)
+        return h.flatten(1)  # (B, 32nf)

@@ -34,7 +34,7 @@ from wsncli.engine.usecases.request import (
     check_matches,
     check_request,
 )
-from wsncli.errors import CheckpointError, DataError, TaskError, UsageError, WsnError
+from wsncli.errors import CheckpointError, DataError, ParallelFailure, TaskError, UsageError, WsnError
 
 __all__ = ["LearnResult", "TaskRequest", "learn_task"]
 
@@ -168,10 +168,17 @@ def _prepare(req: TaskRequest, real: Path, device: torch.device, status, on_prog
 
 
 def _train(job: _Job, callbacks: TrainCallbacks | None, status, shard=None) -> tuple[TrainResult, int]:
-    """Train the task (continuing a snapshot when there is one); returns the result and the epoch resumed after."""
+    """Train the task (continuing a snapshot when there is one); returns the result and the epoch resumed after.
+
+    Data-parallel, only rank 0 reads (or, with --restart, discards) the snapshot and writes new ones;
+    every process gets the state it resumes from by one broadcast before training, so all of them
+    start from the same epoch."""
     main = shard is None or shard.is_main
-    snapshot = resume.Snapshots(job.real, job.ckpt, job.req, job.settings, job.data)
-    state = snapshot.start(job.req.restart and main, status)
+    snapshot = resume.Snapshots(job.real, job.ckpt, job.req, job.settings, job.data) if main else None
+    if shard is None:
+        state = snapshot.start(job.req.restart, status)
+    else:
+        state = shard.share(lambda: snapshot.start(job.req.restart, status))
     callbacks = callbacks or TrainCallbacks()
     callbacks.on_state = snapshot.write if main else None
     try:
@@ -188,8 +195,8 @@ def _train(job: _Job, callbacks: TrainCallbacks | None, status, shard=None) -> t
             job.req.cuda_graphs,
         )
         _check_finite(job.ckpt.model, job.req.task)
-    except WsnError:
-        if main:
+    except WsnError as exc:
+        if main and not isinstance(exc, ParallelFailure):  # another process's failure: the snapshot is sound
             snapshot.remove()  # diverged or broken: continuing from it would fail the same way
         raise
     job.snapshot = snapshot
@@ -245,18 +252,20 @@ def learn_task(
 
 
 def _learn_parallel(req: TaskRequest, device: torch.device, callbacks, status, on_progress) -> LearnResult:
-    """The same, one process of several: rank 0 locks and writes; every phase ends in agreement."""
+    """The same, one process of several: the global rank 0 locks and writes; every phase ends at a
+    barrier, and a failure anywhere ends every process with the same line and exit code."""
     shard = Shard(device)
-    lock, target, error, clean = None, None, None, False
-    try:
+    lock, target, clean = None, None, False
+
+    def take_lock() -> None:
+        nonlocal lock, target
         if shard.is_main:
-            try:
-                target = plan_output(req.ckpt, what="checkpoint", allow_stream=False, error=CheckpointError)
-                lock = CheckpointLock(req.ckpt).__enter__()
-                remove_stale_temps(target.real)
-            except WsnError as exc:
-                error = exc
-        shard.agree(error)
+            target = plan_output(req.ckpt, what="checkpoint", allow_stream=False, error=CheckpointError)
+            lock = CheckpointLock(req.ckpt).__enter__()
+            remove_stale_temps(target.real)
+
+    try:
+        _phase(shard, take_lock)
         job = _phase(
             shard,
             lambda: _prepare(req, resolve(req.ckpt), shard.device, status if shard.is_main else _quiet, on_progress),
@@ -283,12 +292,12 @@ def _learn_parallel(req: TaskRequest, device: torch.device, callbacks, status, o
 
 
 def _phase(shard: Shard, work):
-    error, value = None, None
+    """Run one phase on every process; any failure on any process ends every process alike."""
     try:
         value = work()
-    except WsnError as exc:
-        error = exc
-    shard.agree(error)
+        shard.barrier()
+    except Exception as exc:  # any kind: a WsnError, a RuntimeError, a lost peer (parallel.failure)
+        raise shard.fail(exc) from None
     return value
 
 
