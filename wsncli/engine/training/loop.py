@@ -357,7 +357,8 @@ class _Run:
         s, cb, task, n = self.settings, self.cb, self.settings.task, len(self.train)
         loss_sum, correct = self._global(loss_sum), self._global(correct)
         _check_loss(loss_sum, n, s, epoch, self.hint, self.model)
-        recompute_statistics(self.model, task, self.train, s.batch_size)  # exact statistics, kept with the epoch's state
+        # exact BatchNorm statistics, kept with the epoch's state
+        recompute_statistics(self.model, task, self.train, s.batch_size)
         self.model.eval()
         val_loss, val_acc = _loss_and_accuracy(self.model, self.val, task)
         score = val_loss if len(self.val) else -epoch  # no validation set: keep the last epoch
