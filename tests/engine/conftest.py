@@ -13,14 +13,16 @@ from tests.engine.torchrun import learn_here, torchrun
 # the first), default batch 32 (259 samples: 9 steps, the last of 3), one thread per process.
 REFERENCE = ("--task", 1, "--epochs", 2, "--no-matrix", "--threads", 1, "-q")
 # The BatchNorm and dropout network `conv` on a small image set (below): 64 samples, batch 15 (the
-# processes' parts are 7 and 8, the last batch of 4 splits 2/2), 5 steps per epoch.
-CONV_OPTIONS = dict(benchmark="npz", arch="conv", epochs=2, batch_size=15, matrix=False)
+# processes' parts are 7 and 8, the last batch of 4 splits 2/2), 5 steps per epoch. Without npz's
+# default per-task biases: they leave one step's gradients equal up to reduction order (1e-6 relative,
+# measured) but make two epochs of Adam amplify that noise past ATOL in ~2% of fcs.1's weights.
+CONV_OPTIONS = dict(benchmark="npz", arch="conv", epochs=2, batch_size=15, matrix=False, bias=False)
 CONV_STEPS_PER_EPOCH = 5
 
 
 def conv_args(images) -> list:
     return ["--task", 1, "--benchmark", "npz", "--data-root", images, "--arch", "conv", "--epochs", 2,
-            "--batch-size", 15, "--no-matrix", "--threads", 1, "-q"]  # fmt: skip
+            "--batch-size", 15, "--no-matrix", "--threads", 1, "--no-bias", "-q"]  # fmt: skip
 
 
 @pytest.fixture(scope="session")

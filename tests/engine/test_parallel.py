@@ -9,14 +9,30 @@ the global batch) on a small image set.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
-from tests.engine.torchrun import assert_same_run, copy, exit_codes, learn_here, leftovers, torchrun
+from tests.engine.torchrun import (
+    assert_same_run,
+    copy,
+    env,
+    exit_codes,
+    finish,
+    learn_here,
+    leftovers,
+    start,
+    torchrun,
+    torchrun_cmd,
+)
 from wsncli.engine.store.checkpoint import load_checkpoint
 from wsncli.engine.usecases.evaluate import evaluate_checkpoint
 
 pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_two_processes_train_what_one_does_and_eval_proves_it(fresh_pair, tmp_path):
@@ -59,6 +75,23 @@ def test_any_batch_trains_with_several_processes_as_with_one(processes, batch, t
     assert_same_run(tmp_path / "p.pt", tmp_path / "one.pt")
 
 
+def test_one_step_of_conv_with_biases_has_the_one_process_gradients(tmp_path):
+    """The step itself, without training's amplification of noise: BatchNorm over the global batch
+    (parts of 7 and 8), dropout drawn for the global batch, per-task biases; every parameter's gradient
+    equals the one-process gradient up to reduction order (measured: 2e-6 of the tensor's largest)."""
+    tool = Path(__file__).with_name("parallel_gradients.py")
+    one = subprocess.run([sys.executable, str(tool), str(tmp_path / "one.pt")], cwd=ROOT, env=env(),
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert one.returncode == 0, one.stderr
+    proc = finish(start([*torchrun_cmd(nproc=2)[:-2], str(tool), str(tmp_path / "par.pt")], ROOT), 120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    a, b = torch.load(tmp_path / "par.pt"), torch.load(tmp_path / "one.pt")
+    assert sorted(a) == sorted(b) and any(n.startswith("task_biases") for n in a)
+    for name, grad in b.items():
+        scale = float(grad.abs().max())
+        assert scale > 0 and float((a[name] - grad).abs().max()) <= 1e-5 * scale, name
+
+
 def test_conv_trains_under_two_processes_as_under_one(conv_pair):
     """conv: five BatchNorm layers normalise with the global batch's statistics (parts of 7 and 8, then
     2 and 2) and the dropout masks are drawn for the global batch, so two processes train what one does."""
@@ -68,7 +101,8 @@ def test_conv_trains_under_two_processes_as_under_one(conv_pair):
 def test_resnet18_trains_under_two_processes_as_under_one(images, tmp_path):
     """resnet18 (20 BatchNorm layers, no dropout), one epoch."""
     options = dict(benchmark="npz", data_root=images, arch="resnet18", width=4, epochs=1, batch_size=15, matrix=False)
-    argv = ["--benchmark", "npz", "--data-root", images, "--arch", "resnet18", "--width", 4, "--epochs", 1]
+    options["bias"] = False  # as conv_args
+    argv = ["--benchmark", "npz", "--data-root", images, "--arch", "resnet18", "--width", 4, "--epochs", 1, "--no-bias"]
     proc = torchrun(tmp_path, "train-task", "--task", 1, "--ckpt", "p.pt", *argv, "--batch-size", 15, "--no-matrix",
                     "--threads", 1, "-q")  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -103,7 +103,8 @@ def assert_same_run(parallel: Path, single: Path, tasks=(1,)) -> None:
     weight, score and head value within ATOL, except the few that reduction-order noise sent another way
     (a score at the threshold selecting another weight for a step, or Adam's normalised step turning a
     near-zero gradient's noise into a full step): at most 1 in 100 values of a tensor, measured up to
-    1 in 1,000; BatchNorm running statistics, which integrate every activation, within NORM_ATOL; the
+    1 in 1,000; BatchNorm statistics, recomputed over the whole split with those weights, within
+    NORM_ATOL except at most 1 in 20 (measured: 2 of 128 in one conv layer); the
     masks agree on more than 99% of the weights. Without the global batch's BatchNorm statistics
     about half of every conv layer's values differ."""
     par, one = load_checkpoint(parallel), load_checkpoint(single)
@@ -111,8 +112,9 @@ def assert_same_run(parallel: Path, single: Path, tasks=(1,)) -> None:
     for name in a:
         if name.startswith(("layer/", "head/", "norm/")):
             atol = NORM_ATOL if name.startswith("norm/") else ATOL
+            share = 20 if name.startswith("norm/") else 100  # at most 1 in `share` values beyond atol
             close = np.isclose(a[name], b[name], atol=atol, rtol=0)
-            assert close.sum() >= close.size - max(1, close.size // 100), (
+            assert close.sum() >= close.size - max(1, close.size // share), (
                 f"{name}: {(~close).sum()} of {close.size} values differ by more than {atol}, at most "
                 f"{np.abs(a[name] - b[name]).max():.3g}"
             )
