@@ -38,8 +38,8 @@ def tiny_mnist(tmp_path: Path) -> Path:
         labels = rng.integers(0, 10, n).astype(np.uint8)
         images = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
         images[np.arange(n), labels, :] = 255  # row `label` lit: a pattern a permuted MLP can learn
-        write_idx(folder / f"{split}-images-idx3-ubyte", images)
-        write_idx(folder / f"{split}-labels-idx1-ubyte", labels)
+        write_idx(folder / f"{split}-images-idx3-ubyte", images, key=f"mnist/{split}-images-idx3-ubyte")
+        write_idx(folder / f"{split}-labels-idx1-ubyte", labels, key=f"mnist/{split}-labels-idx1-ubyte")
     return tmp_path
 
 

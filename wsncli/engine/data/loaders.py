@@ -210,8 +210,8 @@ def _check_tinyimagenet_counts(found, folder: Path, image_size: int | None) -> N
             c = int(bad[0])
             raise DataError(
                 f"split-tinyimagenet: {folder} has {int(counts[c])} {split} images of class {found.classes[c]}, "
-                f"expected {want} (TinyImageNet's counts; {CHECKSUMS_ENV} may list '-  {TINYIMAGENET_KEY}' for "
-                "another copy)"
+                f"expected {want} (TinyImageNet's published counts; a line '- {TINYIMAGENET_KEY}' in a "
+                f"{CHECKSUMS_ENV} file accepts another copy)"
             )
     if image_size is None and found.image_shape[1:] != (side, side):
         raise DataError(f"split-tinyimagenet: {folder} holds {found.image_shape[1:]} images, expected {side}x{side}")
