@@ -135,7 +135,7 @@ PINNED: dict[str, Pinned] = {
         # The 1,797 UCI digits bundled with wsn.
         _p(
             "wsn/digits.npz",
-            "the bundled 8x8 digits",
+            "bundled 8x8 UCI digits",
             "f10b077e7e3037d11006b85b6b71a63e15b2bf746d91c4e4122e42d304e5e54b",
             (1797, 64),
         ),
@@ -250,9 +250,15 @@ def _counts_text(counts: tuple[int, ...]) -> str:
 
 
 def _known_as(algorithm: str, digest: str) -> str | None:
+    """Which other file this digest is (a pinned one, or one the checksums file lists): another dataset's
+    file in this one's place is how a loader trains on the wrong data."""
     for pin in PINNED.values():
         if pin.algorithm == algorithm and pin.digest == digest:
             return f"that is the {pin.what}, {pin.key}"
+    override = _override() if algorithm == "sha256" else None
+    for key, digests in (override[1] if override else {}).items():
+        if digest in digests:
+            return f"that is {key} in {override[0]}"
     return None
 
 

@@ -34,26 +34,25 @@ def pmnist_permutation(task: int, size: int = 784) -> np.ndarray:
 
 
 def grouped_stratified_split(y: np.ndarray, x: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(kept, held) sorted index arrays; per class about round(fraction*n) samples are held out, and
-    identical samples of `x` (exact duplicates) always land on the same side.
+    """(kept, held) sorted index arrays; per class at most round(fraction*n) samples are held out (at
+    least one kept), and identical samples of `x` of one class (exact duplicates) land on one side.
 
-    Per class, the distinct samples are shuffled (numpy default_rng(seed)) and taken in that order,
-    each with all its copies, until the class has at least its share held out (at least one kept)."""
+    Per class, the distinct samples are shuffled (numpy default_rng(seed)) and each is held out, with
+    all its copies, when it still fits the class's share: with single samples left, the share is exact."""
     rng = np.random.default_rng(seed)
     _, group = np.unique(x.reshape(len(x), -1), axis=0, return_inverse=True)  # (N,) id of each distinct sample
     group = group.reshape(-1)
     held = []
     for c in np.unique(y):
         idx = np.flatnonzero(y == c)
-        want = int(np.floor(fraction * len(idx) + 0.5))
+        want = min(int(np.floor(fraction * len(idx) + 0.5)), len(idx) - 1)
         members: dict[int, list[int]] = {}
         for i in idx.tolist():
             members.setdefault(int(group[i]), []).append(i)
         taken: list[int] = []
         for g in rng.permutation(sorted(members)).tolist():
-            if len(taken) >= want or len(taken) + len(members[g]) >= len(idx):
-                break
-            taken.extend(members[g])
+            if len(taken) + len(members[g]) <= want:
+                taken.extend(members[g])
         held.append(np.asarray(taken, dtype=np.int64))
     held_idx = np.sort(np.concatenate(held)) if held else np.empty(0, dtype=np.int64)
     mask = np.ones(len(y), dtype=bool)
