@@ -144,3 +144,19 @@ def test_cli_refuses_a_changed_file_in_one_line(multi_root, tmp_path):
     assert_error(wsn(*args), 1, f"{path} is not the fashion-mnist/t10k-labels-idx1-ubyte wsn expects", "expected ")
     assert not (tmp_path / "m.pt").exists()
     assert_error(wsn(*args, "--train-limit", 0), 2, "--train-limit")
+
+
+def test_cli_train_limit_reaches_the_data(multi_root, tmp_path, monkeypatch):
+    from wsncli.engine.usecases import learn
+
+    seen = []
+
+    def spy(*args, **kwargs):
+        data = D.load_task(*args, **kwargs)
+        seen.append(len(data.y_train))
+        return data
+
+    monkeypatch.setattr(learn, "load_task", spy)
+    args = ("train-task", "-t", 3, "-c", tmp_path / "m.pt", "--benchmark", "multi-dataset", "--data-root", multi_root)
+    json_out(wsn(*args, "--arch", "mlp", "--hidden", "8", "--epochs", 1, "--train-limit", 33, "--json"))
+    assert seen == [33]
