@@ -145,13 +145,7 @@ _RAW = {
 }
 
 
-IMAGE_SIZE_BENCHMARKS = (
-    "split-mnist",
-    "split-fashion",
-    "multi-dataset",
-    "image-folder",
-    "split-tinyimagenet",
-)  # --image-size
+IMAGE_SIZE_BENCHMARKS = ("split-mnist", "split-fashion", "image-folder", "split-tinyimagenet", "multi-dataset")
 CHANNELS_BENCHMARKS = ("image-folder", "split-tinyimagenet")  # --channels
 
 
