@@ -34,6 +34,7 @@ from wsncli.engine.limits import (
     MAX_SEED,
     MAX_TASK_ID,
     MAX_THREADS,
+    MAX_TRAIN_LIMIT,
     METHODS,
 )
 from wsncli.interrupts import add_interrupt_hint
@@ -98,6 +99,10 @@ def train_task_command(
         Optional[int], typer.Option(min=1, max=4096, help="Images: resize to NxN (MNIST-style: zero-pad, e.g. 32).")
     ] = None,
     channels: Annotated[Optional[int], typer.Option(min=1, max=3, help="image-folder: 1 or 3 channels.")] = None,
+    train_limit: Annotated[
+        Optional[int],
+        typer.Option(min=1, max=MAX_TRAIN_LIMIT, help="Train on a fixed stratified subset of N training images."),
+    ] = None,
     standardize: Annotated[
         Optional[bool],
         typer.Option(
@@ -152,6 +157,7 @@ def train_task_command(
         threads=threads,
         image_size=image_size,
         channels=channels,
+        train_limit=train_limit,
         standardize=standardize,
         matrix=matrix,
         restart=restart,

@@ -308,7 +308,9 @@ def _quiet(_message: str) -> None:
 def data_options_for(req: TaskRequest, on_progress=None):
     from wsncli.engine.data.registry import DataOptions
 
-    return DataOptions(image_size=req.image_size, channels=req.channels, on_progress=on_progress)
+    return DataOptions(
+        image_size=req.image_size, channels=req.channels, train_limit=req.train_limit, on_progress=on_progress
+    )
 
 
 HIGH_TRAIN_ACCURACY = 0.9

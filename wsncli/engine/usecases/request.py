@@ -8,7 +8,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wsncli.engine.data.registry import BENCHMARKS
-from wsncli.engine.limits import MAX_BATCH_SIZE, MAX_EPOCHS, MAX_LR, MAX_SEED, MAX_TASK_ID, MAX_THREADS, METHODS
+from wsncli.engine.limits import (
+    MAX_BATCH_SIZE,
+    MAX_EPOCHS,
+    MAX_LR,
+    MAX_SEED,
+    MAX_TASK_ID,
+    MAX_THREADS,
+    MAX_TRAIN_LIMIT,
+    METHODS,
+)
 from wsncli.engine.nn.models import ARCHS
 from wsncli.engine.store.checkpoint import Checkpoint
 from wsncli.engine.store.schema import to_model_config
@@ -43,6 +52,7 @@ class TaskRequest:
     threads: int | None = None
     image_size: int | None = None
     channels: int | None = None
+    train_limit: int | None = None  # train on a fixed stratified subset of this many samples (not stored)
     standardize: bool | None = None
     matrix: bool = True  # re-measure every earlier task after this one (the accuracy matrix)
     restart: bool = False  # discard a resumable snapshot instead of continuing from it
@@ -65,6 +75,7 @@ def check_request(req: TaskRequest) -> None:
     _in("--n-tasks", req.n_tasks, 1, MAX_TASK_ID)
     _in("--width", req.width, 1, 4096)
     _in("--image-size", req.image_size, 1, 4096)
+    _in("--train-limit", req.train_limit, 1, MAX_TRAIN_LIMIT)
     if req.channels is not None and req.channels not in (1, 3):
         raise UsageError(f"--channels must be 1 or 3, got {req.channels}")
     if req.seed is not None and not -MAX_SEED < req.seed < MAX_SEED:
