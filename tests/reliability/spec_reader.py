@@ -127,8 +127,8 @@ def _as_typed(record: dict) -> dict:
         out[key] = f(out.get(key))
     if isinstance(out.get("accuracy_row"), list):
         out["accuracy_row"] = [f(v) for v in out["accuracy_row"]]
-    if isinstance(out.get("preprocess"), dict):
-        out["preprocess"] = {**out["preprocess"], "scale": f(out["preprocess"].get("scale"))}
+    if isinstance(out.get("preprocess"), dict):  # `padding` absent: 0 (section 3)
+        out["preprocess"] = {"padding": 0, **out["preprocess"], "scale": f(out["preprocess"].get("scale"))}
     return out
 
 

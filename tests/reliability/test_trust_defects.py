@@ -109,11 +109,11 @@ def test_report_on_a_full_disk_leaves_no_empty_folder(tmp_path, monkeypatch):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (64, 64))  # every write past 64 bytes fails (EFBIG)
 
-    out = tmp_path / "new" / "report"
+    out = tmp_path / "report"
     result = run_wsn(["report", "--ckpt", ckpt, "-o", out, "-q"], tmp_path, preexec=tiny_files)
     assert result.returncode == 1, result.stderr
     assert_one_line_error(result.stderr, "cannot write", "File too large")
-    assert not (tmp_path / "new").exists()
+    assert not out.exists()
 
 
 def test_a_transform_that_overflows_in_eval_prints_no_numpy_warnings(tmp_path, monkeypatch):

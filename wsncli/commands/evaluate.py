@@ -100,6 +100,9 @@ def _summary(report: EvalReport) -> str:
     proven = [t.task for t in report.tasks if t.status in ("proven", "outputs-differ")]
     data = report.with_status("data-changed")
     damaged = report.with_status("record-changed")
+    changed = (
+        f"task(s) {', '.join(map(str, data))}: subnetwork unchanged, outputs not comparable (their test data changed)"
+    )
     verdict = (
         "NO"
         if report.changed
@@ -107,10 +110,9 @@ def _summary(report: EvalReport) -> str:
         if damaged
         else "proven"
         if not data
-        else (
-            f"proven for task(s) {', '.join(map(str, proven)) or 'none'}; task(s) {', '.join(map(str, data))}: "
-            "subnetwork unchanged only"
-        )
+        else f"proven for task(s) {', '.join(map(str, proven))}; {changed}"
+        if proven
+        else f"not proven by outputs; {changed}"
     )
     capacity = f"  capacity used {pct(report.capacity_used)}" if report.capacity_used is not None else ""
     return f"ACC {pct(report.acc)}  BWT {bwt}{capacity}  forget-free: {verdict} ({len(report.tasks)} tasks re-measured)"

@@ -35,6 +35,9 @@ def report_command(
 
     if output.exists() and not output.is_dir():
         raise PlotError(f"{output} exists and is not a folder")
+    parent = output.absolute().parent
+    if not output.exists() and not parent.is_dir():  # like every file wsn writes: no folders made above it
+        raise PlotError(f"{output}: cannot write: folder {parent} does not exist")
     found = read_checkpoint_file(ckpt)
     targets = {
         name: plan_output(
@@ -52,12 +55,14 @@ def report_command(
         files = build_report(
             describe_checkpoint(found, ckpt), lambda name: progress.update(bar, advance=1, description=name)
         )
-    made = _make_folder(output)
+    made = not output.exists()
+    output.mkdir(exist_ok=True)  # the report's own folder (its parent exists)
     try:
         for f in files:
             write_output(targets.get(f.name) or plan_output(output / f.name, what="report file", inputs=[ckpt]), f.data)
     except WsnError:
-        _remove_empty(made)  # a full disk leaves no empty folder behind
+        if made:
+            _remove_if_empty(output)  # a full disk leaves no empty folder behind
         raise
     written = [str(output / f.name) for f in files]
     if json_out:
@@ -66,19 +71,8 @@ def report_command(
         stdout.print(f"wrote {len(files)} files to {output}/: " + ", ".join(f.name for f in files))
 
 
-def _make_folder(output: Path) -> list[Path]:
-    """mkdir -p `output`; returns the folders it created, deepest first."""
-    made, folder = [], output
-    while not folder.exists() and folder != folder.parent:
-        made.append(folder)
-        folder = folder.parent
-    output.mkdir(parents=True, exist_ok=True)
-    return made
-
-
-def _remove_empty(folders: list[Path]) -> None:
-    for folder in folders:
-        try:
-            folder.rmdir()  # only if empty: a file something else put there stays
-        except OSError:
-            return
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()  # only if empty: a file something else put there stays
+    except OSError:
+        pass

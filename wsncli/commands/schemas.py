@@ -100,6 +100,7 @@ class InspectTask(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     task: int
     order: int
     n_classes: int
+    classes: list[int | str]
     accuracy_at_learning: float
     capacity: float | None
     epochs: int | None

@@ -5,6 +5,10 @@ Three modes per layer:
   flat index); weights and scores get straight-through gradients, frozen weights get none.
 - `use_mask(mask)`: inference with a stored mask; the masked weight is computed once and cached.
 - `train_dense()` / `dense()`: the plain network (the fine-tune baseline), every weight trains.
+
+The selection: on CUDA (or with `static_selection`) the static radix select, free of host
+synchronisation (tests/engine/test_sync_free.py); on the CPU the band selector, fused with the mask
+products in the C kernels where they are built.
 """
 
 from __future__ import annotations
@@ -75,6 +79,7 @@ class SubnetLayer(nn.Module):
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
         nn.init.kaiming_uniform_(self.scores, a=math.sqrt(5))
         self.selector = TopKSelector()
+        self.static_selection = False  # the device path's selection on any device (set_static_selection)
         self.mode = "dense"
         self.k = self.weight.numel()
         self.frozen: torch.Tensor | None = None  # bool, weight shape: weights earlier tasks use
@@ -105,13 +110,15 @@ class SubnetLayer(nn.Module):
     def current_mask(self) -> torch.Tensor:
         """The top-k mask of the current scores (bool, weight shape)."""
         flat = self.scores.detach().abs().reshape(-1)  # (n,)
-        if flat.is_cuda:
+        if flat.is_cuda or self.static_selection:
             return static_topk_mask(flat, self.k).view_as(self.weight)
         return self.selector.select(flat, self.k).view_as(self.weight)
 
     def _fused(self) -> bool:
         w = self.weight
-        if not (w.device.type == "cpu" and w.dtype == torch.float32 and 0 < self.k < w.numel() and kernels_available()):
+        if self.static_selection or not (
+            w.device.type == "cpu" and w.dtype == torch.float32 and 0 < self.k < w.numel() and kernels_available()
+        ):
             return False
         few = torch.get_num_threads() <= FEW_THREADS or w.numel() <= FUSED_MAX_WEIGHTS_MANY_THREADS
         return few and w.is_contiguous() and self.scores.is_contiguous()
@@ -170,3 +177,11 @@ class SubnetConv2d(SubnetLayer):
 
     def _apply_weight(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, w, stride=self.stride, padding=self.padding)  # (B, C, H, W) -> (B, out, H', W')
+
+
+def set_static_selection(model: nn.Module, on: bool = True) -> None:
+    """Make every masked layer of `model` select as on CUDA (the static radix select, no C
+    kernels) on any device: the CPU then runs the device path, as tests/engine/test_sync_free.py does."""
+    for module in model.modules():
+        if isinstance(module, SubnetLayer):
+            module.static_selection = on

@@ -160,6 +160,10 @@ def build_checkpoint(found: CheckpointFile) -> Checkpoint:
             _load_state(model.heads[str(t)], f"head/{t}/", take)
             if str(t) in model.task_norms:
                 _load_state(model.task_norms[str(t)], f"norm/{t}/", take)
+            if str(t) in model.task_biases:
+                for name, bias in zip(layers, model.task_biases[str(t)]):
+                    arr = take(f"bias/{t}/{name}", tuple(bias.shape), (np.float32,))
+                    bias.copy_(torch.from_numpy(arr if arr.flags.writeable else arr.copy()))
             if record.preprocess is not None:
                 ckpt.preps[t] = _read_prep(record.preprocess, t, take, model.config.input_shape)
                 pred = take(f"pred/{t}", (record.n_test,), (np.uint8, np.int32))
@@ -172,6 +176,7 @@ def build_checkpoint(found: CheckpointFile) -> Checkpoint:
             if meta.method == "wsn":
                 ckpt.masks[t] = {n: torch.from_numpy(found.masks[t][n]).reshape(layers[n].weight.shape) for n in layers}
     model.eval()
+    model.needs_task_mode = meta.method == "wsn"  # the dense trunk is no task's function (set_task_mode first)
     orphans = sorted(set(arrays) - used)
     ckpt.tampered = [f"tensor {name!r} fails its checksum" for name in found.tampered]
     ckpt.tampered += [f"tensor {name!r} belongs to no task record (a record was removed?)" for name in orphans]
@@ -192,6 +197,13 @@ def _load_state(module: torch.nn.Module, prefix: str, take) -> None:
 
 
 def _read_prep(spec: PreprocessSpec, task: int, take, input_shape: tuple[int, ...]) -> Preprocess:
+    if spec.padding:
+        if len(input_shape) != 1 or spec.padding >= input_shape[0]:
+            raise CheckpointError(
+                f"malformed checkpoint: task {task}'s transform pads {spec.padding} features, which does not fit "
+                f"inputs {input_shape}"
+            )
+        input_shape = (input_shape[0] - spec.padding,)  # the task's own inputs
     shape = tuple(spec.mean_shape)
     if len(shape) > len(input_shape) or any(d not in (1, s) for d, s in zip(shape[::-1], input_shape[::-1])):
         raise CheckpointError(
@@ -207,25 +219,37 @@ def _read_prep(spec: PreprocessSpec, task: int, take, input_shape: tuple[int, ..
         perm = take(f"prep/{task}/permutation", (n,), (np.int32, np.int64)).astype(np.int64)
         if not np.array_equal(np.sort(perm), np.arange(n)):
             raise CheckpointError(f"malformed checkpoint: task {task}'s permutation is not a permutation of {n} inputs")
-    return Preprocess(spec.scale, spec.divide, mean, std, perm, spec.standardized)
+    return Preprocess(spec.scale, spec.divide, mean, std, perm, spec.standardized, spec.padding)
 
 
 def prep_spec(prep: Preprocess) -> PreprocessSpec:
     return PreprocessSpec(
-        prep.scale, prep.divide, prep.standardized, prep.permutation is not None, list(prep.mean.shape)
+        prep.scale, prep.divide, prep.standardized, prep.permutation is not None, list(prep.mean.shape), prep.padding
     )
+
+
+def task_input_shape(ckpt: Checkpoint, task: int) -> tuple[int, ...]:
+    """The sample shape task `task` takes: the network's, less the zero features its transform appends."""
+    shape = tuple(ckpt.meta.model.input_shape)
+    prep = ckpt.preps.get(task)
+    return (shape[0] - prep.padding,) if prep is not None and prep.padding else shape
 
 
 # -- save ------------------------------------------------------------------------------------
 def task_arrays(model: WSNNet, task: int, prep: Preprocess | None) -> dict[str, np.ndarray]:
     """Every tensor task `task` owns, named and shaped as stored (section 4; a 0-d tensor as [1]):
-    its head, its BatchNorm statistics and its transform. The recorded predictions are not included."""
+    its head, its BatchNorm statistics, its per-task biases and its transform. The recorded
+    predictions are not included. A new per-task tensor belongs here: it is then stored, and in the
+    task's subnetwork digest (version 3)."""
     arrays: dict[str, np.ndarray] = {}
     for k, v in model.heads[str(task)].state_dict().items():
         arrays[f"head/{task}/{k}"] = v.detach().cpu().numpy()
     if str(task) in model.task_norms:
         for k, v in model.task_norms[str(task)].state_dict().items():
             arrays[f"norm/{task}/{k}"] = v.detach().cpu().numpy()
+    if str(task) in model.task_biases:
+        for name, bias in zip(model.subnet_layers(), model.task_biases[str(task)]):
+            arrays[f"bias/{task}/{name}"] = bias.detach().cpu().numpy()
     if prep is not None:
         arrays[f"prep/{task}/mean"], arrays[f"prep/{task}/std"] = prep.mean, prep.std
         if prep.permutation is not None:

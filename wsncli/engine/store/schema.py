@@ -46,8 +46,9 @@ Label = int | Annotated[str, msgspec.Meta(max_length=MAX_LABEL_CHARS)]
 Seconds = Annotated[float, msgspec.Meta(ge=0.0, le=1e9)]
 
 
-class ModelSpec(msgspec.Struct, forbid_unknown_fields=True):
-    """The shape-defining settings of the network (must match on every later task)."""
+class ModelSpec(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """The shape-defining settings of the network (must match on every later task). Fields at their
+    defaults are not written, so a file using no newer field reads in every earlier 0.2 reader."""
 
     arch: Short
     input_shape: Annotated[
@@ -56,6 +57,7 @@ class ModelSpec(msgspec.Struct, forbid_unknown_fields=True):
     ]
     hidden: Annotated[list[Annotated[int, msgspec.Meta(ge=1, le=65536)]], msgspec.Meta(max_length=64)] = []
     width: Annotated[int, msgspec.Meta(ge=1, le=1024)] | None = None
+    bias: bool = False  # per-task biases: tensors bias/<task>/<layer> (absent in files written before them)
 
 
 class LayerSpec(msgspec.Struct, forbid_unknown_fields=True):
@@ -65,8 +67,9 @@ class LayerSpec(msgspec.Struct, forbid_unknown_fields=True):
     shape: Annotated[list[Annotated[int, msgspec.Meta(ge=1, le=1 << 31)]], msgspec.Meta(min_length=1, max_length=8)]
 
 
-class PreprocessSpec(msgspec.Struct, forbid_unknown_fields=True):
-    """The task's input transform (data.preprocess); its arrays are the `prep/<t>/...` tensors."""
+class PreprocessSpec(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """The task's input transform (data.preprocess); its arrays are the `prep/<t>/...` tensors.
+    Fields at their defaults are not written (as ModelSpec)."""
 
     scale: Annotated[float, msgspec.Meta(gt=0.0, le=1e30)]
     divide: bool
@@ -76,6 +79,7 @@ class PreprocessSpec(msgspec.Struct, forbid_unknown_fields=True):
         list[Annotated[int, msgspec.Meta(ge=1, le=MAX_INPUT_DIM)]],
         msgspec.Meta(min_length=1, max_length=MAX_INPUT_DIMS),
     ]
+    padding: Annotated[int, msgspec.Meta(ge=0, le=MAX_INPUT_DIM)] = 0  # zero features appended (fewer than the net's)
 
 
 class TaskRecord(msgspec.Struct, forbid_unknown_fields=True):
@@ -239,8 +243,10 @@ def to_model_config(spec: ModelSpec):
     from wsncli.engine.nn.models import ModelConfig
 
     extra = {"width": spec.width} if spec.width is not None else {}
-    return ModelConfig(spec.arch, tuple(spec.input_shape), tuple(spec.hidden), **extra)
+    return ModelConfig(spec.arch, tuple(spec.input_shape), tuple(spec.hidden), bias=spec.bias, **extra)
 
 
 def from_model_config(config) -> ModelSpec:
-    return ModelSpec(config.arch, list(config.input_shape), list(config.hidden), getattr(config, "width", None))
+    return ModelSpec(
+        config.arch, list(config.input_shape), list(config.hidden), getattr(config, "width", None), config.bias
+    )

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 
@@ -69,6 +70,7 @@ class Snapshots:
     def __init__(self, real_ckpt: Path, ckpt: Checkpoint, req, settings: TrainSettings, data: TaskData) -> None:
         self.path = snapshot_path(real_ckpt)
         self.ckpt, self.settings = ckpt, settings
+        self.ckpt_arg = shlex.quote(str(req.ckpt))  # as the user named it, for the commands in messages
         if real_ckpt.exists():
             base = "file:" + file_sha256(real_ckpt)
         else:
@@ -114,6 +116,14 @@ class Snapshots:
             self.remove()
             status(f"removed the stale snapshot {self.path} (task {identity['task']} is already learned)")
             return None
+        if identity.get("task") != self.identity["task"]:
+            pending = str(identity.get("task"))[:20]
+            raise TaskError(
+                f"{self.path} holds task {pending}, stopped after epoch {_stated_epoch(found.header.fields['state'])} "
+                f"and not yet saved: finish it with `wsn train-task -c {self.ckpt_arg} -t {pending}` (and the "
+                f"options it was started with), or discard it with `wsn train-task -c {self.ckpt_arg} "
+                f"-t {self.identity['task']} --restart`"
+            )
         if identity != self.identity:
             diff = sorted(k for k in set(identity) | set(self.identity) if identity.get(k) != self.identity.get(k))
             raise TaskError(
@@ -143,6 +153,7 @@ class Snapshots:
             "best_loss": state.best_loss if np.isfinite(state.best_loss) else None,
             "best_epoch": state.best_epoch,
             "history": [vars(h) for h in state.history],
+            "seconds": state.seconds,
         }
         info["history"] = [
             {k: (v if not isinstance(v, float) or np.isfinite(v) else None) for k, v in h.items()}
@@ -160,6 +171,15 @@ class Snapshots:
         except OSError as exc:
             raise TaskError(f"{self.path}: cannot remove the snapshot: {exc.strerror or exc}") from None
         record_removed(self.path)
+
+
+def _stated_epoch(state_json: str) -> str:
+    """The epoch a snapshot's state names, for a message (the state itself is checked later)."""
+    try:
+        epoch = json.loads(state_json).get("epoch")
+    except (ValueError, AttributeError, RecursionError):
+        return "?"
+    return str(epoch)[:20]
 
 
 def _identity(header: container.Header) -> dict:

@@ -1,6 +1,6 @@
 """A snapshot's training state, checked against the run that would continue it before any of it is used.
 
-Its `state` JSON (epoch, best epoch and loss, history) is decoded strictly and must agree with
+Its `state` JSON (epoch, best epoch and loss, history, seconds trained) is decoded strictly and must agree with
 itself and with the run's settings (an epoch before the last, one history entry per epoch); its
 tensors must be exactly what this run's network, optimizer and generators hold, with their dtypes
 and shapes: `model/<key>` and `best/<key>` the task's state (training.loop.task_state), `opt/<i>/<key>`
@@ -24,7 +24,7 @@ from wsncli.engine.training.loop import EpochStats, TrainSettings, TrainState, t
 from wsncli.errors import CheckpointError
 
 ADAM_KEYS = frozenset({"step", "exp_avg", "exp_avg_sq"})
-_STATE_KEYS = {"epoch", "best_loss", "best_epoch", "history"}
+_STATE_KEYS = {"epoch", "best_loss", "best_epoch", "history", "seconds"}
 
 
 def _int(value, what: str, lo: int, hi: int) -> int:
@@ -100,6 +100,9 @@ def check_state(
         raise CheckpointError("state: best_loss must be a finite number or null")
     if (best_loss is None) != (best_epoch == 0):
         raise CheckpointError("state: best_loss and best_epoch disagree (one says a best epoch was found)")
+    seconds = info["seconds"]
+    if type(seconds) is not float or not 0.0 <= seconds <= 1e9:
+        raise CheckpointError("state: seconds must be a number of seconds (0 to 1e9)")
     history = info["history"]
     if not isinstance(history, list) or len(history) != epoch:
         raise CheckpointError(f"state: history must list the {epoch} epochs done")
@@ -157,4 +160,5 @@ def check_state(
         best_epoch,
         best,
         stats,
+        seconds,
     )

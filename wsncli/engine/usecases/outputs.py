@@ -60,8 +60,9 @@ def subnet_digest(
 ) -> str:
     """sha256 over every parameter task's outputs depend on: the masked weights (values under the
     mask, in flat order) and the mask bits, then (version 3) every tensor the task owns as stored
-    (head, BatchNorm statistics, transform: store.checkpoint.task_arrays), sorted by name; versions 1
-    and 2 hashed the head and norms by key, and (2) the transform with its record fields.
+    (head, BatchNorm statistics, per-task biases, transform: store.checkpoint.task_arrays), sorted by
+    name; versions 1 and 2 hashed the head, norms and biases by key, and (2) the transform with its
+    record fields.
     Device-independent (docs/CHECKPOINT.md section 6)."""
     h = hashlib.sha256()
     for name, layer in model.subnet_layers().items():
@@ -82,9 +83,14 @@ def subnet_digest(
     if str(task) in model.task_norms:
         for key, value in sorted(model.task_norms[str(task)].state_dict().items()):
             h.update(key.encode() + value.detach().cpu().contiguous().numpy().tobytes())
+    if str(task) in model.task_biases:
+        for name, bias in zip(model.subnet_layers(), model.task_biases[str(task)]):
+            h.update(f"bias:{name}".encode() + bias.detach().cpu().contiguous().numpy().tobytes())
     if version >= 2 and prep is not None:
         h.update(f"prep:{float(prep.scale)!r}:{int(prep.divide)}:{list(prep.mean.shape)}".encode())
         h.update(np.ascontiguousarray(prep.mean, "<f4").tobytes() + np.ascontiguousarray(prep.std, "<f4").tobytes())
         if prep.permutation is not None:
             h.update(np.ascontiguousarray(prep.permutation, "<i8").tobytes())
+        if prep.padding:
+            h.update(f"padding:{prep.padding}".encode())
     return h.hexdigest()
