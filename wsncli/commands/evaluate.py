@@ -105,7 +105,7 @@ def _summary(report: EvalReport) -> str:
     )
     verdict = (
         "NO"
-        if report.changed
+        if report.with_status("changed")
         else f"not proven (damaged record of task(s) {', '.join(map(str, damaged))})"
         if damaged
         else "proven"
