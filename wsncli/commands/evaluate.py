@@ -118,6 +118,16 @@ def _summary(report: EvalReport) -> str:
     return f"ACC {pct(report.acc)}  BWT {bwt}{capacity}  forget-free: {verdict} ({len(report.tasks)} tasks re-measured)"
 
 
+def _infer(checkpoint, tasks, root, dev, method: str, per_batch: int | None, progress, bar):
+    from wsncli.engine.usecases.infer import InferRequest
+    from wsncli.engine.usecases.infer_eval import evaluate_inference
+
+    def on_task(t: int, i: int, n: int) -> None:
+        progress.update(bar, completed=i, total=n, description=f"inferring tasks: task {t}")
+
+    return evaluate_inference(checkpoint, tasks, root, dev, InferRequest(method, per_batch), on_task)
+
+
 @handle_errors
 def eval_command(
     ckpt: Annotated[Path, typer.Option("--ckpt", "-c", help="Checkpoint to evaluate.")],
@@ -132,8 +142,19 @@ def eval_command(
     device: Annotated[Literal[DEVICES], typer.Option(help="Where to evaluate.")] = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
+    infer_task: Annotated[
+        bool, typer.Option("--infer-task", help="Also infer each test input's task without its id (see --infer).")
+    ] = False,
+    infer: Annotated[Literal["entropy", "oneshot"], typer.Option(help="--infer-task: the inference rule.")] = "entropy",
+    infer_per_batch: Annotated[
+        Optional[int],
+        typer.Option(min=1, help="--infer-task: also one task per N consecutive test inputs, reported separately."),
+    ] = None,
 ) -> None:
-    """Re-evaluate learned tasks on their test sets; exit 3 if any task's subnetwork changed."""
+    """Re-evaluate learned tasks on their test sets; exit 3 if any task's subnetwork changed.
+    With --infer-task, also infer each test input's task among all learned tasks (per sample)."""
+    if not infer_task and (infer != "entropy" or infer_per_batch is not None):
+        raise fail("--infer and --infer-per-batch apply with --infer-task only", 2)
     from wsncli.engine.data.registry import resolve_data_root
     from wsncli.engine.runtime import configure_threads, resolve_device
     from wsncli.engine.store.checkpoint import load_checkpoint
@@ -152,13 +173,24 @@ def eval_command(
             progress.update(bar, completed=i, description=f"task {t}")
 
         report = evaluate_checkpoint(checkpoint, task, root, dev, on_task)
+        inference = _infer(checkpoint, task, root, dev, infer, infer_per_batch, progress, bar) if infer_task else None
     if json_out:
-        print_json(eval_doc(ckpt, report))
+        doc = eval_doc(ckpt, report)
+        if inference is not None:
+            from wsncli.commands.infer_render import inference_doc
+
+            doc.inference = inference_doc(inference)
+        print_json(doc)
     else:
         stdout.print(_task_table(report))
         if len(report.matrix.tasks) > 1:
             stdout.print(_matrix_table(report))
         stdout.print(_summary(report))
+        if inference is not None:
+            from wsncli.commands.infer_render import inference_tables
+
+            for table in inference_tables(inference):
+                stdout.print(table)
     differ = report.with_status("outputs-differ")
     if differ and report.forget_free:
         counts = ", ".join(

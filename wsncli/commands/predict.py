@@ -9,6 +9,22 @@ import typer
 
 from wsncli.commands.console import handle_errors, not_stdout, print_json, stdout
 from wsncli.engine.limits import DEVICES, MAX_TASK_ID
+from wsncli.errors import UsageError
+
+
+def parse_task(text: str, infer: str, per_batch: int | None) -> int | None:
+    """--task: a task id in 1..MAX_TASK_ID, or `auto` (None); --infer-per-batch needs auto."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        task = int(text)
+    except ValueError:
+        raise UsageError(f"--task must be a task id or auto, got {text!r}") from None
+    if not 1 <= task <= MAX_TASK_ID:
+        raise UsageError(f"--task must be in 1..{MAX_TASK_ID} or auto, got {task}")
+    if per_batch is not None or infer != "entropy":
+        raise UsageError("--infer and --infer-per-batch apply to --task auto only")
+    return task
 
 
 @handle_errors
@@ -18,7 +34,10 @@ def predict_command(
         typer.Argument(help="A .npy or .npz of inputs shaped like the task's data, or an image / a folder of images."),
     ],
     ckpt: Annotated[Path, typer.Option("--ckpt", "-c", help="Checkpoint holding the task.")],
-    task: Annotated[int, typer.Option("--task", "-t", min=1, max=MAX_TASK_ID, help="The learned task to use.")],
+    task: Annotated[
+        str,
+        typer.Option("--task", "-t", help="The learned task to use, or auto: infer each input's task (see --infer)."),
+    ],
     output: Annotated[
         Optional[Path],
         typer.Option(
@@ -32,8 +51,22 @@ def predict_command(
     force: Annotated[bool, typer.Option(help="Overwrite an existing file that is not a .npy.")] = False,
     device: Annotated[Literal[DEVICES], typer.Option(help="Where to run.")] = "auto",
     json_out: Annotated[bool, typer.Option("--json", help="Print the predictions as one JSON object.")] = False,
+    infer: Annotated[
+        Literal["entropy", "oneshot"],
+        typer.Option(help="--task auto: lowest entropy over every task (k forwards), or SupSup's one-shot rule."),
+    ] = "entropy",
+    infer_per_batch: Annotated[
+        Optional[int],
+        typer.Option(
+            min=1,
+            help="--task auto: one task per N consecutive inputs (assumes each group is from one task; default: "
+            "per input).",
+        ),
+    ] = None,
 ) -> None:
-    """Predict with task TASK of CKPT: the task's own transform, subnetwork and head; labels as learned."""
+    """Predict with task TASK of CKPT: the task's own transform, subnetwork and head; labels as learned.
+    With --task auto, each input's task is inferred first (inputs as the task's data gives them; pmnist:
+    permuted)."""
     import io
 
     import numpy as np
@@ -58,7 +91,13 @@ def predict_command(
     dev = resolve_device(device)
     checkpoint = load_checkpoint(ckpt)
     configure_threads(sum(l.weight.numel() for l in checkpoint.model.subnet_layers().values()), None)
-    result = predict_task(checkpoint, task, read_inputs(inputs, checkpoint), dev, proba, str(inputs))
+    task_id = parse_task(task, infer, infer_per_batch)
+    if task_id is None:
+        from wsncli.commands.predict_auto import predict_auto
+
+        predict_auto(checkpoint, ckpt, inputs, infer, infer_per_batch, proba, target, output, json_out, dev)
+        return
+    result = predict_task(checkpoint, task_id, read_inputs(inputs, checkpoint), dev, proba, str(inputs))
     files = [str(f) for f in image_files(inputs)] if is_image_input(inputs) else None
     if target is not None:
         buffer = io.BytesIO()
@@ -69,7 +108,7 @@ def predict_command(
             PredictDoc(
                 schema=schema_id("predict"),
                 checkpoint=str(ckpt),
-                task=task,
+                task=task_id,
                 input=str(inputs),
                 n=len(result.labels),
                 files=files,

@@ -77,6 +77,30 @@ class Matrix(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     now: list[float | None]
 
 
+class InferScores(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    task_accuracy: float  # fraction of test inputs whose inferred task is their own
+    accuracy_inferred_task: float  # class-incremental: inferred task right and its head's class right
+    confusion: list[int]  # inputs inferred as each task of inference.task_ids
+
+
+class InferTask(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    task: int
+    n_test: int
+    accuracy_true_task: float  # with the task id given (as `accuracy` in tasks)
+    per_sample: InferScores  # one task inferred per input: the task-inference accuracy
+    per_batch: InferScores | None  # one task per infer_per_batch consecutive inputs (null unless asked)
+
+
+class Inference(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    method: str  # entropy | oneshot
+    infer_per_batch: int | None
+    task_ids: list[int]  # the candidate tasks, learning order: the confusion columns
+    tasks: list[InferTask]
+    per_sample: InferScores | None  # pooled over every evaluated task's test inputs
+    per_batch: InferScores | None
+    accuracy_true_task: float | None
+
+
 class EvalDoc(Doc, kw_only=True):
     checkpoint: str
     tasks: list[EvalTask]
@@ -93,6 +117,7 @@ class EvalDoc(Doc, kw_only=True):
     tampered: list[str]
     signature: str
     matrix: Matrix
+    inference: Inference | None = None  # --infer-task only
 
 
 # -- inspect ----------------------------------------------------------------------------------------
@@ -186,14 +211,18 @@ class UnpackDoc(Doc, kw_only=True):
 # -- predict / export / report ----------------------------------------------------------------------
 class PredictDoc(Doc, kw_only=True):
     checkpoint: str
-    task: int
+    task: int | str  # the task id, or "auto" (each input's task inferred: inferred_tasks)
     input: str
     n: int
     files: list[str] | None  # image inputs: the file of each prediction, in order (None for arrays)
-    classes: list[int | str]
-    predictions: list[int | str]
-    probabilities: list[list[float]] | None
+    classes: list[int | str]  # the task's classes (--task auto: empty; see task_classes)
+    predictions: list[int | str]  # in the (inferred) task's labels
+    probabilities: list[list[float]] | None  # --task auto: each row over its inferred task's classes
     output: str | None
+    inferred_tasks: list[int] | None = None  # --task auto: each input's inferred task
+    infer: str | None = None  # --task auto: entropy | oneshot
+    infer_per_batch: int | None = None  # --task auto: N (one task per N consecutive inputs) or null (per input)
+    task_classes: dict[str, list[int | str]] | None = None  # --task auto: each candidate task's classes
 
 
 class ExportDoc(Doc, kw_only=True):

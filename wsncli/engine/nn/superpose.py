@@ -1,0 +1,165 @@
+"""Task-inference scores over a network's stored subnetworks (REFERENCE.md section 9).
+
+Both rules score each candidate task i for each input b; the lowest score wins.
+
+- `entropy_scores`: task i's own subnetwork (mask, BatchNorm statistics, biases) and head on the
+  input; score = H(softmax(head_i)) / log(n_i), the entropy normalised to [0, 1] so that tasks with
+  different class counts compare (a one-class head cannot express confidence: its score is 1).
+  k forward passes.
+- `oneshot_scores`: SupSup's one-shot rule on WSN. The superposed network uses the masked weights
+  W ⊙ Σ_i α_i M_i with α_i = 1/k (a fixed per-weight count of the candidates using each weight), the
+  uniform mixture of the candidates' normalisations (an affine-free BatchNorm mixture is itself one:
+  Σ α_i (z - μ_i)/σ_i) and the mean of their biases; its features f go through every candidate's head,
+  and H(α) = Σ_i α_i H(softmax(head_i(f))) / log n_i (each head's share: a head is only meaningful on
+  its own classes, so the entropies are mixed, not the logits). Score = ∂H/∂α_i = H_i(f)/log n_i +
+  Σ_layers <∂H/∂z_l, layer_l(h_l; W ⊙ M_i)>: z_l = layer_l(h_l; W_eff) is linear in W_eff, so the
+  derivative through the weights is the layer re-applied with task i's masked weights, per sample
+  (α enters only the masked weights and the heads' shares; the BatchNorm and bias mixtures are fixed).
+  One forward and one backward, then one re-application of each layer per candidate.
+
+Inputs are the network's inputs under each candidate's transform: `transforms[i]` maps the raw batch.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from wsncli.engine.nn.base import WSNNet
+
+SUPERPOSED = 0  # the pseudo task id of the superposed network's norms and biases (task ids are >= 1)
+Transform = Callable[[torch.Tensor], torch.Tensor]
+
+
+def normalised_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """H(softmax(logits)) / log(n) per row (B,); 1 for a one-class head."""
+    n = logits.shape[1]
+    if n < 2:
+        return torch.ones(logits.shape[0], dtype=logits.dtype, device=logits.device)
+    logp = torch.log_softmax(logits, 1)  # (B, n)
+    return -(logp.exp() * logp).sum(1) / math.log(n)  # (B,)
+
+
+def use_masks(model: WSNNet, masks: dict[str, torch.Tensor] | None) -> None:
+    if masks is None:
+        model.dense()
+    else:
+        model.use_masks(masks)
+    model.eval()
+
+
+@torch.no_grad()
+def entropy_scores(
+    model: WSNNet,
+    x: torch.Tensor,
+    candidates: list[int],
+    masks: dict[int, dict[str, torch.Tensor] | None],
+    transforms: dict[int, Transform],
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """(scores (B, k), each candidate's logits (B, n_i)) for raw inputs x (B, *sample)."""
+    scores, logits = [], []
+    for task in candidates:
+        use_masks(model, masks[task])
+        out = model(transforms[task](x), task)  # (B, n_i)
+        logits.append(out)
+        scores.append(normalised_entropy(out))
+    return torch.stack(scores, 1), logits  # (B, k)
+
+
+class Superposed:
+    """The superposed network of `candidates` (all with masks), set up once and used per batch."""
+
+    def __init__(self, model: WSNNet, candidates: list[int], masks: dict[int, dict[str, torch.Tensor]]) -> None:
+        self.model, self.candidates, self.masks = model, candidates, masks
+        k = len(candidates)
+        self.weights = {}
+        for name, layer in model.subnet_layers().items():
+            count = sum(masks[t][name].to(torch.float32) for t in candidates)  # (weight shape): tasks using it
+            self.weights[name] = layer.weight.detach() * (count / k)  # W ⊙ Σ α_i M_i, α_i = 1/k
+        self.norms = _mixed_norms(model, candidates)
+        self.biases = _mixed_biases(model, candidates)
+
+    def _install(self) -> None:
+        model = self.model
+        for name, layer in model.subnet_layers().items():
+            layer.use_mask(self.masks[self.candidates[0]][name])
+            layer._cached_weight = self.weights[name]  # the fixed-mode cache holds the superposed weight
+        if self.norms is not None:
+            model.task_norms[str(SUPERPOSED)] = self.norms
+        if self.biases is not None:
+            model.task_biases[str(SUPERPOSED)] = self.biases
+        model.needs_task_mode = False
+        model.eval()
+
+    def _remove(self) -> None:
+        model = self.model
+        for key in (model.task_norms, model.task_biases):
+            if str(SUPERPOSED) in key:
+                del key[str(SUPERPOSED)]
+        for layer in model.subnet_layers().values():
+            layer._cached_weight = None
+
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        """∂H/∂α_i per input (B, k) for x (B, *sample), already the superposed network's input."""
+        model, layers = self.model, self.model.subnet_layers()
+        inputs: dict[str, torch.Tensor] = {}
+        outputs: dict[str, torch.Tensor] = {}
+
+        def hook(name):
+            def capture(_module, args, out):
+                inputs[name] = args[0].detach()
+                outputs[name] = out  # in the graph (the input requires grad): ∂H/∂z_l is asked for it
+
+            return capture
+
+        self._install()
+        handles = [layer.register_forward_hook(hook(name)) for name, layer in layers.items()]
+        try:
+            with torch.enable_grad():
+                features = model.trunk(x.detach().requires_grad_(), SUPERPOSED)  # (B, F)
+                shares = torch.stack(
+                    [normalised_entropy(model.heads[str(t)](features)) for t in self.candidates], 1
+                )  # (B, k): H_i / log n_i
+                total = shares.mean(1).sum()  # Σ_b Σ_i α_i H_i,b: samples are independent in eval mode
+                grads = torch.autograd.grad(total, [outputs[n] for n in layers])
+            with torch.no_grad():
+                result = shares.detach().clone()  # the direct term of each head's share
+                for (name, layer), delta in zip(layers.items(), grads):  # delta: (B, *z_l)
+                    h = inputs[name]
+                    for i, task in enumerate(self.candidates):
+                        w_i = torch.where(self.masks[task][name], layer.weight.detach(), 0.0)  # W ⊙ M_i
+                        result[:, i] += (delta * layer._apply_weight(h, w_i)).flatten(1).sum(1)
+        finally:
+            for handle in handles:
+                handle.remove()
+            self._remove()
+        return result  # (B, k)
+
+
+def _mixed_norms(model: WSNNet, candidates: list[int]) -> nn.ModuleList | None:
+    """One affine-free BatchNorm per position equal to the mean of the candidates' normalisations:
+    mean_i (z - μ_i)/σ_i = (z - μ)/σ with 1/σ = mean_i 1/σ_i and μ = σ · mean_i μ_i/σ_i."""
+    if not model.task_norms or str(candidates[0]) not in model.task_norms:
+        return None
+    mixed = copy.deepcopy(model.task_norms[str(candidates[0])])
+    for j, norm in enumerate(mixed):
+        stats = [model.task_norms[str(t)][j] for t in candidates]
+        sigmas = [torch.sqrt(s.running_var + s.eps) for s in stats]  # (C,) each
+        inv = torch.stack([1 / s for s in sigmas]).mean(0)  # (C,)
+        mu = torch.stack([s.running_mean / sg for s, sg in zip(stats, sigmas)]).mean(0) / inv  # (C,)
+        norm.running_mean.copy_(mu)
+        norm.running_var.copy_((1 / inv).square() - norm.eps).clamp_(min=0.0)
+    return mixed
+
+
+def _mixed_biases(model: WSNNet, candidates: list[int]) -> nn.ParameterList | None:
+    if not model.task_biases:
+        return None
+    per_task = [list(model.task_biases[str(t)]) for t in candidates]
+    return nn.ParameterList(
+        nn.Parameter(torch.stack([b.detach() for b in layer]).mean(0), requires_grad=False) for layer in zip(*per_task)
+    )
