@@ -1,0 +1,121 @@
+"""`wsn predict --task auto` and `wsn eval --infer-task` on the split-digits checkpoint, and the
+pmnist definition of an inference input."""
+
+from __future__ import annotations
+
+import msgspec
+import numpy as np
+import pytest
+import torch
+
+from tests.cli.helpers import assert_error, json_out, wsn
+from tests.test_benchmarks_smoke import tiny_mnist  # noqa: F401 (a fixture)
+from wsncli.engine.store.checkpoint import load_checkpoint
+from wsncli.engine.usecases.infer import InferRequest, candidate_prep, infer_tasks, inference_inputs
+from wsncli.engine.usecases.predict import predict_task, task_transform
+from wsncli.engine.usecases.record import recorded_task_data
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def mixed_inputs(digits_ckpt, tmp_path):
+    """The first 6 test inputs of every learned task, task after task, and their true tasks."""
+    ckpt = load_checkpoint(digits_ckpt)
+    parts = {t: inference_inputs(recorded_task_data(ckpt, t, None))[:6] for t in ckpt.learned()}
+    path = tmp_path / "x.npy"
+    np.save(path, np.concatenate(list(parts.values())))
+    return path, np.repeat(list(parts), 6)
+
+
+@pytest.mark.parametrize("method", ["entropy", "oneshot"])
+def test_predict_auto_predicts_each_input_with_its_inferred_task(digits_ckpt, mixed_inputs, method):
+    path, _true = mixed_inputs
+    doc = json_out(wsn("predict", path, "--ckpt", digits_ckpt, "--task", "auto", "--infer", method, "--json"))
+    assert doc["task"] == "auto" and doc["infer"] == method and doc["infer_per_batch"] is None
+    inferred = np.asarray(doc["inferred_tasks"])
+    assert len(inferred) == doc["n"] == 18 and set(inferred) <= {1, 2, 3}
+    x = np.load(path)
+    for task in set(inferred.tolist()):  # the same labels as predict --task T gives those inputs
+        rows = inferred == task
+        own = predict_task(load_checkpoint(digits_ckpt), task, x[rows], CPU, False, "x")
+        assert np.asarray(doc["predictions"])[rows].tolist() == own.labels.tolist()
+        assert set(own.labels.tolist()) <= set(doc["task_classes"][str(task)])
+
+
+def test_predict_auto_per_batch_infers_one_task_per_group(digits_ckpt, mixed_inputs):
+    path, _true = mixed_inputs
+    doc = json_out(wsn("predict", path, "--ckpt", digits_ckpt, "-t", "auto", "--infer-per-batch", "6", "--json"))
+    groups = np.asarray(doc["inferred_tasks"]).reshape(3, 6)
+    assert (groups == groups[:, :1]).all() and doc["infer_per_batch"] == 6
+
+
+def test_entropy_inference_picks_the_lowest_normalised_entropy(digits_ckpt, mixed_inputs):
+    path, _true = mixed_inputs
+    ckpt, x = load_checkpoint(digits_ckpt), np.load(path)
+    result = infer_tasks(ckpt, x, InferRequest("entropy"), CPU)
+    brute = []
+    for task in result.candidates:  # each task's own predict, probabilities as predict --proba gives them
+        p = predict_task(ckpt, task, x, CPU, True, "x").probabilities.astype(np.float64)
+        brute.append(-(p * np.log(np.maximum(p, 1e-30))).sum(1) / np.log(p.shape[1]))
+    expected = np.asarray(result.candidates)[np.argmin(np.stack(brute, 1), 1)]
+    np.testing.assert_allclose(result.scores, np.stack(brute, 1), atol=1e-5)
+    assert (result.tasks == expected).all()
+
+
+def test_eval_infer_task_reports_each_protocol_separately(digits_ckpt):
+    from wsncli.commands.schemas import EvalDoc
+
+    result = wsn("eval", "--ckpt", digits_ckpt, "--infer-task", "--infer-per-batch", "8", "--json", "-q")
+    doc = json_out(result)
+    msgspec.json.decode(result.stdout.encode(), type=EvalDoc)  # the documented schema
+    inference, accuracy = doc["inference"], {t["task"]: t["accuracy"] for t in doc["tasks"]}
+    assert inference["task_ids"] == [2, 1, 3] and inference["infer_per_batch"] == 8
+    for row in inference["tasks"]:
+        sample = row["per_sample"]
+        assert row["accuracy_true_task"] == accuracy[row["task"]]  # what eval measures with the id
+        assert sum(sample["confusion"]) == row["n_test"]
+        own = sample["confusion"][inference["task_ids"].index(row["task"])]
+        assert sample["task_accuracy"] == own / row["n_test"]
+        assert sample["accuracy_inferred_task"] <= min(sample["task_accuracy"], row["accuracy_true_task"])
+        assert row["per_batch"] is not None and sum(row["per_batch"]["confusion"]) == row["n_test"]
+    pooled = inference["per_sample"]
+    n = sum(r["n_test"] for r in inference["tasks"])
+    diagonal = sum(r["per_sample"]["confusion"][inference["task_ids"].index(r["task"])] for r in inference["tasks"])
+    assert pooled["task_accuracy"] == pytest.approx(diagonal / n)
+    plain = json_out(wsn("eval", "--ckpt", digits_ckpt, "--json", "-q"))
+    assert plain["inference"] is None  # wsn.eval/1 as before
+
+
+def test_inference_options_are_refused_with_one_line(digits_ckpt, finetune_ckpt, mixed_inputs):
+    path, _ = mixed_inputs
+    assert_error(wsn("predict", path, "-c", digits_ckpt, "-t", "2", "--infer", "oneshot"), 2, "--task auto only")
+    assert_error(wsn("predict", path, "-c", digits_ckpt, "-t", "two"), 2, "task id or auto")
+    assert_error(wsn("predict", path, "-c", digits_ckpt, "-t", "0"), 2, "1..")
+    assert_error(wsn("eval", "-c", digits_ckpt, "--infer", "oneshot"), 2, "--infer-task only")
+    assert_error(wsn("predict", path, "-c", finetune_ckpt, "-t", "auto", "--infer", "oneshot"), 2, "fine-tune")
+    assert json_out(wsn("predict", path, "-c", finetune_ckpt, "-t", "auto", "--json"))["n"] == 18  # entropy: any method
+
+
+def test_a_pmnist_input_is_the_permuted_image(tiny_mnist, tmp_path):  # noqa: F811
+    """Each candidate applies its transform without its permutation, so the true task sees exactly
+    the network inputs it was learned and measured on."""
+    from wsncli.engine.usecases.learn import TaskRequest, learn_task
+
+    path = tmp_path / "p.pt"
+    for task in (1, 2):
+        learn_task(
+            TaskRequest(
+                ckpt=path, task=task, benchmark="pmnist", data_root=tiny_mnist, hidden=(16,), epochs=1, device="cpu"
+            )
+        )
+    ckpt = load_checkpoint(path)
+    for task in (1, 2):
+        data = recorded_task_data(ckpt, task, tiny_mnist)
+        x = inference_inputs(data)
+        assert not np.array_equal(x, data.raw_test)  # permuted
+        assert np.array_equal(candidate_prep(task_transform(ckpt, task)).apply(x), data.x_test)  # bit-identical
+        result = infer_tasks(ckpt, x[:20], InferRequest("entropy"), CPU)
+        p = predict_task(ckpt, task, data.raw_test[:20], CPU, True, "x").probabilities.astype(np.float64)
+        own = -(p * np.log(np.maximum(p, 1e-30))).sum(1) / np.log(10)
+        np.testing.assert_allclose(result.scores[:, result.candidates.index(task)], own, atol=1e-5)
