@@ -11,6 +11,7 @@ from typer.core import TyperGroup
 from wsncli import __version__
 from wsncli.commands.evaluate import eval_command
 from wsncli.commands.export import export_command
+from wsncli.commands.forget_task import forget_task_command
 from wsncli.commands.inspect_file import inspect_command
 from wsncli.commands.pack_masks import pack_masks_command
 from wsncli.commands.predict import predict_command
@@ -89,6 +90,7 @@ app.command("unpack-masks")(unpack_masks_command)
 app.command("predict")(predict_command)
 app.command("export")(export_command)
 app.command("report")(report_command)
+app.command("forget-task")(forget_task_command)
 
 
 def main() -> None:

@@ -225,6 +225,20 @@ class PredictDoc(Doc, kw_only=True):
     task_classes: dict[str, list[int | str]] | None = None  # --task auto: each candidate task's classes
 
 
+class ForgetTaskDoc(Doc, kw_only=True):
+    checkpoint: str
+    task: int  # the task removed
+    trained: int  # weights it trained (in its mask, free before it)
+    released: int  # of those, used by no remaining task: free again (re-initialised)
+    still_used: int  # of those, used by some remaining task: kept frozen
+    still_used_by: dict[str, int]  # remaining task id -> how many of them its mask holds
+    released_per_layer: dict[str, int]
+    capacity_before: float
+    capacity_after: float
+    task_ids: list[int]  # the remaining tasks, learning order
+    checkpoint_bytes: int
+
+
 class ExportDoc(Doc, kw_only=True):
     checkpoint: str
     task: int
@@ -246,6 +260,7 @@ DOCUMENTS: dict[str, type] = {
     "pack-masks": PackDoc,
     "unpack-masks": UnpackDoc,
     "predict": PredictDoc,
+    "forget-task": ForgetTaskDoc,
     "export": ExportDoc,
     "report": ReportDoc,
 }
