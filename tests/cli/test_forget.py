@@ -109,6 +109,10 @@ def test_forget_refuses_with_one_line(digits_ckpt, finetune_ckpt, tmp_path):
     assert_error(wsn("forget-task", "-c", tmp_path / "none.pt", "-t", 1), 1, "no such checkpoint")
     with CheckpointLock(digits_ckpt):
         assert_error(wsn("forget-task", "-c", digits_ckpt, "-t", 1), 1, "in use")
+    pending = digits_ckpt.with_name(digits_ckpt.name + ".resume")
+    pending.write_bytes(b"a train-task in progress")
+    assert_error(wsn("forget-task", "-c", digits_ckpt, "-t", 1), 2, "in progress")
+    pending.unlink()
     assert digits_ckpt.read_bytes() == untouched
 
 
