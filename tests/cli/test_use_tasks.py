@@ -212,6 +212,7 @@ def test_json_documents_validate_against_their_schemas(digits_ckpt, inputs, tmp_
         "export": ("export", "-c", digits_ckpt, "-t", 1, "-o", tmp_path / "t.pt2", "--json"),
         "report": ("report", "-c", digits_ckpt, "-o", tmp_path / "rep", "--json"),
         "train-task": ("train-task", "-c", digits_ckpt, "-t", 5, "--epochs", 1, "--json"),
+        "forget-task": ("forget-task", "-c", digits_ckpt, "-t", 5, "--json"),
     }
     assert set(runs) == set(DOCUMENTS)
     for command, args in runs.items():
