@@ -119,3 +119,33 @@ def test_a_pmnist_input_is_the_permuted_image(tiny_mnist, tmp_path):  # noqa: F8
         p = predict_task(ckpt, task, data.raw_test[:20], CPU, True, "x").probabilities.astype(np.float64)
         own = -(p * np.log(np.maximum(p, 1e-30))).sum(1) / np.log(10)
         np.testing.assert_allclose(result.scores[:, result.candidates.index(task)], own, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "lenet", "conv4"])  # conv: engine tests (24 s here)
+def test_inference_end_to_end_on_image_networks(arch, tmp_path):
+    """npz image tasks (per-task biases; BatchNorm in resnet18): both rules, both protocols."""
+    rng = np.random.default_rng(0)
+    root, ckpt = tmp_path / "data", tmp_path / "m.pt"
+    root.mkdir()
+    for t in (1, 2):
+        pattern = rng.normal(size=(1, 20, 20)).astype(np.float32)
+
+        def split(n, pattern=pattern, t=t):
+            y = np.arange(n) % 2
+            x = rng.normal(size=(n, 1, 20, 20)).astype(np.float32) + (2 * y - 1)[:, None, None, None] * pattern
+            return x.astype(np.float32), (y + 2 * t).astype(np.int64)  # task t's labels: 2t, 2t + 1
+
+        (xtr, ytr), (xte, yte) = split(24), split(10)
+        np.savez(root / f"task{t}.npz", x_train=xtr, y_train=ytr, x_test=xte, y_test=yte)
+        extra = ("--width", 2) if arch == "resnet18" else ()
+        args = ("-c", ckpt, "-t", t, "--benchmark", "npz", "--arch", arch, "--data-root", root, "--epochs", 1, "-q")
+        assert json_out(wsn("train-task", *args, *extra, "--json"))["task"]["task"] == t
+    for method in ("entropy", "oneshot"):
+        doc = json_out(
+            wsn("eval", "-c", ckpt, "--infer-task", "--infer", method, "--infer-per-batch", 5, "--json", "-q")
+        )
+        assert [sum(r["per_sample"]["confusion"]) for r in doc["inference"]["tasks"]] == [10, 10]
+        np.save(tmp_path / "x.npy", np.load(root / "task2.npz")["x_test"])
+        auto = json_out(wsn("predict", tmp_path / "x.npy", "-c", ckpt, "-t", "auto", "--infer", method, "--json"))
+        for label, task in zip(auto["predictions"], auto["inferred_tasks"]):
+            assert label in auto["task_classes"][str(task)]
