@@ -8,7 +8,8 @@ file, measures for each rule: task-inference accuracy per sample, accuracy with 
 (class-incremental), accuracy with the true task, and the same with one task per --per-batch test
 inputs of one task. Cost per input is a ratio: the rule's wall time over one plain forward with the
 true task (`predict`), measured in the same process in alternating blocks on the same inputs.
-Memory: each rule's peak resident memory in a fresh process over the plain forward's (ru_maxrss).
+Memory: how much each rule grows a fresh process's peak resident memory (ru_maxrss), beside the
+plain forward's growth.
 """
 
 from __future__ import annotations
@@ -81,8 +82,8 @@ def timing(ckpt, x, task: int, blocks: int) -> dict:
 
 
 def peak_memory(ckpt_path: Path, mode: str, inputs: Path) -> int:
-    """ru_maxrss (KiB) of a fresh process that loads the checkpoint and the saved inputs (no dataset)
-    and runs `mode` once on them."""
+    """How much a fresh process's peak resident memory (ru_maxrss, KiB) grows while it runs `mode` once
+    on the saved inputs, after loading the checkpoint and the inputs (no dataset)."""
     cmd = [sys.executable, __file__, "--ckpt", str(ckpt_path), "--child", mode, "--child-inputs", str(inputs)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return int(out.stdout.split()[-1])
@@ -94,11 +95,13 @@ def child(args) -> None:
     ckpt = load_checkpoint(args.ckpt)
     task = ckpt.learned()[0]
     saved = np.load(args.child_inputs)
+    raw, inputs = saved["raw"], saved["inputs"]
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if args.child == "predict":
-        predict_task(ckpt, task, saved["raw"], CPU, False, "x")
+        predict_task(ckpt, task, raw, CPU, False, "x")
     else:
-        infer_tasks(ckpt, saved["inputs"], InferRequest(args.child), CPU)
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+        infer_tasks(ckpt, inputs, InferRequest(args.child), CPU)
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)  # the peak's growth while it ran
 
 
 def main() -> None:
@@ -159,7 +162,7 @@ def main() -> None:
     raw = recorded_task_data(ckpt, task, args.data_root).raw_test[: len(x)]
     np.savez(saved, inputs=x, raw=raw)
     memory = {m: peak_memory(ckpt_path, m, saved) for m in ("predict", "entropy", "oneshot")}
-    cost.update({f"{m}_maxrss_kib": v for m, v in memory.items()})
+    cost.update({f"{m}_peak_growth_kib": v for m, v in memory.items()})
     cost.update({"benchmark": args.benchmark, "timing_inputs": len(x), "learn_seconds": round(learn_seconds, 1)})
     cost["load_after"] = open("/proc/loadavg").read().split()[:3]
     print(json.dumps(cost))
