@@ -49,7 +49,7 @@ def _alpha_gradient(sup: Superposed, x: torch.Tensor) -> torch.Tensor:
             layer._cached_weight = layer.weight.detach() * torch.einsum("k,k...->...", alpha, stack)
         features = model.trunk(x, SUPERPOSED)
         shares = torch.stack([normalised_entropy(model.heads[str(t)](features)) for t in sup.candidates], 1)
-        (grad,) = torch.autograd.grad((shares[0] * alpha).sum(), alpha)
+        (grad,) = torch.autograd.grad(shares[0].mean(), alpha)  # heads mixed with fixed weights 1/k
     finally:
         sup._remove()
     return grad

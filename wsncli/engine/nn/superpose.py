@@ -6,16 +6,17 @@ Both rules score each candidate task i for each input b; the lowest score wins.
   input; score = H(softmax(head_i)) / log(n_i), the entropy normalised to [0, 1] so that tasks with
   different class counts compare (a one-class head cannot express confidence: its score is 1).
   k forward passes.
-- `oneshot_scores`: SupSup's one-shot rule on WSN. The superposed network uses the masked weights
+- `Superposed.scores`: SupSup's one-shot rule on WSN. The superposed network uses the masked weights
   W ⊙ Σ_i α_i M_i with α_i = 1/k (a fixed per-weight count of the candidates using each weight), the
   uniform mixture of the candidates' normalisations (an affine-free BatchNorm mixture is itself one:
-  Σ α_i (z - μ_i)/σ_i) and the mean of their biases; its features f go through every candidate's head,
-  and H(α) = Σ_i α_i H(softmax(head_i(f))) / log n_i (each head's share: a head is only meaningful on
-  its own classes, so the entropies are mixed, not the logits). Score = ∂H/∂α_i = H_i(f)/log n_i +
-  Σ_layers <∂H/∂z_l, layer_l(h_l; W ⊙ M_i)>: z_l = layer_l(h_l; W_eff) is linear in W_eff, so the
-  derivative through the weights is the layer re-applied with task i's masked weights, per sample
-  (α enters only the masked weights and the heads' shares; the BatchNorm and bias mixtures are fixed).
-  One forward and one backward, then one re-application of each layer per candidate.
+  Σ_i (z - μ_i)/σ_i / k) and the mean of their biases; its features f go through every candidate's
+  head, and H = (1/k) Σ_i H(softmax(head_i(f))) / log n_i (each head's normalised entropy, mixed with
+  fixed weights: a head is only meaningful on its own classes, so entropies are mixed, not logits).
+  As in SupSup, α enters only the masks: score = ∂H/∂α_i = Σ_layers <∂H/∂z_l, layer_l(h_l; W ⊙ M_i)>,
+  since z_l = layer_l(h_l; W_eff) is linear in W_eff (the derivative through the weights is the layer
+  re-applied with task i's masked weights), per sample. One forward and one backward, then one
+  re-application of each layer per candidate. (Letting α also weigh the heads' entropies adds the
+  direct term H_i(f)/log n_i; measured worse on 2 of 3 benchmarks: docs/RESULTS.md section 13.)
 
 Inputs are the network's inputs under each candidate's transform: `transforms[i]` maps the raw batch.
 """
@@ -123,11 +124,11 @@ class Superposed:
                 features = model.trunk(x.detach().requires_grad_(), SUPERPOSED)  # (B, F)
                 shares = torch.stack(
                     [normalised_entropy(model.heads[str(t)](features)) for t in self.candidates], 1
-                )  # (B, k): H_i / log n_i
-                total = shares.mean(1).sum()  # Σ_b Σ_i α_i H_i,b: samples are independent in eval mode
+                )  # (B, k): H_i / log n_i, each head's share
+                total = shares.mean(1).sum()  # Σ_b (1/k) Σ_i H_i,b: samples are independent in eval mode
                 grads = torch.autograd.grad(total, [outputs[n] for n in layers])
             with torch.no_grad():
-                result = shares.detach().clone()  # the direct term of each head's share
+                result = torch.zeros_like(shares)  # (B, k): α enters the masks only
                 for (name, layer), delta in zip(layers.items(), grads):  # delta: (B, *z_l)
                     h = inputs[name]
                     for i, task in enumerate(self.candidates):
