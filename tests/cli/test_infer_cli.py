@@ -149,3 +149,14 @@ def test_inference_end_to_end_on_image_networks(arch, tmp_path):
         auto = json_out(wsn("predict", tmp_path / "x.npy", "-c", ckpt, "-t", "auto", "--infer", method, "--json"))
         for label, task in zip(auto["predictions"], auto["inferred_tasks"]):
             assert label in auto["task_classes"][str(task)]
+
+
+def test_oneshot_per_batch_picks_the_group_whose_summed_per_sample_score_is_lowest(digits_ckpt, mixed_inputs):
+    path, _true = mixed_inputs
+    ckpt, x = load_checkpoint(digits_ckpt), np.load(path)
+    sample = infer_tasks(ckpt, x, InferRequest("oneshot"), CPU)
+    grouped = infer_tasks(ckpt, x, InferRequest("oneshot", per_batch=4), CPU)  # groups of 4 over 18 inputs
+    for start in range(0, len(x), 4):
+        summed = sample.scores[start : start + 4].sum(0)
+        np.testing.assert_allclose(grouped.scores[start : start + 4].sum(0), summed, rtol=1e-4, atol=1e-6)
+        assert (grouped.tasks[start : start + 4] == sample.candidates[int(np.argmin(summed))]).all()

@@ -102,3 +102,10 @@ def test_entropy_scores_are_each_tasks_own_normalised_entropy(arch):
 
 def test_a_one_class_head_has_the_largest_normalised_entropy():
     assert torch.equal(normalised_entropy(torch.tensor([[5.0], [-3.0]])), torch.ones(2))
+
+
+@pytest.mark.parametrize("arch", ["mlp", "resnet18"])
+def test_the_batch_form_of_the_oneshot_score_is_the_sum_of_the_per_sample_scores(arch):
+    model, masks, x = _net(arch)
+    sup = Superposed(model, list(CLASSES), masks)
+    torch.testing.assert_close(sup.batch_scores(x), sup.scores(x).sum(0), rtol=1e-4, atol=1e-6)

@@ -140,6 +140,31 @@ class Superposed:
             self._remove()
         return result  # (B, k)
 
+    def batch_scores(self, x: torch.Tensor) -> torch.Tensor:
+        """∂H/∂α_i of the whole batch's total entropy (k,), SupSup's batch form: one forward, one
+        backward to the superposed weights, then per task one masked sum of ∂H/∂W_eff ⊙ W (its cost does
+        not grow with the batch). Equals `scores(x).sum(0)`."""
+        model, layers = self.model, self.model.subnet_layers()
+        self._install()
+        leaves = {}
+        for name, layer in layers.items():
+            leaves[name] = self.weights[name].clone().requires_grad_()
+            layer._cached_weight = leaves[name]
+        try:
+            with torch.enable_grad():
+                features = model.trunk(x, SUPERPOSED)  # (B, F)
+                shares = torch.stack([normalised_entropy(model.heads[str(t)](features)) for t in self.candidates], 1)
+                grads = torch.autograd.grad(shares.mean(1).sum(), list(leaves.values()))
+            with torch.no_grad():
+                result = torch.zeros(len(self.candidates), dtype=x.dtype, device=x.device)
+                for (name, layer), grad in zip(layers.items(), grads):
+                    gw = grad * layer.weight.detach()  # (weight shape): ∂H/∂W_eff ⊙ W
+                    for i, task in enumerate(self.candidates):
+                        result[i] += gw[self.masks[task][name]].sum()
+        finally:
+            self._remove()
+        return result  # (k,)
+
 
 def _mixed_norms(model: WSNNet, candidates: list[int]) -> nn.ModuleList | None:
     """One affine-free BatchNorm per position equal to the mean of the candidates' normalisations:

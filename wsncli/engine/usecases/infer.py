@@ -49,7 +49,7 @@ class TaskInference:
     candidates: list[int]
     tasks: np.ndarray  # (N,) inferred task id
     indices: np.ndarray  # (N,) head label under the inferred task
-    scores: np.ndarray  # (N, k) lower wins (normalised entropy, or ∂H/∂α_i)
+    scores: np.ndarray  # (N, k) lower wins (normalised entropy, or ∂H/∂α_i; per-batch oneshot: the group's mean)
     probabilities: list[np.ndarray] | None  # (n_t,) softmax under the inferred task, per input, when asked
     method: str
     per_batch: int | None
@@ -128,7 +128,15 @@ def infer_tasks(ckpt: Checkpoint, x: np.ndarray, req: InferRequest, device: torc
     scores = torch.zeros(n, k)
     chosen_logits: dict[int, torch.Tensor] = {}  # entropy: every candidate's logits, per batch start
     superposed = Superposed(model, candidates, masks) if req.method == "oneshot" else None
-    for start in range(0, n, req.batch):
+    if superposed is not None and req.per_batch is not None:  # SupSup's batch form: one gradient per group
+        for start in range(0, n, req.per_batch):
+            group = slice(start, min(n, start + req.per_batch))
+            total = torch.zeros(k)
+            for sub in range(group.start, group.stop, req.batch):
+                xb = torch.from_numpy(np.array(x[sub : min(group.stop, sub + req.batch)], copy=True)).to(device)
+                total += superposed.batch_scores(torch.stack([transforms[t](xb) for t in candidates]).mean(0)).cpu()
+            scores[group] = total / (group.stop - group.start)  # each input holds its group's mean score
+    for start in range(0, n, req.batch) if superposed is None or req.per_batch is None else ():
         xb = torch.from_numpy(np.array(x[start : start + req.batch], copy=True)).to(device)  # (b, *sample)
         if superposed is None:
             s, logits = entropy_scores(model, xb, candidates, masks, transforms)
