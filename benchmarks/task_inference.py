@@ -59,12 +59,14 @@ def learn(args) -> Path:
     return ckpt
 
 
-def timing(ckpt, x, task: int, blocks: int) -> dict:
+def timing(ckpt, x, task: int, blocks: int, per_batch: int) -> dict:
     """Seconds per input of each rule over the plain forward, alternating blocks (median ratio)."""
     runs = {
         "predict": lambda: predict_task(ckpt, task, x_raw, CPU, False, "x"),
         "entropy": lambda: infer_tasks(ckpt, x, InferRequest("entropy"), CPU),
         "oneshot": lambda: infer_tasks(ckpt, x, InferRequest("oneshot"), CPU),
+        "entropy_batch": lambda: infer_tasks(ckpt, x, InferRequest("entropy", per_batch), CPU),
+        "oneshot_batch": lambda: infer_tasks(ckpt, x, InferRequest("oneshot", per_batch), CPU),
     }
     data = recorded_task_data(ckpt, task, Path(ckpt.meta.data_root))
     x_raw = data.raw_test[: len(x)]
@@ -77,7 +79,7 @@ def timing(ckpt, x, task: int, blocks: int) -> dict:
     base = seconds["predict"]
     return {
         f"{name}_per_forward": statistics.median(s / b for s, b in zip(seconds[name], base))
-        for name in ("entropy", "oneshot")
+        for name in ("entropy", "oneshot", "entropy_batch", "oneshot_batch")
     }
 
 
@@ -155,7 +157,7 @@ def main() -> None:
         emit(row)
     task = ckpt.learned()[0]
     x = inference_inputs(recorded_task_data(ckpt, task, args.data_root))[: args.timing_inputs]
-    cost = timing(ckpt, x, task, args.blocks)
+    cost = timing(ckpt, x, task, args.blocks, args.per_batch)
     import numpy as np
 
     saved = Path(f"{args.ckpt}.inputs.npz")
