@@ -66,6 +66,9 @@ def test_forget_releases_exactly_the_weights_no_other_task_uses(digits_ckpt):
             assert torch.equal(after.masks[t][name], before.masks[t][name])
         assert np.array_equal(_outputs(after)[t], outputs_before[t])
     eval_doc = json_out(wsn("eval", "--ckpt", digits_ckpt, "--json", "-q"))
+    total = sum(layer.weight.numel() for layer in before.model.subnet_layers().values())
+    assert doc["capacity_before"] - doc["capacity_after"] == pytest.approx(released / total)
+    assert eval_doc["capacity_used"] == doc["capacity_after"]  # capacity accounting: the released weights are free
     assert eval_doc["forget_free"] and [t["status"] for t in eval_doc["tasks"]] == ["proven", "proven"]
     # the later rows of the accuracy matrix lose task 2's column
     assert after.task_record(1).accuracy_row == [] and after.task_record(3).accuracy_row == [
