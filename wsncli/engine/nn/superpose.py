@@ -160,7 +160,7 @@ class Superposed:
                 for (name, layer), grad in zip(layers.items(), grads):
                     gw = grad * layer.weight.detach()  # (weight shape): ∂H/∂W_eff ⊙ W
                     for i, task in enumerate(self.candidates):
-                        result[i] += gw[self.masks[task][name]].sum()
+                        result[i] += (gw * self.masks[task][name]).sum()  # a product: faster than indexing
         finally:
             self._remove()
         return result  # (k,)
