@@ -24,6 +24,7 @@ from wsncli.engine.data.preprocess import Preprocess
 from wsncli.engine.data.registry import TaskData
 from wsncli.engine.nn.superpose import Superposed, entropy_scores, use_masks
 from wsncli.engine.store.checkpoint import Checkpoint, task_input_shape
+from wsncli.engine.usecases.predict import fit_shape, task_transform
 from wsncli.errors import DataError, UsageError
 
 METHODS = ("entropy", "oneshot")
@@ -76,8 +77,6 @@ def inference_inputs(data: TaskData) -> np.ndarray:
 
 def check_request(ckpt: Checkpoint, req: InferRequest) -> list[int]:
     """The candidates, after refusing what cannot be inferred (UsageError, one line)."""
-    from wsncli.engine.usecases.predict import task_transform  # no cycle: predict does not import this
-
     if req.method not in METHODS:
         raise UsageError(f"--infer must be one of {', '.join(METHODS)}, got {req.method!r}")
     if req.per_batch is not None and req.per_batch < 1:
@@ -103,8 +102,6 @@ def check_request(ckpt: Checkpoint, req: InferRequest) -> list[int]:
 
 def infer_tasks(ckpt: Checkpoint, x: np.ndarray, req: InferRequest, device: torch.device) -> TaskInference:
     """Infer the task of every input x (N, *sample) among the candidates, then predict with it."""
-    from wsncli.engine.usecases.predict import fit_shape, task_transform
-
     candidates = check_request(ckpt, req)
     if x.dtype.kind not in "fiub":
         raise DataError(f"inputs have dtype {x.dtype}; they must be numbers")
