@@ -77,6 +77,7 @@ def predict_command(
     from wsncli.engine.store.paths import file_prefix, plan_output, write_output
     from wsncli.engine.usecases.predict import image_files, is_image_input, predict_task, read_inputs
 
+    task_id = parse_task(task, infer, infer_per_batch)  # usage errors before any file is opened
     target = None
     if output is not None and str(output) != "-" and output.suffix.lower() != ".npy":
         output = output.with_name(output.name + ".npy")  # a .npy file is named so, as numpy.save names it
@@ -91,7 +92,6 @@ def predict_command(
     dev = resolve_device(device)
     checkpoint = load_checkpoint(ckpt)
     configure_threads(sum(l.weight.numel() for l in checkpoint.model.subnet_layers().values()), None)
-    task_id = parse_task(task, infer, infer_per_batch)
     if task_id is None:
         from wsncli.commands.predict_auto import predict_auto
 
