@@ -115,3 +115,10 @@ for ARCH in conv resnet18; do
   step "torchrun-batchnorm-$ARCH" $((SECONDS - t0)) $rc
   $PY -m wsncli eval --ckpt "$OUT/bn-$ARCH.pt" --data-root "$OUT/images" --json -q | $PY -c "import json,sys; d=json.load(sys.stdin); print(json.dumps({'kind':'gpu_check','step':'torchrun-batchnorm-eval','arch':'$ARCH','forget_free':d['forget_free']}))"
 done
+
+# 6. Task inference on the device (issue 19): both rules, per sample and per batch, on the BatchNorm
+#    network above (CPU twin: tests/engine/test_infer.py, tests/cli/test_infer_cli.py)
+for RULE in entropy oneshot; do
+  $PY -m wsncli eval --ckpt "$OUT/bn-resnet18.pt" --data-root "$OUT/images" --device "$DEV" --infer-task --infer "$RULE" \
+      --infer-per-batch 16 --json -q | $PY -c "import json,sys; d=json.load(sys.stdin)['inference']; print(json.dumps({'kind':'gpu_check','step':'infer-task','rule':'$RULE','per_sample':d['per_sample']['task_accuracy'],'per_batch':d['per_batch']['task_accuracy']}))"
+done
