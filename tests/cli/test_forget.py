@@ -148,3 +148,19 @@ def test_forgetting_a_middle_or_the_last_task(digits_ckpt, tmp_path, task):
     if task == 3:  # the last task: nothing later reuses it, every weight it trained is released
         assert released == trained and doc["still_used_by"] == {}
     assert json_out(wsn("eval", "-c", copy, "--json", "-q"))["forget_free"]
+
+
+def test_forget_refuses_a_damaged_record_or_a_changed_subnetwork_instead_of_restamping(digits_ckpt, tmp_path):
+    from tests.ckpt_tools import edit_meta, read_parts, write_parts
+
+    damaged = tmp_path / "damaged.pt"
+    shutil.copyfile(digits_ckpt, damaged)
+    edit_meta(damaged, lambda meta: meta["tasks"][1].__setitem__("accuracy", 0.5))  # record digest fails
+    assert_error(wsn("forget-task", "-c", damaged, "-t", 2), 1, "record digest")
+    metadata, arrays = read_parts(digits_ckpt)
+    name = next(k for k in arrays if k.startswith("layer/") and k.endswith("/weight"))
+    arrays[name] = arrays[name] + np.float32(0.5)  # every weight moved, checksums recomputed
+    write_parts(digits_ckpt, metadata, arrays)
+    untouched = digits_ckpt.read_bytes()
+    assert_error(wsn("forget-task", "-c", digits_ckpt, "-t", 2), 1, "fails its digest")
+    assert digits_ckpt.read_bytes() == untouched
