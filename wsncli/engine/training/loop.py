@@ -25,7 +25,7 @@ from wsncli.engine.data.registry import TaskData
 from wsncli.engine.nn.dropout import DropoutDraw, dropout_seed, use_draw
 from wsncli.engine.nn.models import WSNNet
 from wsncli.engine.nn.selection import NonFiniteScores
-from wsncli.engine.training.batchnorm import recompute_statistics
+from wsncli.engine.training.batchnorm import batch_bounds, recompute_statistics
 from wsncli.engine.training.graphed import GraphedStep, graphs_pay
 
 if TYPE_CHECKING:
@@ -319,8 +319,8 @@ class _Run:
 
     def epoch(self, epoch: int) -> None:
         s, cb = self.settings, self.cb
-        n, bs = len(self.train), s.batch_size
-        n_batches = (n + bs - 1) // bs
+        bounds = batch_bounds(len(self.train), s.batch_size)  # a lone last sample joins the batch before
+        n_batches = len(bounds)
         self.model.train()
         if cb.on_epoch_start:
             cb.on_epoch_start(epoch, n_batches)
@@ -330,15 +330,13 @@ class _Run:
         checked, checked_n = torch.zeros((), device=self.device), 0  # loss_sum and samples at the last check
         b = -1  # the batch under way, read (late-bound) by the running-loss reader
         if cb.on_running_loss:
-            cb.on_running_loss(s.epochs, lambda: float(loss_sum) / min((b + 1) * bs, n) if b >= 0 else math.nan)
-        for b in range(n_batches):
-            batch_loss, batch_correct = self.step(
-                self.train.inputs(xs[b * bs : (b + 1) * bs]), ys[b * bs : (b + 1) * bs]
-            )
+            cb.on_running_loss(s.epochs, lambda: float(loss_sum) / bounds[b][1] if b >= 0 else math.nan)
+        for b, (lo, hi) in enumerate(bounds):
+            batch_loss, batch_correct = self.step(self.train.inputs(xs[lo:hi]), ys[lo:hi])
             loss_sum += batch_loss
             correct += batch_correct
             if (b + 1) % CHECK_EVERY == 0:
-                seen = min((b + 1) * bs, n)
+                seen = hi
                 total = self._global(loss_sum)
                 _check_loss(total - checked, seen - checked_n, s, epoch, self.hint, self.model)
                 checked, checked_n = total, seen
