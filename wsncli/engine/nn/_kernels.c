@@ -3,16 +3,23 @@
  * so both give the same bits:
  *
  *   select(...)  the exact top-k of |scores| (k largest, ties by lower flat index), then in one pass
- *                mask = that set, trainable = mask & free, w_eff = weight * (float)mask
- *   grads(...)   grad_weight = grad * (float)trainable, grad_scores = (grad * weight) * sign(scores)
+ *                mask = that set and w_eff = weight * (float)mask
+ *   grads(...)   grad_weight = grad * (float)(mask & free), grad_scores = (grad * weight) * sign(scores)
+ *   adam(...)    Adam's update of weight and scores in one pass (nn/adam.py holds the definition and
+ *                its torch reference): from the gradient of w_eff (the two gradients above are formed
+ *                in registers, never stored) or from given gradients; frozen weights (free == 0) and
+ *                their moments are not written
  *
  * Tensors are passed as raw addresses of contiguous float32 / uint8 (bool) buffers owned by torch;
- * the GIL is released while the loops run. Built with -ffp-contract=off so no multiply is fused
- * into an FMA (the results must equal torch's separate IEEE operations).
+ * the GIL is released while the loops run. Layers of at least PARALLEL_MIN weights are split into
+ * `threads` contiguous parts run on as many POSIX threads (the results do not depend on the split).
+ * Built with -ffp-contract=off so no multiply is fused into an FMA (the results must equal torch's
+ * separate IEEE operations) and -fno-math-errno so sqrtf vectorises (it changes no value).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <string.h>
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -24,6 +31,62 @@
 #endif
 
 #define FLT_LARGEST 3.4028234663852886e38f
+#define PARALLEL_MIN (1 << 18) /* weights: below, one thread (a thread start costs ~20 us) */
+#define MAX_THREADS 64
+#define PART_ALIGN 64 /* parts start on multiples of this many elements */
+
+/* ---- threads ------------------------------------------------------------------------------------ */
+
+typedef void (*part_fn)(void *ctx, Py_ssize_t a, Py_ssize_t b, int part);
+
+typedef struct {
+    part_fn fn;
+    void *ctx;
+    Py_ssize_t a, b;
+    int part;
+} part_job;
+
+static void *run_part(void *arg) {
+    part_job *j = (part_job *)arg;
+    j->fn(j->ctx, j->a, j->b, j->part);
+    return NULL;
+}
+
+/* How many parts n elements are split into on `threads` threads. */
+static int n_parts(Py_ssize_t n, int threads) {
+    if (threads < 1 || n < PARALLEL_MIN) return 1;
+    return threads > MAX_THREADS ? MAX_THREADS : threads;
+}
+
+/* Part p of n elements in `parts` parts: [*a, *b). */
+static void part_range(Py_ssize_t n, int parts, int p, Py_ssize_t *a, Py_ssize_t *b) {
+    Py_ssize_t size = ((n + parts - 1) / parts + PART_ALIGN - 1) / PART_ALIGN * PART_ALIGN;
+    *a = size * p < n ? size * p : n;
+    *b = size * (p + 1) < n ? size * (p + 1) : n;
+}
+
+/* fn over [0, n) in `parts` parts: parts 1.. on new threads, part 0 here (a part whose thread
+ * cannot start runs here too). Called without the GIL. */
+static void parallel_parts(part_fn fn, void *ctx, Py_ssize_t n, int parts) {
+    pthread_t tid[MAX_THREADS];
+    part_job jobs[MAX_THREADS];
+    int started[MAX_THREADS] = {0};
+    for (int p = 0; p < parts; p++) {
+        jobs[p].fn = fn;
+        jobs[p].ctx = ctx;
+        jobs[p].part = p;
+        part_range(n, parts, p, &jobs[p].a, &jobs[p].b);
+    }
+    for (int p = 1; p < parts; p++)
+        started[p] = pthread_create(&tid[p], NULL, run_part, &jobs[p]) == 0;
+    run_part(&jobs[0]);
+    for (int p = 1; p < parts; p++) {
+        if (started[p]) pthread_join(tid[p], NULL);
+        else run_part(&jobs[p]);
+    }
+}
+
+/* ---- selection ---------------------------------------------------------------------------------- */
 
 /* The band scan: how many |s| are above hi, how many are not finite, and the values in (lo, hi]
  * copied into work[] (their order does not matter). Portable version. */
@@ -43,8 +106,9 @@ static Py_ssize_t band_scan_plain(const float *s, Py_ssize_t n, float lo, float 
 
 #ifdef WSN_X86
 /* The same with AVX2: eight values per compare; only blocks that hold band values are unpacked. */
-__attribute__((target("avx2,popcnt"))) static Py_ssize_t band_scan_avx2(const float *s, Py_ssize_t n, float lo, float hi, float *work,
-                                                                      Py_ssize_t *above, Py_ssize_t *nonfinite) {
+__attribute__((target("avx2,popcnt"))) static Py_ssize_t band_scan_avx2(const float *s, Py_ssize_t n, float lo,
+                                                                      float hi, float *work, Py_ssize_t *above,
+                                                                      Py_ssize_t *nonfinite) {
     const __m256 vlo = _mm256_set1_ps(lo), vhi = _mm256_set1_ps(hi), vmax = _mm256_set1_ps(FLT_LARGEST);
     const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     Py_ssize_t band = 0, up = 0, bad = 0, i = 0;
@@ -52,7 +116,8 @@ __attribute__((target("avx2,popcnt"))) static Py_ssize_t band_scan_avx2(const fl
         __m256 v = _mm256_and_ps(_mm256_loadu_ps(s + i), absmask);
         up += _mm_popcnt_u32((unsigned)_mm256_movemask_ps(_mm256_cmp_ps(v, vhi, _CMP_GT_OQ)));
         bad += _mm_popcnt_u32((unsigned)_mm256_movemask_ps(_mm256_cmp_ps(v, vmax, _CMP_NLE_UQ)));
-        unsigned in = (unsigned)_mm256_movemask_ps(_mm256_and_ps(_mm256_cmp_ps(v, vlo, _CMP_GT_OQ), _mm256_cmp_ps(v, vhi, _CMP_LE_OQ)));
+        unsigned in = (unsigned)_mm256_movemask_ps(
+            _mm256_and_ps(_mm256_cmp_ps(v, vlo, _CMP_GT_OQ), _mm256_cmp_ps(v, vhi, _CMP_LE_OQ)));
         while (in) {
             int j = __builtin_ctz(in);
             work[band++] = fabsf(s[i + j]);
@@ -67,12 +132,44 @@ __attribute__((target("avx2,popcnt"))) static Py_ssize_t band_scan_avx2(const fl
 }
 #endif
 
-static Py_ssize_t band_scan(const float *s, Py_ssize_t n, float lo, float hi, float *work, Py_ssize_t *above, Py_ssize_t *nonfinite) {
+static Py_ssize_t band_scan_one(const float *s, Py_ssize_t n, float lo, float hi, float *work, Py_ssize_t *above,
+                                Py_ssize_t *nonfinite) {
 #ifdef WSN_X86
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt"))
         return band_scan_avx2(s, n, lo, hi, work, above, nonfinite);
 #endif
     return band_scan_plain(s, n, lo, hi, work, above, nonfinite);
+}
+
+typedef struct {
+    const float *s;
+    float lo, hi;
+    float *work;
+    Py_ssize_t band[MAX_THREADS], above[MAX_THREADS], nonfinite[MAX_THREADS];
+} scan_job;
+
+static void scan_part(void *ctx, Py_ssize_t a, Py_ssize_t b, int p) {
+    scan_job *j = (scan_job *)ctx;
+    j->band[p] = band_scan_one(j->s + a, b - a, j->lo, j->hi, j->work + a, &j->above[p], &j->nonfinite[p]);
+}
+
+/* The band scan over all of s in parts; each part's band values are then moved together. */
+static Py_ssize_t band_scan(const float *s, Py_ssize_t n, float lo, float hi, float *work, Py_ssize_t *above,
+                            Py_ssize_t *nonfinite, int threads) {
+    scan_job j = {.s = s, .lo = lo, .hi = hi, .work = work};
+    int parts = n_parts(n, threads);
+    parallel_parts(scan_part, &j, n, parts);
+    Py_ssize_t band = 0;
+    *above = *nonfinite = 0;
+    for (int p = 0; p < parts; p++) {
+        Py_ssize_t a, b;
+        part_range(n, parts, p, &a, &b);
+        if (band != a) memmove(work + band, work + a, (size_t)j.band[p] * sizeof(float));
+        band += j.band[p];
+        *above += j.above[p];
+        *nonfinite += j.nonfinite[p];
+    }
+    return band;
 }
 
 /* k-th largest (1-based) of a[0..m): quickselect, in place. */
@@ -85,8 +182,11 @@ static float kth_largest(float *a, Py_ssize_t m, Py_ssize_t k) {
             while (a[i] > pivot) i++;
             while (a[j] < pivot) j--;
             if (i <= j) {
-                float t = a[i]; a[i] = a[j]; a[j] = t;
-                i++; j--;
+                float t = a[i];
+                a[i] = a[j];
+                a[j] = t;
+                i++;
+                j--;
             }
         }
         if (target <= j) hi = j;
@@ -96,56 +196,69 @@ static float kth_largest(float *a, Py_ssize_t m, Py_ssize_t k) {
     return a[target];
 }
 
-/* mask[i] = |s[i]| > t, trainable[i] = mask & free, w_eff[i] = w[i] * mask: three simple loops
- * the compiler vectorises. */
-VECTORISED static void write_masks(const float *restrict s, const float *restrict w, const uint8_t *restrict fr, float t, Py_ssize_t n,
-                                   uint8_t *restrict mask, uint8_t *restrict tr, float *restrict weff) {
-    for (Py_ssize_t i = 0; i < n; i++)
-        mask[i] = fabsf(s[i]) > t;
-    for (Py_ssize_t i = 0; i < n; i++)
-        weff[i] = w[i] * (float)mask[i];
-    if (fr) {
-        for (Py_ssize_t i = 0; i < n; i++)
-            tr[i] = mask[i] & fr[i];
-    } else {
-        memcpy(tr, mask, (size_t)n);
+/* One pass: mask[i] = |s[i]| > t (or >= t), w_eff[i] = w[i] * mask. */
+VECTORISED static void write_gt(const float *restrict s, const float *restrict w, float t, Py_ssize_t a, Py_ssize_t b,
+                                uint8_t *restrict mask, float *restrict weff) {
+    for (Py_ssize_t i = a; i < b; i++) {
+        int32_t m = fabsf(s[i]) > t; /* int32, not uint8: gcc vectorises this form */
+        mask[i] = (uint8_t)m;
+        weff[i] = w[i] * (float)m;
     }
 }
 
+VECTORISED static void write_ge(const float *restrict s, const float *restrict w, float t, Py_ssize_t a, Py_ssize_t b,
+                                uint8_t *restrict mask, float *restrict weff) {
+    for (Py_ssize_t i = a; i < b; i++) {
+        int32_t m = fabsf(s[i]) >= t;
+        mask[i] = (uint8_t)m;
+        weff[i] = w[i] * (float)m;
+    }
+}
+
+typedef struct {
+    const float *s, *w;
+    float t;
+    int ge;
+    uint8_t *mask;
+    float *weff;
+} write_job;
+
+static void write_part(void *ctx, Py_ssize_t a, Py_ssize_t b, int p) {
+    write_job *j = (write_job *)ctx;
+    (j->ge ? write_ge : write_gt)(j->s, j->w, j->t, a, b, j->mask, j->weff);
+}
+
 /* The first `missing` entries equal to t, in index order, join the mask (ties by lower index). */
-static void add_ties(const float *s, const float *w, const uint8_t *fr, float t, Py_ssize_t n, Py_ssize_t missing,
-                     uint8_t *mask, uint8_t *tr, float *weff) {
+static void add_ties(const float *s, const float *w, float t, Py_ssize_t n, Py_ssize_t missing, uint8_t *mask,
+                     float *weff) {
     for (Py_ssize_t i = 0; i < n && missing > 0; i++) {
         if (fabsf(s[i]) == t) {
             mask[i] = 1;
-            tr[i] = fr ? fr[i] : 1;
             weff[i] = w[i] * 1.0f;
             missing--;
         }
     }
 }
 
-/* select(scores, weight, free, n, k, lo, hi, use_band, mask, trainable, w_eff, work)
+/* select(scores, weight, n, k, lo, hi, use_band, mask, w_eff, work, threads)
  *   -> (threshold, band_size, ties_at_threshold, used_band, nonfinite) */
 static PyObject *select_mask(PyObject *self, PyObject *args) {
-    unsigned long long ps, pw, pf, pm, pt, pe, pk;
+    unsigned long long ps, pw, pm, pe, pk;
     Py_ssize_t n, k;
     double lo, hi;
-    int use_band;
-    if (!PyArg_ParseTuple(args, "KKKnnddpKKKK", &ps, &pw, &pf, &n, &k, &lo, &hi, &use_band, &pm, &pt, &pe, &pk))
+    int use_band, threads;
+    if (!PyArg_ParseTuple(args, "KKnnddpKKKi", &ps, &pw, &n, &k, &lo, &hi, &use_band, &pm, &pe, &pk, &threads))
         return NULL;
     const float *s = (const float *)(uintptr_t)ps, *w = (const float *)(uintptr_t)pw;
-    const uint8_t *fr = (const uint8_t *)(uintptr_t)pf;
-    uint8_t *mask = (uint8_t *)(uintptr_t)pm, *tr = (uint8_t *)(uintptr_t)pt;
+    uint8_t *mask = (uint8_t *)(uintptr_t)pm;
     float *weff = (float *)(uintptr_t)pe, *work = (float *)(uintptr_t)pk;
     float threshold = 0.0f;
     Py_ssize_t band = 0, gt = 0, nonfinite = 0, ties = 0;
     int banded = 0;
     Py_BEGIN_ALLOW_THREADS
-    float flo = (float)lo, fhi = (float)hi;
     if (use_band) { /* the k-th largest is looked for among the few values in (lo, hi] */
         Py_ssize_t above = 0;
-        band = band_scan(s, n, flo, fhi, work, &above, &nonfinite);
+        band = band_scan(s, n, (float)lo, (float)hi, work, &above, &nonfinite, threads);
         Py_ssize_t need = k - above;
         if (!nonfinite && need >= 1 && need <= band) {
             threshold = kth_largest(work, band, need);
@@ -173,43 +286,249 @@ static PyObject *select_mask(PyObject *self, PyObject *args) {
         }
     }
     if (!nonfinite) {
-        write_masks(s, w, fr, threshold, n, mask, tr, weff);
-        if (k > gt)
-            add_ties(s, w, fr, threshold, n, k - gt, mask, tr, weff);
+        /* usually every entry equal to the threshold is kept (one pass with >=); when more tie than
+         * the mask has room for, the first ones by index are added after a pass with > */
+        write_job j = {.s = s, .w = w, .t = threshold, .ge = gt + ties == k, .mask = mask, .weff = weff};
+        parallel_parts(write_part, &j, n, n_parts(n, threads));
+        if (!j.ge && k > gt) add_ties(s, w, threshold, n, k - gt, mask, weff);
     }
     Py_END_ALLOW_THREADS
     return Py_BuildValue("(dnnin)", (double)threshold, band, ties, banded, nonfinite);
 }
 
-/* grads(grad, weight, scores, trainable, n, grad_weight, grad_scores) */
-VECTORISED static void grads_loop(const float *restrict g, const float *restrict w, const float *restrict s, const uint8_t *restrict t,
-                       Py_ssize_t n, float *restrict gw, float *restrict gs) {
-    for (Py_ssize_t i = 0; i < n; i++) {
+/* ---- straight-through gradients ----------------------------------------------------------------- */
+
+typedef struct {
+    const float *g, *w, *s;
+    const uint8_t *mask, *fr;
+    float *gw, *gs;
+} grads_job;
+
+VECTORISED static void grads_loop(const float *restrict g, const float *restrict w, const float *restrict s,
+                                  const uint8_t *restrict mask, const uint8_t *restrict fr, Py_ssize_t a, Py_ssize_t b,
+                                  float *restrict gw, float *restrict gs) {
+    for (Py_ssize_t i = a; i < b; i++) {
         float sign = (float)((s[i] > 0.0f) - (s[i] < 0.0f)); /* torch.sign for finite scores */
-        gw[i] = g[i] * (float)t[i];
+        gw[i] = g[i] * (float)(mask[i] & fr[i]);
         gs[i] = (g[i] * w[i]) * sign;
     }
 }
 
+VECTORISED static void grads_loop_all_free(const float *restrict g, const float *restrict w, const float *restrict s,
+                                           const uint8_t *restrict mask, Py_ssize_t a, Py_ssize_t b,
+                                           float *restrict gw, float *restrict gs) {
+    for (Py_ssize_t i = a; i < b; i++) {
+        float sign = (float)((s[i] > 0.0f) - (s[i] < 0.0f));
+        gw[i] = g[i] * (float)mask[i];
+        gs[i] = (g[i] * w[i]) * sign;
+    }
+}
+
+static void grads_part(void *ctx, Py_ssize_t a, Py_ssize_t b, int p) {
+    grads_job *j = (grads_job *)ctx;
+    if (j->fr) grads_loop(j->g, j->w, j->s, j->mask, j->fr, a, b, j->gw, j->gs);
+    else grads_loop_all_free(j->g, j->w, j->s, j->mask, a, b, j->gw, j->gs);
+}
+
+/* grads(grad, weight, scores, mask, free, n, grad_weight, grad_scores, threads); free may be 0 */
 static PyObject *grads(PyObject *self, PyObject *args) {
-    unsigned long long pg, pw, ps, pt, pgw, pgs;
+    unsigned long long pg, pw, ps, pm, pf, pgw, pgs;
     Py_ssize_t n;
-    if (!PyArg_ParseTuple(args, "KKKKnKK", &pg, &pw, &ps, &pt, &n, &pgw, &pgs))
-        return NULL;
+    int threads;
+    if (!PyArg_ParseTuple(args, "KKKKKnKKi", &pg, &pw, &ps, &pm, &pf, &n, &pgw, &pgs, &threads)) return NULL;
+    grads_job j = {(const float *)(uintptr_t)pg, (const float *)(uintptr_t)pw, (const float *)(uintptr_t)ps,
+                   (const uint8_t *)(uintptr_t)pm, (const uint8_t *)(uintptr_t)pf,  (float *)(uintptr_t)pgw,
+                   (float *)(uintptr_t)pgs};
     Py_BEGIN_ALLOW_THREADS
-    grads_loop((const float *)(uintptr_t)pg, (const float *)(uintptr_t)pw, (const float *)(uintptr_t)ps,
-               (const uint8_t *)(uintptr_t)pt, n, (float *)(uintptr_t)pgw, (float *)(uintptr_t)pgs);
+    parallel_parts(grads_part, &j, n, n_parts(n, threads));
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+/* ---- Adam ------------------------------------------------------------------------------------------ */
+
+/* Adam's per-step constants as float32, from the step count after its increment; nn/adam.py's
+ * `adam_constants` computes the same values in Python (the same libm pow and sqrt). */
+typedef struct {
+    float b1, omb1, b2, omb2, c2, eps, lr_t;
+} adam_k;
+
+static adam_k adam_constants(double lr, double b1, double b2, double eps, double step) {
+    adam_k c;
+    double bc1 = 1.0 - pow(b1, step), bc2 = 1.0 - pow(b2, step);
+    c.b1 = (float)b1;
+    c.omb1 = (float)(1.0 - b1);
+    c.b2 = (float)b2;
+    c.omb2 = (float)(1.0 - b2);
+    c.c2 = (float)(1.0 / sqrt(bc2));
+    c.eps = (float)eps;
+    c.lr_t = (float)(lr / bc1);
+    return c;
+}
+
+/* The update of one element, in the reference's order (nn/adam.py `adam_reference`):
+ *   m' = m*b1 + g*(1-b1);  v' = v*b2 + (g*g)*(1-b2);  p' = p - (m' / (sqrt(v')*c2 + eps)) * lr_t  */
+#define ADAM_ELEM(p, g, m, v, c, p1, m1, v1)                                  \
+    do {                                                                      \
+        m1 = (m) * (c).b1 + (g) * (c).omb1;                                   \
+        v1 = (v) * (c).b2 + ((g) * (g)) * (c).omb2;                           \
+        p1 = (p) - ((m1) / (sqrtf(v1) * (c).c2 + (c).eps)) * (c).lr_t;        \
+    } while (0)
+
+/* keep (all ones or all zeros) ? a : b, bit for bit; written so that gcc vectorises it */
+static inline float pick(uint32_t keep, float a, float b) {
+    uint32_t ua, ub;
+    memcpy(&ua, &a, 4);
+    memcpy(&ub, &b, 4);
+    ua = (ua & keep) | (ub & ~keep);
+    memcpy(&a, &ua, 4);
+    return a;
+}
+
+typedef struct {
+    const float *g, *gw_in, *gs_in;
+    const uint8_t *mask, *fr;
+    float *w, *s, *mw, *vw, *ms, *vs;
+    adam_k cw, cs;
+} adam_job;
+
+/* From the gradient of w_eff: gw = g * mask, gs = (g * w) * sign(s), then both updates; elements
+ * with fr[i] == 0 keep weight and moments as they are (the same bits written back). */
+VECTORISED static void adam_fused_loop(const float *restrict g, const uint8_t *restrict mask,
+                                       const uint8_t *restrict fr, Py_ssize_t a, Py_ssize_t b, float *restrict w,
+                                       float *restrict s, float *restrict mw, float *restrict vw, float *restrict ms,
+                                       float *restrict vs, adam_k cw, adam_k cs) {
+    for (Py_ssize_t i = a; i < b; i++) {
+        float gi = g[i], wi = w[i], si = s[i], mwi = mw[i], vwi = vw[i];
+        float sign = (float)((si > 0.0f) - (si < 0.0f));
+        float gs = (gi * wi) * sign, gw = gi * (float)mask[i];
+        float w1, m1, v1, s1, n1, u1;
+        ADAM_ELEM(wi, gw, mwi, vwi, cw, w1, m1, v1);
+        ADAM_ELEM(si, gs, ms[i], vs[i], cs, s1, n1, u1);
+        uint32_t keep = -(uint32_t)fr[i];
+        w[i] = pick(keep, w1, wi);
+        mw[i] = pick(keep, m1, mwi);
+        vw[i] = pick(keep, v1, vwi);
+        s[i] = s1;
+        ms[i] = n1;
+        vs[i] = u1;
+    }
+}
+
+VECTORISED static void adam_fused_loop_all_free(const float *restrict g, const uint8_t *restrict mask, Py_ssize_t a,
+                                                Py_ssize_t b, float *restrict w, float *restrict s,
+                                                float *restrict mw, float *restrict vw, float *restrict ms,
+                                                float *restrict vs, adam_k cw, adam_k cs) {
+    for (Py_ssize_t i = a; i < b; i++) {
+        float gi = g[i], wi = w[i], si = s[i];
+        float sign = (float)((si > 0.0f) - (si < 0.0f));
+        float gs = (gi * wi) * sign, gw = gi * (float)mask[i];
+        float w1, m1, v1, s1, n1, u1;
+        ADAM_ELEM(wi, gw, mw[i], vw[i], cw, w1, m1, v1);
+        ADAM_ELEM(si, gs, ms[i], vs[i], cs, s1, n1, u1);
+        w[i] = w1;
+        mw[i] = m1;
+        vw[i] = v1;
+        s[i] = s1;
+        ms[i] = n1;
+        vs[i] = u1;
+    }
+}
+
+/* From given gradients (after a data-parallel all-reduce): the same updates; fr == NULL: all free. */
+VECTORISED static void adam_grads_loop(const float *restrict gwv, const float *restrict gsv,
+                                       const uint8_t *restrict fr, Py_ssize_t a, Py_ssize_t b, float *restrict w,
+                                       float *restrict s, float *restrict mw, float *restrict vw, float *restrict ms,
+                                       float *restrict vs, adam_k cw, adam_k cs) {
+    for (Py_ssize_t i = a; i < b; i++) {
+        float gw = gwv[i], gs = gsv[i], wi = w[i], mwi = mw[i], vwi = vw[i];
+        float w1, m1, v1, s1, n1, u1;
+        ADAM_ELEM(wi, gw, mwi, vwi, cw, w1, m1, v1);
+        ADAM_ELEM(s[i], gs, ms[i], vs[i], cs, s1, n1, u1);
+        uint32_t keep = -(uint32_t)fr[i];
+        w[i] = pick(keep, w1, wi);
+        mw[i] = pick(keep, m1, mwi);
+        vw[i] = pick(keep, v1, vwi);
+        s[i] = s1;
+        ms[i] = n1;
+        vs[i] = u1;
+    }
+}
+
+VECTORISED static void adam_grads_loop_all_free(const float *restrict gwv, const float *restrict gsv, Py_ssize_t a,
+                                                Py_ssize_t b, float *restrict w, float *restrict s,
+                                                float *restrict mw, float *restrict vw, float *restrict ms,
+                                                float *restrict vs, adam_k cw, adam_k cs) {
+    for (Py_ssize_t i = a; i < b; i++) {
+        float w1, m1, v1, s1, n1, u1;
+        ADAM_ELEM(w[i], gwv[i], mw[i], vw[i], cw, w1, m1, v1);
+        ADAM_ELEM(s[i], gsv[i], ms[i], vs[i], cs, s1, n1, u1);
+        w[i] = w1;
+        mw[i] = m1;
+        vw[i] = v1;
+        s[i] = s1;
+        ms[i] = n1;
+        vs[i] = u1;
+    }
+}
+
+static void adam_part(void *ctx, Py_ssize_t a, Py_ssize_t b, int p) {
+    adam_job *j = (adam_job *)ctx;
+    if (j->gw_in && j->fr)
+        adam_grads_loop(j->gw_in, j->gs_in, j->fr, a, b, j->w, j->s, j->mw, j->vw, j->ms, j->vs, j->cw, j->cs);
+    else if (j->gw_in)
+        adam_grads_loop_all_free(j->gw_in, j->gs_in, a, b, j->w, j->s, j->mw, j->vw, j->ms, j->vs, j->cw, j->cs);
+    else if (j->fr)
+        adam_fused_loop(j->g, j->mask, j->fr, a, b, j->w, j->s, j->mw, j->vw, j->ms, j->vs, j->cw, j->cs);
+    else
+        adam_fused_loop_all_free(j->g, j->mask, a, b, j->w, j->s, j->mw, j->vw, j->ms, j->vs, j->cw, j->cs);
+}
+
+/* adam(grad, mask, grad_weight, grad_scores, free, n, weight, scores, exp_avg_w, exp_avg_sq_w, exp_avg_s,
+ *      exp_avg_sq_s, step_w, step_s, lr, beta1, beta2, eps, threads)
+ * grad and mask (the gradient of w_eff and the layer's mask) when grad_weight is 0, else grad_weight and
+ * grad_scores; free may be 0 (nothing frozen). Both step counts (float32) are incremented first. */
+static PyObject *adam(PyObject *self, PyObject *args) {
+    unsigned long long pg, pm, pgw, pgs, pf, pw, ps, pmw, pvw, pms, pvs, psw, pss;
+    Py_ssize_t n;
+    double lr, b1, b2, eps;
+    int threads;
+    if (!PyArg_ParseTuple(args, "KKKKKnKKKKKKKKddddi", &pg, &pm, &pgw, &pgs, &pf, &n, &pw, &ps, &pmw, &pvw, &pms,
+                          &pvs, &psw, &pss, &lr, &b1, &b2, &eps, &threads))
+        return NULL;
+    float *step_w = (float *)(uintptr_t)psw, *step_s = (float *)(uintptr_t)pss;
+    *step_w += 1.0f;
+    *step_s += 1.0f;
+    adam_job j = {
+        .g = (const float *)(uintptr_t)pg,
+        .gw_in = (const float *)(uintptr_t)pgw,
+        .gs_in = (const float *)(uintptr_t)pgs,
+        .mask = (const uint8_t *)(uintptr_t)pm,
+        .fr = (const uint8_t *)(uintptr_t)pf,
+        .w = (float *)(uintptr_t)pw,
+        .s = (float *)(uintptr_t)ps,
+        .mw = (float *)(uintptr_t)pmw,
+        .vw = (float *)(uintptr_t)pvw,
+        .ms = (float *)(uintptr_t)pms,
+        .vs = (float *)(uintptr_t)pvs,
+        .cw = adam_constants(lr, b1, b2, eps, (double)*step_w),
+        .cs = adam_constants(lr, b1, b2, eps, (double)*step_s),
+    };
+    Py_BEGIN_ALLOW_THREADS
+    parallel_parts(adam_part, &j, n, n_parts(n, threads));
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
 
 static PyMethodDef methods[] = {
-    {"select", select_mask, METH_VARARGS, "exact top-k mask of |scores|, trainable mask and masked weight, fused"},
+    {"select", select_mask, METH_VARARGS, "exact top-k mask of |scores| and the masked weight, in one pass"},
     {"grads", grads, METH_VARARGS, "straight-through gradients of weight and scores, fused"},
+    {"adam", adam, METH_VARARGS, "Adam's update of a masked layer's weight and scores, in one pass"},
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels", "Fused CPU kernels for WSN training steps.", -1, methods};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels", "Fused CPU kernels for WSN training steps.",
+                                    -1, methods};
 
 PyMODINIT_FUNC PyInit__kernels(void) {
 #ifdef WSN_X86

@@ -3,8 +3,8 @@
 One definition, three implementations that give the same mask for the same scores:
 - `TopKSelector.select`: torch operations with a band around the last threshold (no sort per step;
   the k-th value is found among the few entries near it), used on the CPU without the fused kernel;
-- `fused_select` (the C kernel `_kernels.select`): the same band search and the mask, trainable mask
-  and masked weight in one pass, on the CPU;
+- `fused_select` (the C kernel `_kernels.select`): the same band search, then the mask and the masked
+  weight in one pass, on the CPU;
 - `static_topk_mask`: no host synchronisation and static shapes (a two-pass radix select on the
   float bits, ties by index with a cumulative sum), for CUDA and graph capture.
 """
@@ -33,8 +33,14 @@ def k_for_capacity(n: int, capacity: float) -> int:
 
 
 def kernels_available() -> bool:
-    """The fused C kernels are built and not switched off ($WSN_KERNELS=torch)."""
-    return _kernels is not None and os.environ.get("WSN_KERNELS", "") != "torch"
+    """The fused C kernels are built and not switched off ($WSN_KERNELS=torch or static)."""
+    return _kernels is not None and os.environ.get("WSN_KERNELS", "") not in ("torch", "static")
+
+
+def static_on_cpu() -> bool:
+    """$WSN_KERNELS=static: the CPU runs the device path (the static selection and torch's Adam), as
+    CUDA does, for benchmarks and tests of that path on a machine without a GPU."""
+    return os.environ.get("WSN_KERNELS", "") == "static"
 
 
 def exact_top_k(values: torch.Tensor, k: int, threshold: torch.Tensor) -> torch.Tensor:
@@ -109,27 +115,31 @@ class TopKSelector:
         return threshold
 
     def fused_select(
-        self, scores: torch.Tensor, weight: torch.Tensor, free: torch.Tensor | None, k: int, work: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(mask, trainable, w_eff), flat, from the C kernel: the same selection and band as `select`."""
+        self,
+        scores: torch.Tensor,
+        weight: torch.Tensor,
+        k: int,
+        work: torch.Tensor,
+        mask: torch.Tensor,
+        w_eff: torch.Tensor,
+        threads: int = 1,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mask, w_eff), flat, written by the C kernel into the given buffers (bool and float, n each;
+        work: float, n): the same selection and band as `select`."""
         n = scores.numel()
-        mask = torch.empty(n, dtype=torch.bool)
-        trainable = torch.empty(n, dtype=torch.bool)
-        w_eff = torch.empty(n, dtype=weight.dtype)
         banded = self.lo is not None
         t, band, _ties, used_band, nonfinite = _kernels.select(
             scores.data_ptr(),
             weight.data_ptr(),
-            0 if free is None else free.data_ptr(),
             n,
             k,
             self.lo if banded else 0.0,
             self.hi if banded else 0.0,
             banded,
             mask.data_ptr(),
-            trainable.data_ptr(),
             w_eff.data_ptr(),
             work.data_ptr(),
+            threads,
         )
         if nonfinite:
             raise NonFiniteScores(f"{nonfinite} scores are NaN or infinite")
@@ -137,23 +147,30 @@ class TopKSelector:
             self._centre(t, band)
         else:
             self._widen(t)
-        return mask, trainable, w_eff
+        return mask, w_eff
 
 
 def fused_grads(
-    grad: torch.Tensor, weight: torch.Tensor, scores: torch.Tensor, trainable: torch.Tensor
+    grad: torch.Tensor,
+    weight: torch.Tensor,
+    scores: torch.Tensor,
+    mask: torch.Tensor,
+    free: torch.Tensor | None,
+    threads: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(grad_weight, grad_scores) from the C kernel: grad·trainable and (grad·weight)·sign(scores)."""
-    grad = grad.contiguous()
+    """(grad_weight, grad_scores) from the C kernel: grad·(mask & free) and (grad·weight)·sign(scores);
+    grad contiguous, mask and free (None: nothing frozen) flat bool."""
     gw, gs = torch.empty_like(weight), torch.empty_like(scores)
     _kernels.grads(
         grad.data_ptr(),
         weight.data_ptr(),
         scores.data_ptr(),
-        trainable.data_ptr(),
+        mask.data_ptr(),
+        0 if free is None else free.data_ptr(),
         grad.numel(),
         gw.data_ptr(),
         gs.data_ptr(),
+        threads,
     )
     return gw, gs
 
