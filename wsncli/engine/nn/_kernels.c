@@ -18,6 +18,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <float.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -366,15 +367,6 @@ static adam_k adam_constants(double lr, double b1, double b2, double eps, double
     return c;
 }
 
-/* The update of one element, in the reference's order (nn/adam.py `adam_reference`):
- *   m' = m*b1 + g*(1-b1);  v' = v*b2 + (g*g)*(1-b2);  p' = p - (m' / (sqrt(v')*c2 + eps)) * lr_t  */
-#define ADAM_ELEM(p, g, m, v, c, p1, m1, v1)                                  \
-    do {                                                                      \
-        m1 = (m) * (c).b1 + (g) * (c).omb1;                                   \
-        v1 = (v) * (c).b2 + ((g) * (g)) * (c).omb2;                           \
-        p1 = (p) - ((m1) / (sqrtf(v1) * (c).c2 + (c).eps)) * (c).lr_t;        \
-    } while (0)
-
 /* keep (all ones or all zeros) ? a : b, bit for bit; written so that gcc vectorises it */
 static inline float pick(uint32_t keep, float a, float b) {
     uint32_t ua, ub;
@@ -384,6 +376,18 @@ static inline float pick(uint32_t keep, float a, float b) {
     memcpy(&a, &ua, 4);
     return a;
 }
+
+/* x, or +0 where |x| is below the smallest normal float32 (NaN kept) */
+static inline float flush(float x) { return pick(-(uint32_t)!(fabsf(x) < FLT_MIN), x, 0.0f); }
+
+/* The update of one element, in the reference's order (nn/adam.py `adam_reference`):
+ *   m' = flush(m*b1 + g*(1-b1));  v' = flush(v*b2 + (g*g)*(1-b2));  p' = p - (m' / (sqrt(v')*c2 + eps)) * lr_t */
+#define ADAM_ELEM(p, g, m, v, c, p1, m1, v1)                                  \
+    do {                                                                      \
+        m1 = flush((m) * (c).b1 + (g) * (c).omb1);                            \
+        v1 = flush((v) * (c).b2 + ((g) * (g)) * (c).omb2);                    \
+        p1 = (p) - ((m1) / (sqrtf(v1) * (c).c2 + (c).eps)) * (c).lr_t;        \
+    } while (0)
 
 typedef struct {
     const float *g, *gw_in, *gs_in;

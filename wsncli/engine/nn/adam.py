@@ -9,11 +9,14 @@ One definition of the update, two implementations with the same bits (tests/engi
 For step t of a parameter (its count is incremented first), with float32 constants b1 = beta1,
 1 - beta1, b2 = beta2, 1 - beta2, c2 = 1/sqrt(1 - beta2^t), eps and lr_t = lr/(1 - beta1^t):
 
-    m <- m*b1 + g*(1-b1);   v <- v*b2 + (g*g)*(1-b2);   p <- p - (m / (sqrt(v)*c2 + eps)) * lr_t
+    m <- flush(m*b1 + g*(1-b1));   v <- flush(v*b2 + (g*g)*(1-b2));   p <- p - (m / (sqrt(v)*c2 + eps)) * lr_t
 
-every operation rounded to float32 on its own (no FMA), in this order. Weights frozen by earlier tasks
-are never written, nor are their moments. It is Adam (Kingma & Ba; torch's defaults, no weight decay),
-rounded differently from torch.optim.Adam's fused kernel.
+every operation rounded to float32 on its own (no FMA), in this order; `flush` stores a moment below
+the smallest normal float32 (1.2e-38) as 0. The moments of weights outside the mask decay by 0.9 and
+0.999 per step; without the flush they spend ~150 steps each as subnormal numbers, which the CPU
+computes ~100x slower (measured: the whole step 2x slower after 1,000 steps at PMNIST's batch 10).
+Weights frozen by earlier tasks are never written, nor are their moments. It is Adam (Kingma & Ba;
+torch's defaults, no weight decay), rounded differently from torch.optim.Adam's fused kernel.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ import numpy as np
 import torch
 
 from wsncli.engine.nn.selection import _kernels
+
+FLT_MIN = torch.finfo(torch.float32).tiny  # the smallest normal float32
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,11 @@ def exact_sqrt(v: torch.Tensor) -> torch.Tensor:
     return v.double().sqrt_().float()  # (n,)
 
 
+def flush(x: torch.Tensor) -> torch.Tensor:
+    """x with every entry below the smallest normal float32 in magnitude set to +0 (NaN kept)."""
+    return x.masked_fill_(x.abs() < FLT_MIN, 0.0)
+
+
 @torch.no_grad()
 def adam_reference(
     param: torch.Tensor, grad: torch.Tensor, state: dict[str, torch.Tensor], hp: AdamSettings, free=None
@@ -75,8 +85,8 @@ def adam_reference(
     state["step"] += 1
     b1, omb1, b2, omb2, c2, eps, lr_t = adam_constants(float(state["step"]), hp)
     m, v = state["exp_avg"], state["exp_avg_sq"]
-    m1 = (m * b1).add_(grad * omb1)
-    v1 = (v * b2).add_((grad * grad).mul_(omb2))
+    m1 = flush((m * b1).add_(grad * omb1))
+    v1 = flush((v * b2).add_((grad * grad).mul_(omb2)))
     p1 = torch.sub(param, (m1 / exact_sqrt(v1).mul_(c2).add_(eps)).mul_(lr_t))
     for updated, current in ((p1, param), (m1, m), (v1, v)):
         if free is None:

@@ -10,14 +10,14 @@ Three modes per layer:
 from __future__ import annotations
 
 import math
-import weakref
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from wsncli.engine.nn.adam import LayerAdam
-from wsncli.engine.nn.selection import TopKSelector, fused_grads, kernels_available, static_on_cpu, static_topk_mask
+from wsncli.engine.nn.fused import FusedLayer
+from wsncli.engine.nn.selection import TopKSelector, kernels_available, static_on_cpu, static_topk_mask
 from wsncli.engine.nn.selection import exact_top_k as exact_top_k  # re-exported for callers of 0.1
 from wsncli.engine.nn.selection import k_for_capacity as k_for_capacity
 
@@ -41,40 +41,6 @@ class _MaskedWeight(torch.autograd.Function):
         return grad * trainable_f, (grad * weight).mul_(scores.sign()), None, None  # one temporary, same bits
 
 
-class _InUse:
-    """Held by a fused forward's autograd context until its backward ran: while it lives, the layer's
-    mask and masked-weight buffers belong to that step and the next forward takes fresh ones."""
-
-    __slots__ = ("__weakref__",)
-
-
-class _FusedMaskedWeight(torch.autograd.Function):
-    """_MaskedWeight with the C kernels: the selection writes mask and masked weight in one pass; the
-    backward gives both straight-through gradients in one pass (same bits as torch's), or, when the
-    layer's Adam is armed (training.optim), applies Adam's update of weight and scores in one pass and
-    gives no gradient: the two gradients are never stored (nn.adam, same bits as the reference)."""
-
-    @staticmethod
-    def forward(ctx, weight, scores, layer):
-        ctx.layer, ctx.threads = layer, torch.get_num_threads()
-        ctx.mask, w_eff, ctx.in_use = layer._select_fused(ctx.threads)
-        ctx.save_for_backward(weight, scores)
-        return w_eff.view(weight.shape)
-
-    @staticmethod
-    def backward(ctx, grad):
-        layer, mask = ctx.layer, ctx.mask
-        weight, scores = ctx.saved_tensors  # (checks that nothing changed them in place since forward)
-        grad = grad.contiguous()
-        ctx.in_use = None  # the buffers are free for the next forward
-        adam = layer._adam
-        if adam is not None and adam.armed:
-            adam.armed = False
-            adam.fused_update(weight, scores, layer._free, ctx.threads, grad=grad, mask=mask)
-            return None, None, None
-        return *fused_grads(grad, weight, scores, mask, layer._free, ctx.threads), None
-
-
 class SubnetLayer(nn.Module):
     """Shared machinery of masked layers; subclasses define `_apply_weight(x, w)`."""
 
@@ -90,14 +56,10 @@ class SubnetLayer(nn.Module):
         self.frozen: torch.Tensor | None = None  # bool, weight shape: weights earlier tasks use
         self._free_f: torch.Tensor | None = None
         self._free: torch.Tensor | None = None  # bool (n,): ~frozen, for the fused kernel
-        self._work: torch.Tensor | None = None  # float (n,): the kernel's scratch buffer
         self.fixed_mask: torch.Tensor | None = None
         self._cached_weight: torch.Tensor | None = None
-        self._last_mask: torch.Tensor | None = None
-        self._use_kernels = False  # train_subnet's choice: the fused C kernels for this layer
-        self._buffers_flat: tuple[torch.Tensor, torch.Tensor] | None = None  # (mask, w_eff), reused per step
-        self._buffers_user: weakref.ref | None = None  # the _InUse of the step holding them
-        self._adam: LayerAdam | None = None  # set by the optimizer (training.optim) to fuse its update
+        self._torch_mask: torch.Tensor | None = None  # the torch path's last mask
+        self.fused: FusedLayer | None = None  # train_subnet's choice: the C kernels run this layer's step
 
     # modes ---------------------------------------------------------------------------------
     def train_subnet(self, k: int, frozen: torch.Tensor | None) -> None:
@@ -105,28 +67,31 @@ class SubnetLayer(nn.Module):
         self.frozen = frozen
         self._free_f = None if frozen is None else (~frozen).to(self.weight.dtype)  # 1 where trainable
         self._free = None if frozen is None else (~frozen).reshape(-1).contiguous()
-        self._work = self._buffers_flat = self._buffers_user = self._adam = None
-        self.fixed_mask = self._cached_weight = None
+        self.fixed_mask = self._cached_weight = self._torch_mask = None
         self.selector.reset()
         w = self.weight
-        self._use_kernels = (
-            kernels_available()
-            and w.device.type == "cpu"
-            and w.dtype == torch.float32
-            and 0 < k < w.numel()
-            and w.is_contiguous()
-            and self.scores.is_contiguous()
-        )
+        kernels = kernels_available() and w.device.type == "cpu" and w.dtype == torch.float32 and 0 < k < w.numel()
+        kernels = kernels and w.is_contiguous() and self.scores.is_contiguous()
+        self.fused = FusedLayer(w, self.scores, k, self._free, self.selector) if kernels else None
 
     def attach_adam(self, adam: LayerAdam | None) -> None:
-        """The optimizer's state of this layer, whose update the fused backward applies when armed."""
-        self._adam = adam
+        """Let the optimizer's Adam state of this layer take over its update (nn.fused)."""
+        if self.fused is None:
+            raise RuntimeError("internal error: Adam attached to a layer not trained by the C kernels")
+        self.fused.attach(adam)
 
     def use_mask(self, mask: torch.Tensor) -> None:
-        self.mode, self.fixed_mask, self._cached_weight, self._adam = "fixed", mask, None, None
+        self.mode, self.fixed_mask, self._cached_weight, self.fused = "fixed", mask, None, None
 
     def dense(self) -> None:
-        self.mode, self.fixed_mask, self._cached_weight, self._adam = "dense", None, None, None
+        self.mode, self.fixed_mask, self._cached_weight, self.fused = "dense", None, None, None
+
+    @property
+    def _last_mask(self) -> torch.Tensor | None:
+        """The mask of the last training forward (bool, weight's shape)."""
+        if self.fused is not None:
+            return self.fused.mask.view(self.weight.shape)
+        return self._torch_mask
 
     # masks ---------------------------------------------------------------------------------
     def current_mask(self) -> torch.Tensor:
@@ -138,26 +103,7 @@ class SubnetLayer(nn.Module):
 
     def _fused(self) -> bool:
         """The C kernels run this layer's step (chosen by train_subnet; still on the CPU)."""
-        return self._use_kernels and self.weight.is_cpu
-
-    def _select_fused(self, threads: int) -> tuple[torch.Tensor, torch.Tensor, _InUse]:
-        """(mask, w_eff, in_use), flat: the C selection into the layer's buffers, or into new ones
-        while an earlier step's autograd graph still holds them (no backward yet)."""
-        n = self.weight.numel()
-        if self._work is None:
-            self._work = torch.empty(n, dtype=torch.float32)
-        in_use = _InUse()
-        if self._buffers_flat is None or (self._buffers_user is not None and self._buffers_user() is not None):
-            buffers = (torch.empty(n, dtype=torch.bool), torch.empty(n, dtype=torch.float32))
-            if self._buffers_flat is None:
-                self._buffers_flat = buffers
-        else:
-            buffers = self._buffers_flat
-        if buffers is self._buffers_flat:
-            self._buffers_user = weakref.ref(in_use)
-        mask, w_eff = self.selector.fused_select(self.scores, self.weight, self.k, self._work, *buffers, threads)
-        self._last_mask = mask.view(self.weight.shape)
-        return mask, w_eff, in_use
+        return self.fused is not None and self.weight.is_cpu
 
     def effective_weight(self) -> torch.Tensor:
         if self.mode == "dense":
@@ -168,9 +114,8 @@ class SubnetLayer(nn.Module):
                 self._cached_weight = torch.where(self.fixed_mask, self.weight.detach(), zero)
             return self._cached_weight
         if self._fused():
-            return _FusedMaskedWeight.apply(self.weight, self.scores, self)
-        mask = self.current_mask()
-        self._last_mask = mask
+            return self.fused.masked_weight()  # type: ignore[union-attr]
+        mask = self._torch_mask = self.current_mask()
         mask_f = mask.to(self.weight.dtype)
         trainable_f = mask_f if self._free_f is None else mask_f * self._free_f
         return _MaskedWeight.apply(self.weight, self.scores, mask_f, trainable_f)

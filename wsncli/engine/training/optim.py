@@ -2,11 +2,12 @@
 per task), with the masked layers' update fused into the step on the CPU.
 
 - `MaskedAdam` (WSN on the CPU): the masked layers' weights and scores follow nn.adam's definition,
-  every other parameter (the task's head and biases) torch's fused Adam. With the C kernels and
-  `fuse`, `zero_grad(set_to_none=True)` arms every masked layer and the next backward applies the
-  update in place, one pass per layer (those parameters get no `.grad`); parameters that do have a
-  `.grad` at `step()` (data-parallel runs, after the all-reduce; or without the kernels) are updated
-  there by the same kernel or its torch reference: the same bits either way.
+  every other parameter (the task's head and biases) torch's fused Adam kernel. With the C kernels
+  and `fuse`, the layers' backward leaves only the masked weight's gradient and `step()` forms both
+  straight-through gradients and the update of weight and scores in one pass per layer (nn.fused;
+  weight and scores never get a `.grad`); parameters that do have a `.grad` at `step()` (data-parallel
+  runs, after the all-reduce; or without the kernels) are updated by the same kernel or its torch
+  reference: the same bits either way.
 - torch.optim.Adam (fused) for the dense fine-tune baseline and for the device path (CUDA, or
   $WSN_KERNELS=static on the CPU), where steps may be captured as CUDA graphs.
 
@@ -32,27 +33,26 @@ class MaskedAdam(torch.optim.Optimizer):
         masked = [p for layer in layers for p in (layer.weight, layer.scores)]
         defaults = dict(lr=lr, betas=(self.hp.beta1, self.hp.beta2), eps=self.hp.eps, weight_decay=0.0)
         super().__init__([{"params": masked}, {"params": list(others)}], defaults)
-        self.layers = layers
+        self.layers, self.others = layers, list(others)
         self.use_kernels = kernels_available() and all(
             p.device.type == "cpu" and p.dtype == torch.float32 and p.is_contiguous() for p in masked
         )
-        self.fuse = fuse and self.use_kernels
-        for p in masked:
+        self.fuse = fuse and self.use_kernels and all(layer.fused is not None for layer in layers)
+        for p in masked + self.others:
             self.state[p] = new_state(p)
-        self._rest = torch.optim.Adam(others, lr=lr, fused=True) if others else None
         self._link()
 
     def _link(self) -> None:
-        """Point the heads' Adam and the layers' fused backward at this optimizer's state."""
-        if self._rest is not None:
-            self._rest.state = self.state
+        """Point the layers' fused steps and the others' lists at this optimizer's state tensors."""
         self._adams: list[LayerAdam | None] = []
         for layer in self.layers:
-            adam = None
-            if self.use_kernels:
-                adam = LayerAdam(self.state[layer.weight], self.state[layer.scores], self.hp)
-            layer.attach_adam(adam if self.fuse else None)
+            adam = LayerAdam(self.state[layer.weight], self.state[layer.scores], self.hp) if self.use_kernels else None
+            if self.fuse:
+                layer.attach_adam(adam)
             self._adams.append(adam)
+        states = [self.state[p] for p in self.others]
+        self._moments = ([s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states])
+        self._steps = [s["step"] for s in states]
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for group in self.param_groups:
@@ -62,9 +62,11 @@ class MaskedAdam(torch.optim.Optimizer):
                         p.grad = None
                     else:
                         p.grad.detach_().zero_()
-        if set_to_none and self.fuse:
-            for adam in self._adams:
-                adam.armed = True  # type: ignore[union-attr]
+        if self.fuse:
+            for layer in self.layers:
+                leaf = layer.fused.leaf  # type: ignore[union-attr]
+                if leaf is not None and leaf.grad is not None:
+                    leaf.grad = None
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -72,11 +74,10 @@ class MaskedAdam(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        if self._rest is not None:
-            self._rest.step()
+        self._step_others()
         for layer, adam in zip(self.layers, self._adams):
-            if adam is not None:
-                adam.armed = False
+            if self.fuse and layer.fused.step():  # type: ignore[union-attr]
+                continue
             gw, gs = layer.weight.grad, layer.scores.grad
             if adam is not None and gw is not None and gs is not None:
                 threads = torch.get_num_threads()
@@ -96,10 +97,42 @@ class MaskedAdam(torch.optim.Optimizer):
                 adam_reference(layer.scores, gs, self.state[layer.scores], self.hp)
         return loss
 
+    def _step_others(self) -> None:
+        """torch's fused Adam over the parameters with a gradient among the others: the kernel
+        torch.optim.Adam(fused=True) runs, with the same arguments (the same bits)."""
+        params, grads, exp_avgs, exp_avg_sqs, steps = [], [], [], [], []
+        for p, m, v, s in zip(self.others, *self._moments, self._steps):
+            if p.grad is not None:
+                params.append(p)
+                grads.append(p.grad)
+                exp_avgs.append(m)
+                exp_avg_sqs.append(v)
+                steps.append(s)
+        if not params:
+            return
+        torch._foreach_add_(steps, 1)
+        torch._fused_adam_(
+            params,
+            grads,
+            exp_avgs,
+            exp_avg_sqs,
+            [],
+            steps,
+            amsgrad=False,
+            lr=self.hp.lr,
+            beta1=self.hp.beta1,
+            beta2=self.hp.beta2,
+            weight_decay=0.0,
+            eps=self.hp.eps,
+            maximize=False,
+            grad_scale=None,
+            found_inf=None,
+        )
+
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)
-        for layer in self.layers:
-            for p in (layer.weight, layer.scores):
+        for group in self.param_groups:
+            for p in group["params"]:
                 s = self.state[p]
                 s["step"] = torch.tensor(float(s["step"]), dtype=torch.float32)
                 for key in ("exp_avg", "exp_avg_sq"):

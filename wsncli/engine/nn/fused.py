@@ -1,0 +1,94 @@
+"""A masked layer's training step on the C kernels (CPU, float32), in one of two forms.
+
+- Adam attached (training.optim.MaskedAdam): the masked weight is a leaf tensor that the selection
+  kernel writes in one pass, with the mask, into buffers kept for the whole task. Autograd treats it
+  like a dense weight: the backward only leaves its gradient in `leaf.grad`, with no Python in between,
+  and the optimizer's step turns that gradient and the mask into both straight-through gradients and
+  Adam's update of weight and scores, in one more pass (nn.adam). The selection is redone only after
+  an update or an in-place change of weight or scores (their version counters), not per forward.
+- no Adam attached (data-parallel runs, where DDP must see the parameters' gradients; tests): a custom
+  autograd function with the same selection whose backward writes both gradients in one pass.
+
+Both give the bits of the torch path (nn.subnet._MaskedWeight, nn.adam.adam_reference).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from wsncli.engine.nn.adam import LayerAdam
+from wsncli.engine.nn.selection import TopKSelector, fused_grads
+
+
+class _FusedMaskedWeight(torch.autograd.Function):
+    """weight ⊙ mask(|score|), selection and product in one C pass; backward: both straight-through
+    gradients in one C pass (the same bits as nn.subnet._MaskedWeight)."""
+
+    @staticmethod
+    def forward(ctx, weight, scores, fused):
+        ctx.fused, ctx.threads = fused, torch.get_num_threads()
+        n = weight.numel()
+        ctx.mask, w_eff = fused.select(torch.empty(n, dtype=torch.bool), torch.empty(n), ctx.threads)
+        ctx.save_for_backward(weight, scores)
+        return w_eff.view(weight.shape)
+
+    @staticmethod
+    def backward(ctx, grad):
+        weight, scores = ctx.saved_tensors
+        gw, gs = fused_grads(grad.contiguous(), weight, scores, ctx.mask, ctx.fused.free, ctx.threads)
+        return gw, gs, None
+
+
+class FusedLayer:
+    """The C kernels' state of one masked layer training a task: its selector, mask, scratch and
+    masked-weight buffers, and (when attached) the optimizer's Adam state of its weight and scores."""
+
+    def __init__(
+        self, weight: torch.Tensor, scores: torch.Tensor, k: int, free: torch.Tensor | None, selector: TopKSelector
+    ) -> None:
+        n = weight.numel()
+        self.weight, self.scores, self.k, self.free = weight, scores, k, free  # free: bool (n,) or None
+        self.selector = selector
+        self.work = torch.empty(n, dtype=torch.float32)  # the selection's scratch
+        self.mask = torch.empty(n, dtype=torch.bool)  # the last selection's mask
+        self.adam: LayerAdam | None = None
+        self.leaf: torch.Tensor | None = None  # the masked weight (weight's shape), autograd leaf
+        self._key: tuple[int, int, int] | None = None  # what the leaf was computed from
+        self._updates = 0
+
+    def select(self, mask: torch.Tensor, w_eff: torch.Tensor, threads: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The C selection of the current scores into mask and w_eff (flat); the mask is kept as the
+        layer's last mask."""
+        self.selector.fused_select(self.scores, self.weight, self.k, self.work, mask, w_eff, threads)
+        if mask is not self.mask:
+            self.mask = mask
+        return mask, w_eff
+
+    def attach(self, adam: LayerAdam | None) -> None:
+        """Hand the update to `adam` (None: back to gradients on weight and scores)."""
+        self.adam, self._key = adam, None
+        self.leaf = None if adam is None else torch.empty_like(self.weight, requires_grad=True)
+
+    def masked_weight(self) -> torch.Tensor:
+        """weight ⊙ mask for this forward (weight's shape), differentiable as described above."""
+        if self.adam is None:
+            return _FusedMaskedWeight.apply(self.weight, self.scores, self)
+        leaf = self.leaf
+        key = (self.weight._version, self.scores._version, self._updates)
+        if key != self._key:
+            self.select(self.mask, leaf.detach().view(-1), torch.get_num_threads())
+            torch.autograd.graph.increment_version(leaf)  # a graph that saved the old values cannot backward
+            self._key = key
+        return leaf
+
+    def step(self) -> bool:
+        """Adam's update from the masked weight's gradient, if the backward left one; True if done."""
+        grad = None if self.leaf is None else self.leaf.grad
+        if grad is None:
+            return False
+        self.adam.fused_update(  # type: ignore[union-attr]
+            self.weight, self.scores, self.free, torch.get_num_threads(), grad=grad.contiguous(), mask=self.mask
+        )
+        self.leaf.grad = None  # type: ignore[union-attr]
+        self._updates += 1
+        return True
