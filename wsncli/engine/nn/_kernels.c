@@ -90,15 +90,19 @@ static void parallel_parts(part_fn fn, void *ctx, Py_ssize_t n, int parts) {
 /* ---- selection ---------------------------------------------------------------------------------- */
 
 /* The band scan: how many |s| are above hi, how many are not finite, and the values in (lo, hi]
- * copied into work[] (their order does not matter). Portable version. */
-static Py_ssize_t band_scan_plain(const float *s, Py_ssize_t n, float lo, float hi, float *work, Py_ssize_t *above,
-                                  Py_ssize_t *nonfinite) {
+ * copied into work[] (their order does not matter) with, when pos is given, their flat indices
+ * (offset + i, ascending) into pos[]. Portable version. */
+static Py_ssize_t band_scan_plain(const float *s, Py_ssize_t n, float lo, float hi, float *work, int32_t *pos,
+                                  Py_ssize_t offset, Py_ssize_t *above, Py_ssize_t *nonfinite) {
     Py_ssize_t band = 0, up = 0, bad = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         float v = fabsf(s[i]);
         bad += !(v <= FLT_LARGEST);
         up += v > hi;
-        if ((v > lo) & (v <= hi)) work[band++] = v;
+        if ((v > lo) & (v <= hi)) {
+            if (pos) pos[band] = (int32_t)(offset + i);
+            work[band++] = v;
+        }
     }
     *above = up;
     *nonfinite = bad;
@@ -108,7 +112,8 @@ static Py_ssize_t band_scan_plain(const float *s, Py_ssize_t n, float lo, float 
 #ifdef WSN_X86
 /* The same with AVX2: eight values per compare; only blocks that hold band values are unpacked. */
 __attribute__((target("avx2,popcnt"))) static Py_ssize_t band_scan_avx2(const float *s, Py_ssize_t n, float lo,
-                                                                      float hi, float *work, Py_ssize_t *above,
+                                                                      float hi, float *work, int32_t *pos,
+                                                                      Py_ssize_t offset, Py_ssize_t *above,
                                                                       Py_ssize_t *nonfinite) {
     const __m256 vlo = _mm256_set1_ps(lo), vhi = _mm256_set1_ps(hi), vmax = _mm256_set1_ps(FLT_LARGEST);
     const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
@@ -121,56 +126,72 @@ __attribute__((target("avx2,popcnt"))) static Py_ssize_t band_scan_avx2(const fl
             _mm256_and_ps(_mm256_cmp_ps(v, vlo, _CMP_GT_OQ), _mm256_cmp_ps(v, vhi, _CMP_LE_OQ)));
         while (in) {
             int j = __builtin_ctz(in);
+            if (pos) pos[band] = (int32_t)(offset + i + j);
             work[band++] = fabsf(s[i + j]);
             in &= in - 1;
         }
     }
     Py_ssize_t up2 = 0, bad2 = 0;
-    band += band_scan_plain(s + i, n - i, lo, hi, work + band, &up2, &bad2);
+    band += band_scan_plain(s + i, n - i, lo, hi, work + band, pos ? pos + band : NULL, offset + i, &up2, &bad2);
     *above = up + up2;
     *nonfinite = bad + bad2;
     return band;
 }
 #endif
 
-static Py_ssize_t band_scan_one(const float *s, Py_ssize_t n, float lo, float hi, float *work, Py_ssize_t *above,
-                                Py_ssize_t *nonfinite) {
+static Py_ssize_t band_scan_one(const float *s, Py_ssize_t n, float lo, float hi, float *work, int32_t *pos,
+                                Py_ssize_t offset, Py_ssize_t *above, Py_ssize_t *nonfinite) {
 #ifdef WSN_X86
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt"))
-        return band_scan_avx2(s, n, lo, hi, work, above, nonfinite);
+        return band_scan_avx2(s, n, lo, hi, work, pos, offset, above, nonfinite);
 #endif
-    return band_scan_plain(s, n, lo, hi, work, above, nonfinite);
+    return band_scan_plain(s, n, lo, hi, work, pos, offset, above, nonfinite);
+}
+
+/* What a band scan split in parts found; each part p wrote its values (and positions) from index
+ * part_start(p) on, and `gather` moves them together. */
+typedef struct {
+    Py_ssize_t band[MAX_THREADS], above[MAX_THREADS], nonfinite[MAX_THREADS];
+} scan_parts;
+
+static Py_ssize_t gather(scan_parts *r, Py_ssize_t n, int parts, float *work, int32_t *pos, Py_ssize_t *above,
+                         Py_ssize_t *nonfinite) {
+    Py_ssize_t band = 0;
+    *above = *nonfinite = 0;
+    for (int p = 0; p < parts; p++) {
+        Py_ssize_t a, b;
+        part_range(n, parts, p, &a, &b);
+        if (band != a) {
+            memmove(work + band, work + a, (size_t)r->band[p] * sizeof(float));
+            if (pos) memmove(pos + band, pos + a, (size_t)r->band[p] * sizeof(int32_t));
+        }
+        band += r->band[p];
+        *above += r->above[p];
+        *nonfinite += r->nonfinite[p];
+    }
+    return band;
 }
 
 typedef struct {
     const float *s;
     float lo, hi;
     float *work;
-    Py_ssize_t band[MAX_THREADS], above[MAX_THREADS], nonfinite[MAX_THREADS];
+    scan_parts r;
 } scan_job;
 
 static void scan_part(void *ctx, Py_ssize_t a, Py_ssize_t b, int p) {
     scan_job *j = (scan_job *)ctx;
-    j->band[p] = band_scan_one(j->s + a, b - a, j->lo, j->hi, j->work + a, &j->above[p], &j->nonfinite[p]);
+    j->r.band[p] = band_scan_one(j->s + a, b - a, j->lo, j->hi, j->work + a, NULL, a, &j->r.above[p],
+                                 &j->r.nonfinite[p]);
 }
 
-/* The band scan over all of s in parts; each part's band values are then moved together. */
+/* The band scan over all of s in parts. */
 static Py_ssize_t band_scan(const float *s, Py_ssize_t n, float lo, float hi, float *work, Py_ssize_t *above,
                             Py_ssize_t *nonfinite, int threads) {
     scan_job j = {.s = s, .lo = lo, .hi = hi, .work = work};
     int parts = n_parts(n, threads);
     parallel_parts(scan_part, &j, n, parts);
-    Py_ssize_t band = 0;
-    *above = *nonfinite = 0;
-    for (int p = 0; p < parts; p++) {
-        Py_ssize_t a, b;
-        part_range(n, parts, p, &a, &b);
-        if (band != a) memmove(work + band, work + a, (size_t)j.band[p] * sizeof(float));
-        band += j.band[p];
-        *above += j.above[p];
-        *nonfinite += j.nonfinite[p];
-    }
-    return band;
+    return gather(&j.r, n, parts, work, NULL, above, nonfinite);
 }
 
 /* k-th largest (1-based) of a[0..m): quickselect, in place. */
@@ -241,34 +262,56 @@ static void add_ties(const float *s, const float *w, float t, Py_ssize_t n, Py_s
     }
 }
 
-/* select(scores, weight, n, k, lo, hi, use_band, mask, w_eff, work, threads)
- *   -> (threshold, band_size, ties_at_threshold, used_band, nonfinite) */
+/* After a band scan in the Adam pass (`adam` with w_eff_next), mask and w_eff are right everywhere
+ * but in the band, whose positions (ascending) are in pos[0..band): set those. */
+static void fix_band(const float *s, const float *w, float t, const int32_t *pos, Py_ssize_t band, int ge,
+                     Py_ssize_t missing, uint8_t *mask, float *weff) {
+    for (Py_ssize_t j = 0; j < band; j++) {
+        Py_ssize_t i = pos[j];
+        float v = fabsf(s[i]);
+        int m = v > t;
+        if (v == t && (ge || missing > 0)) {
+            m = 1;
+            missing -= !ge;
+        }
+        mask[i] = (uint8_t)m;
+        weff[i] = w[i] * (float)m;
+    }
+}
+
+/* select(scores, weight, n, k, lo, hi, mode, mask, w_eff, work, threads, pos, band, above, nonfinite)
+ *   -> (threshold, band_size, ties_at_threshold, used_band, nonfinite)
+ * mode 0: no band yet (a full selection); 1: scan for the band (lo, hi] first; 2: the band was scanned
+ * by the Adam pass, which left its values in work, their positions in pos and the counts given. */
 static PyObject *select_mask(PyObject *self, PyObject *args) {
-    unsigned long long ps, pw, pm, pe, pk;
-    Py_ssize_t n, k;
+    unsigned long long ps, pw, pm, pe, pk, pp;
+    Py_ssize_t n, k, pre_band, pre_above, pre_nonfinite;
     double lo, hi;
-    int use_band, threads;
-    if (!PyArg_ParseTuple(args, "KKnnddpKKKi", &ps, &pw, &n, &k, &lo, &hi, &use_band, &pm, &pe, &pk, &threads))
+    int mode, threads;
+    if (!PyArg_ParseTuple(args, "KKnnddiKKKiKnnn", &ps, &pw, &n, &k, &lo, &hi, &mode, &pm, &pe, &pk, &threads, &pp,
+                          &pre_band, &pre_above, &pre_nonfinite))
         return NULL;
     const float *s = (const float *)(uintptr_t)ps, *w = (const float *)(uintptr_t)pw;
     uint8_t *mask = (uint8_t *)(uintptr_t)pm;
     float *weff = (float *)(uintptr_t)pe, *work = (float *)(uintptr_t)pk;
+    const int32_t *pos = (const int32_t *)(uintptr_t)pp;
     float threshold = 0.0f;
-    Py_ssize_t band = 0, gt = 0, nonfinite = 0, ties = 0;
+    Py_ssize_t band = 0, gt = 0, nonfinite = 0, ties = 0, above = 0;
     int banded = 0;
     Py_BEGIN_ALLOW_THREADS
-    if (use_band) { /* the k-th largest is looked for among the few values in (lo, hi] */
-        Py_ssize_t above = 0;
+    if (mode == 1) {
         band = band_scan(s, n, (float)lo, (float)hi, work, &above, &nonfinite, threads);
-        Py_ssize_t need = k - above;
-        if (!nonfinite && need >= 1 && need <= band) {
-            threshold = kth_largest(work, band, need);
-            banded = 1;
-            gt = above;
-            for (Py_ssize_t i = 0; i < band; i++) {
-                gt += work[i] > threshold;
-                ties += work[i] == threshold;
-            }
+    } else if (mode == 2) {
+        band = pre_band, above = pre_above, nonfinite = pre_nonfinite;
+    }
+    if (mode && !nonfinite && k - above >= 1 && k - above <= band) {
+        /* the k-th largest is among the few values in (lo, hi] */
+        threshold = kth_largest(work, band, k - above);
+        banded = 1;
+        gt = above;
+        for (Py_ssize_t i = 0; i < band; i++) {
+            gt += work[i] > threshold;
+            ties += work[i] == threshold;
         }
     }
     if (!banded && !nonfinite) { /* every value: the full selection */
@@ -287,11 +330,16 @@ static PyObject *select_mask(PyObject *self, PyObject *args) {
         }
     }
     if (!nonfinite) {
-        /* usually every entry equal to the threshold is kept (one pass with >=); when more tie than
-         * the mask has room for, the first ones by index are added after a pass with > */
-        write_job j = {.s = s, .w = w, .t = threshold, .ge = gt + ties == k, .mask = mask, .weff = weff};
-        parallel_parts(write_part, &j, n, n_parts(n, threads));
-        if (!j.ge && k > gt) add_ties(s, w, threshold, n, k - gt, mask, weff);
+        /* usually every entry equal to the threshold is kept (>=); when more tie than the mask has
+         * room for, the first ones by index join those above it */
+        int ge = gt + ties == k;
+        if (banded && mode == 2) {
+            fix_band(s, w, threshold, pos, band, ge, k - gt, mask, weff);
+        } else {
+            write_job j = {.s = s, .w = w, .t = threshold, .ge = ge, .mask = mask, .weff = weff};
+            parallel_parts(write_part, &j, n, n_parts(n, threads));
+            if (!ge && k > gt) add_ties(s, w, threshold, n, k - gt, mask, weff);
+        }
     }
     Py_END_ALLOW_THREADS
     return Py_BuildValue("(dnnin)", (double)threshold, band, ties, banded, nonfinite);
@@ -389,73 +437,67 @@ static inline float flush(float x) { return pick(-(uint32_t)!(fabsf(x) < FLT_MIN
         p1 = (p) - ((m1) / (sqrtf(v1) * (c).c2 + (c).eps)) * (c).lr_t;        \
     } while (0)
 
-typedef struct {
-    const float *g, *gw_in, *gs_in;
-    const uint8_t *mask, *fr;
-    float *w, *s, *mw, *vw, *ms, *vs;
-    adam_k cw, cs;
-} adam_job;
-
 /* From the gradient of w_eff: gw = g * mask, gs = (g * w) * sign(s), then both updates; elements
- * with fr[i] == 0 keep weight and moments as they are (the same bits written back). */
-VECTORISED static void adam_fused_loop(const float *restrict g, const uint8_t *restrict mask,
-                                       const uint8_t *restrict fr, Py_ssize_t a, Py_ssize_t b, float *restrict w,
-                                       float *restrict s, float *restrict mw, float *restrict vw, float *restrict ms,
-                                       float *restrict vs, adam_k cw, adam_k cs) {
+ * with fr[i] == 0 keep weight and moments as they are (the same bits written back). Then, for the next
+ * step's selection: mask[i] = |s'| > hi (the band's top; right outside the band) and w_eff = w' * mask.
+ * mask is read and written at the same index, so it is not restrict. */
+#define ADAM_FUSED_BODY(KEEP)                                                   \
+    float gi = g[i], wi = w[i], si = s[i], mwi = mw[i], vwi = vw[i];            \
+    float sign = (float)((si > 0.0f) - (si < 0.0f));                            \
+    float gs = (gi * wi) * sign, gw = gi * (float)mask[i];                      \
+    float w1, m1, v1, s1, n1, u1;                                               \
+    ADAM_ELEM(wi, gw, mwi, vwi, cw, w1, m1, v1);                                \
+    ADAM_ELEM(si, gs, ms[i], vs[i], cs, s1, n1, u1);                            \
+    uint32_t keep = KEEP;                                                       \
+    w1 = pick(keep, w1, wi);                                                    \
+    w[i] = w1;                                                                  \
+    mw[i] = pick(keep, m1, mwi);                                                \
+    vw[i] = pick(keep, v1, vwi);                                                \
+    s[i] = s1;                                                                  \
+    ms[i] = n1;                                                                 \
+    vs[i] = u1;                                                                 \
+    int32_t next = fabsf(s1) > hi;                                              \
+    mask[i] = (uint8_t)next;                                                    \
+    weff[i] = w1 * (float)next;
+
+VECTORISED static void adam_fused_loop(const float *restrict g, uint8_t *mask, const uint8_t *restrict fr, Py_ssize_t a,
+                                       Py_ssize_t b, float *restrict w, float *restrict s, float *restrict mw,
+                                       float *restrict vw, float *restrict ms, float *restrict vs, adam_k cw,
+                                       adam_k cs, float hi, float *restrict weff) {
     for (Py_ssize_t i = a; i < b; i++) {
-        float gi = g[i], wi = w[i], si = s[i], mwi = mw[i], vwi = vw[i];
-        float sign = (float)((si > 0.0f) - (si < 0.0f));
-        float gs = (gi * wi) * sign, gw = gi * (float)mask[i];
-        float w1, m1, v1, s1, n1, u1;
-        ADAM_ELEM(wi, gw, mwi, vwi, cw, w1, m1, v1);
-        ADAM_ELEM(si, gs, ms[i], vs[i], cs, s1, n1, u1);
-        uint32_t keep = -(uint32_t)fr[i];
-        w[i] = pick(keep, w1, wi);
-        mw[i] = pick(keep, m1, mwi);
-        vw[i] = pick(keep, v1, vwi);
-        s[i] = s1;
-        ms[i] = n1;
-        vs[i] = u1;
+        ADAM_FUSED_BODY(-(uint32_t)fr[i])
     }
 }
 
-VECTORISED static void adam_fused_loop_all_free(const float *restrict g, const uint8_t *restrict mask, Py_ssize_t a,
-                                                Py_ssize_t b, float *restrict w, float *restrict s,
-                                                float *restrict mw, float *restrict vw, float *restrict ms,
-                                                float *restrict vs, adam_k cw, adam_k cs) {
+VECTORISED static void adam_fused_loop_all_free(const float *restrict g, uint8_t *mask, Py_ssize_t a, Py_ssize_t b,
+                                                float *restrict w, float *restrict s, float *restrict mw,
+                                                float *restrict vw, float *restrict ms, float *restrict vs, adam_k cw,
+                                                adam_k cs, float hi, float *restrict weff) {
     for (Py_ssize_t i = a; i < b; i++) {
-        float gi = g[i], wi = w[i], si = s[i];
-        float sign = (float)((si > 0.0f) - (si < 0.0f));
-        float gs = (gi * wi) * sign, gw = gi * (float)mask[i];
-        float w1, m1, v1, s1, n1, u1;
-        ADAM_ELEM(wi, gw, mw[i], vw[i], cw, w1, m1, v1);
-        ADAM_ELEM(si, gs, ms[i], vs[i], cs, s1, n1, u1);
-        w[i] = w1;
-        mw[i] = m1;
-        vw[i] = v1;
-        s[i] = s1;
-        ms[i] = n1;
-        vs[i] = u1;
+        ADAM_FUSED_BODY(0xFFFFFFFFu)
     }
 }
 
-/* From given gradients (after a data-parallel all-reduce): the same updates; fr == NULL: all free. */
+/* From given gradients (after a data-parallel all-reduce): the same updates. */
+#define ADAM_GRADS_BODY(KEEP)                                                   \
+    float gw = gwv[i], gs = gsv[i], wi = w[i], mwi = mw[i], vwi = vw[i];        \
+    float w1, m1, v1, s1, n1, u1;                                               \
+    ADAM_ELEM(wi, gw, mwi, vwi, cw, w1, m1, v1);                                \
+    ADAM_ELEM(s[i], gs, ms[i], vs[i], cs, s1, n1, u1);                          \
+    uint32_t keep = KEEP;                                                       \
+    w[i] = pick(keep, w1, wi);                                                  \
+    mw[i] = pick(keep, m1, mwi);                                                \
+    vw[i] = pick(keep, v1, vwi);                                                \
+    s[i] = s1;                                                                  \
+    ms[i] = n1;                                                                 \
+    vs[i] = u1;
+
 VECTORISED static void adam_grads_loop(const float *restrict gwv, const float *restrict gsv,
                                        const uint8_t *restrict fr, Py_ssize_t a, Py_ssize_t b, float *restrict w,
                                        float *restrict s, float *restrict mw, float *restrict vw, float *restrict ms,
                                        float *restrict vs, adam_k cw, adam_k cs) {
     for (Py_ssize_t i = a; i < b; i++) {
-        float gw = gwv[i], gs = gsv[i], wi = w[i], mwi = mw[i], vwi = vw[i];
-        float w1, m1, v1, s1, n1, u1;
-        ADAM_ELEM(wi, gw, mwi, vwi, cw, w1, m1, v1);
-        ADAM_ELEM(s[i], gs, ms[i], vs[i], cs, s1, n1, u1);
-        uint32_t keep = -(uint32_t)fr[i];
-        w[i] = pick(keep, w1, wi);
-        mw[i] = pick(keep, m1, mwi);
-        vw[i] = pick(keep, v1, vwi);
-        s[i] = s1;
-        ms[i] = n1;
-        vs[i] = u1;
+        ADAM_GRADS_BODY(-(uint32_t)fr[i])
     }
 }
 
@@ -464,42 +506,68 @@ VECTORISED static void adam_grads_loop_all_free(const float *restrict gwv, const
                                                 float *restrict mw, float *restrict vw, float *restrict ms,
                                                 float *restrict vs, adam_k cw, adam_k cs) {
     for (Py_ssize_t i = a; i < b; i++) {
-        float w1, m1, v1, s1, n1, u1;
-        ADAM_ELEM(w[i], gwv[i], mw[i], vw[i], cw, w1, m1, v1);
-        ADAM_ELEM(s[i], gsv[i], ms[i], vs[i], cs, s1, n1, u1);
-        w[i] = w1;
-        mw[i] = m1;
-        vw[i] = v1;
-        s[i] = s1;
-        ms[i] = n1;
-        vs[i] = u1;
+        ADAM_GRADS_BODY(0xFFFFFFFFu)
     }
 }
 
+#define ADAM_BLOCK 512 /* elements updated, then band-scanned while still in L1 */
+
+typedef struct {
+    const float *g, *gw_in, *gs_in;
+    uint8_t *mask;
+    const uint8_t *fr;
+    float *w, *s, *mw, *vw, *ms, *vs, *weff, *work;
+    int32_t *pos;
+    float lo, hi;
+    adam_k cw, cs;
+    scan_parts r;
+} adam_job;
+
 static void adam_part(void *ctx, Py_ssize_t a, Py_ssize_t b, int p) {
     adam_job *j = (adam_job *)ctx;
-    if (j->gw_in && j->fr)
-        adam_grads_loop(j->gw_in, j->gs_in, j->fr, a, b, j->w, j->s, j->mw, j->vw, j->ms, j->vs, j->cw, j->cs);
-    else if (j->gw_in)
-        adam_grads_loop_all_free(j->gw_in, j->gs_in, a, b, j->w, j->s, j->mw, j->vw, j->ms, j->vs, j->cw, j->cs);
-    else if (j->fr)
-        adam_fused_loop(j->g, j->mask, j->fr, a, b, j->w, j->s, j->mw, j->vw, j->ms, j->vs, j->cw, j->cs);
-    else
-        adam_fused_loop_all_free(j->g, j->mask, a, b, j->w, j->s, j->mw, j->vw, j->ms, j->vs, j->cw, j->cs);
+    if (j->gw_in) {
+        if (j->fr)
+            adam_grads_loop(j->gw_in, j->gs_in, j->fr, a, b, j->w, j->s, j->mw, j->vw, j->ms, j->vs, j->cw, j->cs);
+        else
+            adam_grads_loop_all_free(j->gw_in, j->gs_in, a, b, j->w, j->s, j->mw, j->vw, j->ms, j->vs, j->cw, j->cs);
+        return;
+    }
+    Py_ssize_t band = 0, above = 0, nonfinite = 0;
+    for (Py_ssize_t c = a; c < b; c += ADAM_BLOCK) {
+        Py_ssize_t e = c + ADAM_BLOCK < b ? c + ADAM_BLOCK : b, up = 0, bad = 0;
+        if (j->fr)
+            adam_fused_loop(j->g, j->mask, j->fr, c, e, j->w, j->s, j->mw, j->vw, j->ms, j->vs, j->cw, j->cs, j->hi,
+                            j->weff);
+        else
+            adam_fused_loop_all_free(j->g, j->mask, c, e, j->w, j->s, j->mw, j->vw, j->ms, j->vs, j->cw, j->cs,
+                                     j->hi, j->weff);
+        band += band_scan_one(j->s + c, e - c, j->lo, j->hi, j->work + a + band, j->pos + a + band, c, &up, &bad);
+        above += up;
+        nonfinite += bad;
+    }
+    j->r.band[p] = band;
+    j->r.above[p] = above;
+    j->r.nonfinite[p] = nonfinite;
 }
 
 /* adam(grad, mask, grad_weight, grad_scores, free, n, weight, scores, exp_avg_w, exp_avg_sq_w, exp_avg_s,
- *      exp_avg_sq_s, step_w, step_s, lr, beta1, beta2, eps, threads)
- * grad and mask (the gradient of w_eff and the layer's mask) when grad_weight is 0, else grad_weight and
- * grad_scores; free may be 0 (nothing frozen). Both step counts (float32) are incremented first. */
+ *      exp_avg_sq_s, step_w, step_s, lr, beta1, beta2, eps, threads, w_eff, lo, hi, work, pos)
+ * Either grad and mask (the gradient of w_eff and the layer's mask; `free` may be 0: nothing frozen),
+ * then also the next step's mask and w_eff (right outside (lo, hi]) and the band scan of the new
+ * scores: values in work, positions in pos -> (band, above, nonfinite); or grad_weight and grad_scores
+ * (grad, mask, w_eff, work, pos 0) -> None. Both step counts (float32) are incremented first. */
 static PyObject *adam(PyObject *self, PyObject *args) {
-    unsigned long long pg, pm, pgw, pgs, pf, pw, ps, pmw, pvw, pms, pvs, psw, pss;
+    unsigned long long pg, pm, pgw, pgs, pf, pw, ps, pmw, pvw, pms, pvs, psw, pss, pe, pk, pp;
     Py_ssize_t n;
-    double lr, b1, b2, eps;
+    double lr, b1, b2, eps, lo, hi;
     int threads;
-    if (!PyArg_ParseTuple(args, "KKKKKnKKKKKKKKddddi", &pg, &pm, &pgw, &pgs, &pf, &n, &pw, &ps, &pmw, &pvw, &pms,
-                          &pvs, &psw, &pss, &lr, &b1, &b2, &eps, &threads))
+    if (!PyArg_ParseTuple(args, "KKKKKnKKKKKKKKddddiKddKK", &pg, &pm, &pgw, &pgs, &pf, &n, &pw, &ps, &pmw, &pvw,
+                          &pms, &pvs, &psw, &pss, &lr, &b1, &b2, &eps, &threads, &pe, &lo, &hi, &pk, &pp))
         return NULL;
+    if (pgw ? !pgs : (!pg || !pm || !pe || !pk || !pp)) {
+        PyErr_SetString(PyExc_ValueError, "adam: either grad, mask, w_eff, work and pos, or both gradients");
+        return NULL;
+    }
     float *step_w = (float *)(uintptr_t)psw, *step_s = (float *)(uintptr_t)pss;
     *step_w += 1.0f;
     *step_s += 1.0f;
@@ -507,7 +575,7 @@ static PyObject *adam(PyObject *self, PyObject *args) {
         .g = (const float *)(uintptr_t)pg,
         .gw_in = (const float *)(uintptr_t)pgw,
         .gs_in = (const float *)(uintptr_t)pgs,
-        .mask = (const uint8_t *)(uintptr_t)pm,
+        .mask = (uint8_t *)(uintptr_t)pm,
         .fr = (const uint8_t *)(uintptr_t)pf,
         .w = (float *)(uintptr_t)pw,
         .s = (float *)(uintptr_t)ps,
@@ -515,13 +583,22 @@ static PyObject *adam(PyObject *self, PyObject *args) {
         .vw = (float *)(uintptr_t)pvw,
         .ms = (float *)(uintptr_t)pms,
         .vs = (float *)(uintptr_t)pvs,
+        .weff = (float *)(uintptr_t)pe,
+        .work = (float *)(uintptr_t)pk,
+        .pos = (int32_t *)(uintptr_t)pp,
+        .lo = (float)lo,
+        .hi = (float)hi,
         .cw = adam_constants(lr, b1, b2, eps, (double)*step_w),
         .cs = adam_constants(lr, b1, b2, eps, (double)*step_s),
     };
+    int parts = n_parts(n, threads);
+    Py_ssize_t band = 0, above = 0, nonfinite = 0;
     Py_BEGIN_ALLOW_THREADS
-    parallel_parts(adam_part, &j, n, n_parts(n, threads));
+    parallel_parts(adam_part, &j, n, parts);
+    if (!j.gw_in) band = gather(&j.r, n, parts, j.work, j.pos, &above, &nonfinite);
     Py_END_ALLOW_THREADS
-    Py_RETURN_NONE;
+    if (j.gw_in) Py_RETURN_NONE;
+    return Py_BuildValue("(nnn)", band, above, nonfinite);
 }
 
 static PyMethodDef methods[] = {

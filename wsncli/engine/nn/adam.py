@@ -126,11 +126,16 @@ class LayerAdam:
         mask: torch.Tensor | None = None,
         grad_weight: torch.Tensor | None = None,
         grad_scores: torch.Tensor | None = None,
-    ) -> None:
-        """The C kernel: from (grad of w_eff, mask) or from (grad_weight, grad_scores); all flat views
-        of contiguous float32 (mask, free: bool) CPU tensors."""
+        next_step: tuple[torch.Tensor, float, float, torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[int, int, int] | None:
+        """The C kernel, from (grad of w_eff, mask) or from (grad_weight, grad_scores); all contiguous
+        float32 (mask, free: bool) CPU tensors. With the first, `next_step` = (w_eff, lo, hi, work,
+        positions): the pass also writes the next step's mask and w_eff, right outside the band
+        (lo, hi], and scans the new scores for the band (nn.selection.fused_select's `prescan`):
+        returns (band, above, nonfinite)."""
         hp = self.hp
-        _kernels.adam(
+        w_eff, lo, hi, work, positions = next_step or (None, 0.0, 0.0, None, None)
+        return _kernels.adam(
             0 if grad is None else grad.data_ptr(),
             0 if mask is None else mask.data_ptr(),
             0 if grad_weight is None else grad_weight.data_ptr(),
@@ -145,4 +150,9 @@ class LayerAdam:
             hp.beta2,
             hp.eps,
             threads,
+            0 if w_eff is None else w_eff.data_ptr(),
+            lo,
+            hi,
+            0 if work is None else work.data_ptr(),
+            0 if positions is None else positions.data_ptr(),
         )

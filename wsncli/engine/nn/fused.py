@@ -14,6 +14,8 @@ Both give the bits of the torch path (nn.subnet._MaskedWeight, nn.adam.adam_refe
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from wsncli.engine.nn.adam import LayerAdam
@@ -51,10 +53,13 @@ class FusedLayer:
         self.selector = selector
         self.work = torch.empty(n, dtype=torch.float32)  # the selection's scratch
         self.mask = torch.empty(n, dtype=torch.bool)  # the last selection's mask
+        self.positions = torch.empty(n, dtype=torch.int32)  # the band's positions, from the Adam pass
         self.adam: LayerAdam | None = None
         self.leaf: torch.Tensor | None = None  # the masked weight (weight's shape), autograd leaf
         self._key: tuple[int, int, int] | None = None  # what the leaf was computed from
         self._updates = 0
+        self._prescan: tuple[int, int, int] | None = None  # the Adam pass's band scan ...
+        self._prescan_key: tuple[int, int, int] | None = None  # ... of the scores as they were then
 
     def select(self, mask: torch.Tensor, w_eff: torch.Tensor, threads: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The C selection of the current scores into mask and w_eff (flat); the mask is kept as the
@@ -76,7 +81,18 @@ class FusedLayer:
         leaf = self.leaf
         key = (self.weight._version, self.scores._version, self._updates)
         if key != self._key:
-            self.select(self.mask, leaf.detach().view(-1), torch.get_num_threads())
+            prescan = self._prescan if key == self._prescan_key else None  # else weight or scores changed since
+            self.selector.fused_select(
+                self.scores,
+                self.weight,
+                self.k,
+                self.work,
+                self.mask,
+                leaf.detach().view(-1),
+                torch.get_num_threads(),
+                prescan,
+                self.positions,
+            )
             torch.autograd.graph.increment_version(leaf)  # a graph that saved the old values cannot backward
             self._key = key
         return leaf
@@ -86,9 +102,20 @@ class FusedLayer:
         grad = None if self.leaf is None else self.leaf.grad
         if grad is None:
             return False
-        self.adam.fused_update(  # type: ignore[union-attr]
-            self.weight, self.scores, self.free, torch.get_num_threads(), grad=grad.contiguous(), mask=self.mask
+        lo, hi = self.selector.lo, self.selector.hi
+        if lo is None or hi is None:  # no band yet: an empty one, so the next selection is a full one
+            lo = hi = math.inf
+        w_eff = self.leaf.detach().view(-1)  # type: ignore[union-attr]
+        self._prescan = self.adam.fused_update(  # type: ignore[union-attr]
+            self.weight,
+            self.scores,
+            self.free,
+            torch.get_num_threads(),
+            grad=grad.contiguous(),
+            mask=self.mask,
+            next_step=(w_eff, lo, hi, self.work, self.positions),
         )
         self.leaf.grad = None  # type: ignore[union-attr]
         self._updates += 1
+        self._prescan_key = (self.weight._version, self.scores._version, self._updates)
         return True

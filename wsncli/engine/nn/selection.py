@@ -20,7 +20,7 @@ try:  # built by `pip install` where a C compiler exists; wsn works without it
 except ImportError:  # pragma: no cover - depends on the machine
     _kernels = None
 
-_MIN_BAND = 64  # target size of the candidate band around the threshold
+_MIN_BAND = 16  # target size of the candidate band around the threshold
 
 
 class NonFiniteScores(ValueError):
@@ -123,23 +123,29 @@ class TopKSelector:
         mask: torch.Tensor,
         w_eff: torch.Tensor,
         threads: int = 1,
+        prescan: tuple[int, int, int] | None = None,
+        positions: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(mask, w_eff), flat, written by the C kernel into the given buffers (bool and float, n each;
-        work: float, n): the same selection and band as `select`."""
+        work: float, n): the same selection and band as `select`. `prescan`: (band, above, nonfinite)
+        of the band scan the Adam kernel made of these scores, its values in work and their positions
+        in `positions` (int32, n); mask and w_eff are then right outside the band and only it is set."""
         n = scores.numel()
-        banded = self.lo is not None
+        mode = 2 if prescan is not None else 1 if self.lo is not None else 0
         t, band, _ties, used_band, nonfinite = _kernels.select(
             scores.data_ptr(),
             weight.data_ptr(),
             n,
             k,
-            self.lo if banded else 0.0,
-            self.hi if banded else 0.0,
-            banded,
+            self.lo if self.lo is not None else 0.0,
+            self.hi if self.hi is not None else 0.0,
+            mode,
             mask.data_ptr(),
             w_eff.data_ptr(),
             work.data_ptr(),
             threads,
+            0 if positions is None else positions.data_ptr(),
+            *(prescan or (0, 0, 0)),
         )
         if nonfinite:
             raise NonFiniteScores(f"{nonfinite} scores are NaN or infinite")
