@@ -166,8 +166,9 @@ class Setup:
 
 def measure(
     name: str, variants: list[str], device: torch.device, blocks: int, steps: int, threads: int | None
-) -> tuple[dict[str, list[tuple[float, float]]], int]:
-    """Per variant, the (wall, CPU) seconds per step of every block; and the thread count."""
+) -> tuple[dict[str, list[tuple[float, float]]], int, dict[str, str]]:
+    """Per variant, the (wall, CPU) seconds per step of every block; the thread count; and, per graphed
+    variant whose capture failed (its steps then ran eagerly), why."""
     setups = {v: Setup(name, v, device, threads) for v in variants}
     for s in setups.values():
         s.steps(max(4, steps // 4))  # warm-up (and, for the graphed variants, capture)
@@ -175,12 +176,18 @@ def measure(
     for _ in range(blocks):
         for v, s in setups.items():
             times[v].append(s.steps(steps))
-    return times, setups["dense"].threads
+    failed = {v: s.step.failed for v, s in setups.items() if isinstance(s.step, GraphedStep) and s.step.failed}
+    return times, setups["dense"].threads, failed
 
 
 def quartiles(values: list[float]) -> list[float]:
     q = statistics.quantiles(values, n=4) if len(values) > 1 else values * 3
     return [q[0], q[2]]
+
+
+def block_ratios(times: dict[str, list[tuple[float, float]]], clock: int) -> dict[str, list[float]]:
+    """Per variant, its seconds per step over dense's in the block beside it, every block (clock 0: wall, 1: CPU)."""
+    return {v: [t[clock] / d[clock] for t, d in zip(ts, times["dense"])] for v, ts in times.items() if v != "dense"}
 
 
 def main() -> None:
@@ -191,6 +198,7 @@ def main() -> None:
     p.add_argument("--variants", nargs="+", default=None, choices=sorted(set(CPU_VARIANTS + CUDA_VARIANTS)))
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: as train-task chooses)")
     p.add_argument("--blocks", type=int, default=15)
+    p.add_argument("--repeats", type=int, default=1, help="independent runs per config (fresh networks each)")
     p.add_argument(
         "--steps",
         type=int,
@@ -206,20 +214,35 @@ def main() -> None:
         f"# {machine()}; device {device}; fused kernels {'built' if kernels_available() else 'not built'}; load "
         f"{load:.2f}"
     )
-    print(f"{'config':<14} {'threads':>7} " + " ".join(f"{v + '/dense':>17}" for v in variants[1:]))
+    print(
+        f"{'config':<14} {'threads':>7} "
+        + " ".join(f"{v + '/dense':>22}" for v in variants[1:])
+        + "   (median [min-max of the runs' medians])"
+    )
     for name in args.configs:
         heavy = name.startswith(("conv", "resnet"))
         blocks, steps = (
             (2, 2) if args.quick else (args.blocks, args.steps or (6 if heavy else (100 if "100-" in name else 20)))
         )
-        times, threads = measure(name, variants, device, blocks, steps, args.threads)
+        runs = [measure(name, variants, device, blocks, steps, args.threads) for _ in range(args.repeats)]
+        threads = runs[0][1]
+        failed = {v: why for _, _, f in runs for v, why in f.items()}
         clock = "cpu" if device.type == "cpu" and threads == 1 else "wall"
-        per_block = {
-            kind: {v: sorted(t[i] / d[i] for t, d in zip(times[v], times["dense"])) for v in variants if v != "dense"}
-            for i, kind in enumerate(("wall", "cpu"))
-        }
-        ratios = {v: statistics.median(r) for v, r in per_block[clock].items()}
-        print(f"{name:<14} {threads:>7} " + " ".join(f"{ratios[v]:>16.2f}x" for v in variants[1:]))
+        pooled: dict[str, dict[str, list[float]]] = {"wall": {}, "cpu": {}}
+        run_medians: dict[str, list[float]] = {v: [] for v in variants[1:]}
+        for times, _, _ in runs:
+            for i, kind in enumerate(("wall", "cpu")):
+                for v, r in block_ratios(times, i).items():
+                    pooled[kind].setdefault(v, []).extend(r)
+                    if kind == clock:
+                        run_medians[v].append(statistics.median(r))
+        ratios = {v: statistics.median(r) for v, r in pooled[clock].items()}
+        print(
+            f"{name:<14} {threads:>7} "
+            + " ".join(
+                f"{ratios[v]:>9.2f}x [{min(run_medians[v]):.2f}-{max(run_medians[v]):.2f}]" for v in variants[1:]
+            )
+        )
         result = {
             "kind": "speed",
             "config": name,
@@ -227,11 +250,13 @@ def main() -> None:
             "threads": threads,
             "clock": clock,
             "ratios": ratios,
-            "ratio_quartiles": {v: quartiles(r) for v, r in per_block[clock].items()},
-            "ratios_wall": {v: statistics.median(r) for v, r in per_block["wall"].items()},
-            "ratios_cpu": {v: statistics.median(r) for v, r in per_block["cpu"].items()},
-            "steps_timed": blocks * steps,
+            "ratio_quartiles": {v: quartiles(r) for v, r in pooled[clock].items()},
+            "run_medians": run_medians,
+            "ratios_wall": {v: statistics.median(r) for v, r in pooled["wall"].items()},
+            "ratios_cpu": {v: statistics.median(r) for v, r in pooled["cpu"].items()},
+            "steps_timed": blocks * steps * args.repeats,
             "blocks": blocks,
+            "repeats": args.repeats,
             "load_before": load,
             "quick": args.quick,
             "load_after": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
@@ -240,7 +265,10 @@ def main() -> None:
         if "paper" in ratios and "wsn" in ratios:
             result["wsn_faster_than_paper"] = ratios["paper"] / ratios["wsn"]
         if device.type == "cuda":
-            result["step_seconds"] = {v: statistics.median(w for w, _ in t) for v, t in times.items()}
+            result["step_seconds"] = {
+                v: statistics.median(w for times, _, _ in runs for w, _ in times[v]) for v in variants
+            }
+            result["graphs_failed"] = failed
         emit(result)
 
 

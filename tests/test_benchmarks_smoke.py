@@ -74,8 +74,9 @@ def test_forgetting_script():
 def test_speed_script():
     lines = run_script("speed.py", "--quick", "--configs", "mlp-100-b10")
     (r,) = lines
-    assert r["config"] == "mlp-100-b10" and set(r["ratios"]) == {"wsn", "wsn-torch", "floor", "paper"}
+    assert r["config"] == "mlp-100-b10" and set(r["ratios"]) == {"wsn", "wsn-torch", "static", "scores", "paper"}
     assert all(v > 0 for v in r["ratios"].values()) and r["wsn_faster_than_paper"] > 0
+    assert r["threads"] == 1 and r["clock"] == "cpu" and set(r["ratios_wall"]) == set(r["ratios"])
 
 
 def test_codec_script():
