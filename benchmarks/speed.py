@@ -12,8 +12,8 @@ Variants (all with Adam, lr 1e-3, one old task freezing a random 30% of every la
 - wsn: wsn's step as train-task runs it (CPU: the C kernels, Adam fused into the backward; CUDA: the
   sync-free static selection and torch's fused Adam);
 - wsn-torch: the same step in torch operations only ($WSN_KERNELS=torch: the same bits);
-- static: the device path on the CPU ($WSN_KERNELS=static: the sync-free static selection, torch's
-  fused Adam), what CUDA runs;
+- static: the device path on the CPU (nn.subnet.set_static_selection: the sync-free static selection,
+  torch's fused Adam), what CUDA runs;
 - scores: the floor of any step that trains a score per weight: the dense step whose fused Adam also
   steps a second tensor of every layer's size (gradients given, no selection, no masking);
 - paper: the paper's step reimplemented from its description: a sort of |score| per layer per step,
@@ -38,6 +38,7 @@ from common import emit, machine  # noqa: E402
 
 from wsncli.engine.nn.models import ModelConfig, build_model  # noqa: E402
 from wsncli.engine.nn.selection import kernels_available  # noqa: E402
+from wsncli.engine.nn.subnet import set_static_selection  # noqa: E402
 from wsncli.engine.runtime import configure_threads  # noqa: E402
 from wsncli.engine.training.graphed import GraphedStep  # noqa: E402
 from wsncli.engine.training.optim import make_optimizer  # noqa: E402
@@ -51,7 +52,7 @@ CONFIGS = {
 }
 CPU_VARIANTS = ("dense", "wsn", "wsn-torch", "static", "scores", "paper")
 CUDA_VARIANTS = ("dense", "wsn", "paper", "dense-graphs", "wsn-graphs")
-ENV = {"wsn-torch": "torch", "static": "static"}  # $WSN_KERNELS per variant (others: unset)
+ENV = {"wsn-torch": "torch"}  # $WSN_KERNELS per variant (others: unset)
 CAPACITY = 0.3
 
 
@@ -103,6 +104,7 @@ class Setup:
                 self.optimizer = torch.optim.Adam(params, lr=1e-3, fused=True)
             else:
                 params = [p for l in layers.values() for p in (l.weight, l.scores)] + params
+                set_static_selection(self.model, variant == "static")
                 self.model.train_subnet(CAPACITY, self.frozen)
                 if variant == "paper":
                     self._paper_forward()

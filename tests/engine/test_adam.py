@@ -377,3 +377,27 @@ def test_weights_or_scores_changed_in_place_between_steps_are_seen_by_the_next_f
             assert torch.equal(layer._last_mask, expected), what
             assert torch.equal(out, F.linear(x[:4], layer.weight.detach() * expected.float())), what
             _steps(model, opt, x, y, 0, 2)
+
+
+def test_the_device_path_runs_on_the_cpu_when_asked():
+    """set_static_selection: the static selection and torch's fused Adam on the CPU, as CUDA runs them."""
+    from tests.engine.test_selection import reference_mask
+    from wsncli.engine.nn.subnet import set_static_selection
+
+    with torch_threads(1):
+        torch.manual_seed(5)
+        model = build_model(ModelConfig("mlp", (23,), (17, 11)))
+        model.add_task(1, 3)
+        set_static_selection(model)
+        model.train_subnet(0.3, None)
+        params = [p for l in model.subnet_layers().values() for p in (l.weight, l.scores)]
+        opt = make_optimizer(model, params + list(model.heads["1"].parameters()), "wsn", 1e-2, CPU, False, False)
+        assert type(opt) is torch.optim.Adam and all(not l._fused() for l in model.subnet_layers().values())
+        x, y = torch.randn(10, 23), torch.randint(0, 3, (10,))
+        for _ in range(3):
+            opt.zero_grad()
+            F.cross_entropy(model(x, 1), y).backward()
+            opt.step()
+        for layer in model.subnet_layers().values():
+            expected = reference_mask(layer.scores.detach().abs().reshape(-1), layer.k).view(layer.weight.shape)
+            assert torch.equal(layer.current_mask(), expected)

@@ -33,14 +33,8 @@ def k_for_capacity(n: int, capacity: float) -> int:
 
 
 def kernels_available() -> bool:
-    """The fused C kernels are built and not switched off ($WSN_KERNELS=torch or static)."""
-    return _kernels is not None and os.environ.get("WSN_KERNELS", "") not in ("torch", "static")
-
-
-def static_on_cpu() -> bool:
-    """$WSN_KERNELS=static: the CPU runs the device path (the static selection and torch's Adam), as
-    CUDA does, for benchmarks and tests of that path on a machine without a GPU."""
-    return os.environ.get("WSN_KERNELS", "") == "static"
+    """The fused C kernels are built and not switched off ($WSN_KERNELS=torch)."""
+    return _kernels is not None and os.environ.get("WSN_KERNELS", "") != "torch"
 
 
 def exact_top_k(values: torch.Tensor, k: int, threshold: torch.Tensor) -> torch.Tensor:

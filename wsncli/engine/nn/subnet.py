@@ -17,7 +17,7 @@ from torch import nn
 
 from wsncli.engine.nn.adam import LayerAdam
 from wsncli.engine.nn.fused import FusedLayer
-from wsncli.engine.nn.selection import TopKSelector, kernels_available, static_on_cpu, static_topk_mask
+from wsncli.engine.nn.selection import TopKSelector, kernels_available, static_topk_mask
 from wsncli.engine.nn.selection import exact_top_k as exact_top_k  # re-exported for callers of 0.1
 from wsncli.engine.nn.selection import k_for_capacity as k_for_capacity
 
@@ -51,6 +51,7 @@ class SubnetLayer(nn.Module):
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
         nn.init.kaiming_uniform_(self.scores, a=math.sqrt(5))
         self.selector = TopKSelector()
+        self.static_selection = False  # the device path's selection on any device (set_static_selection)
         self.mode = "dense"
         self.k = self.weight.numel()
         self.frozen: torch.Tensor | None = None  # bool, weight shape: weights earlier tasks use
@@ -70,7 +71,8 @@ class SubnetLayer(nn.Module):
         self.fixed_mask = self._cached_weight = self._torch_mask = None
         self.selector.reset()
         w = self.weight
-        kernels = kernels_available() and w.device.type == "cpu" and w.dtype == torch.float32 and 0 < k < w.numel()
+        kernels = kernels_available() and not self.static_selection and w.device.type == "cpu"
+        kernels = kernels and w.dtype == torch.float32 and 0 < k < w.numel()
         kernels = kernels and w.is_contiguous() and self.scores.is_contiguous()
         self.fused = FusedLayer(w, self.scores, k, self._free, self.selector) if kernels else None
 
@@ -97,13 +99,13 @@ class SubnetLayer(nn.Module):
     def current_mask(self) -> torch.Tensor:
         """The top-k mask of the current scores (bool, weight shape)."""
         flat = self.scores.detach().abs().reshape(-1)  # (n,)
-        if flat.is_cuda or static_on_cpu():
+        if flat.is_cuda or self.static_selection:
             return static_topk_mask(flat, self.k).view_as(self.weight)
         return self.selector.select(flat, self.k).view_as(self.weight)
 
     def _fused(self) -> bool:
         """The C kernels run this layer's step (chosen by train_subnet; still on the CPU)."""
-        return self.fused is not None and self.weight.is_cpu
+        return self.fused is not None and not self.static_selection and self.weight.is_cpu
 
     def effective_weight(self) -> torch.Tensor:
         if self.mode == "dense":
@@ -156,3 +158,12 @@ class SubnetConv2d(SubnetLayer):
 
     def _apply_weight(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, w, stride=self.stride, padding=self.padding)  # (B, C, H, W) -> (B, out, H', W')
+
+
+def set_static_selection(model: nn.Module, on: bool = True) -> None:
+    """Make every masked layer of `model` select as on CUDA (the static, sync-free radix select, no C
+    kernels, and torch's Adam: training.optim) on any device: the CPU then runs the device path. Call it
+    before train_subnet."""
+    for module in model.modules():
+        if isinstance(module, SubnetLayer):
+            module.static_selection = on

@@ -8,8 +8,8 @@ per task), with the masked layers' update fused into the step on the CPU.
   weight and scores never get a `.grad`); parameters that do have a `.grad` at `step()` (data-parallel
   runs, after the all-reduce; or without the kernels) are updated by the same kernel or its torch
   reference: the same bits either way.
-- torch.optim.Adam (fused) for the dense fine-tune baseline and for the device path (CUDA, or
-  $WSN_KERNELS=static on the CPU), where steps may be captured as CUDA graphs.
+- torch.optim.Adam (fused) for the dense fine-tune baseline and for the device path (CUDA, or a model
+  under nn.subnet.set_static_selection on the CPU), where steps may be captured as CUDA graphs.
 
 The state is torch.optim.Adam's (per parameter `step`, `exp_avg`, `exp_avg_sq`, in the order of the
 parameters given), so a snapshot's `state_dict()` restores either optimizer bit for bit.
@@ -21,7 +21,7 @@ import torch
 
 from wsncli.engine.nn.adam import AdamSettings, LayerAdam, adam_reference, new_state
 from wsncli.engine.nn.base import WSNNet
-from wsncli.engine.nn.selection import kernels_available, static_on_cpu
+from wsncli.engine.nn.selection import kernels_available
 from wsncli.engine.nn.subnet import SubnetLayer
 
 
@@ -151,8 +151,8 @@ def make_optimizer(
 ) -> torch.optim.Optimizer:
     """The optimizer of one task: MaskedAdam for WSN on the CPU (its update fused into the backward
     unless data-parallel), else torch's fused Adam (capturable for CUDA graphs)."""
-    if method != "wsn" or device.type != "cpu" or static_on_cpu():
-        return torch.optim.Adam(params, lr=lr, fused=device.type in ("cpu", "cuda"), capturable=graphed)
     layers = list(model.subnet_layers().values())
+    if method != "wsn" or device.type != "cpu" or any(layer.static_selection for layer in layers):
+        return torch.optim.Adam(params, lr=lr, fused=device.type in ("cpu", "cuda"), capturable=graphed)
     masked = {id(p) for layer in layers for p in (layer.weight, layer.scores)}
     return MaskedAdam(layers, [p for p in params if id(p) not in masked], lr, fuse=not data_parallel)
