@@ -72,8 +72,18 @@ def exact_sqrt(v: torch.Tensor) -> torch.Tensor:
 
 
 def flush(x: torch.Tensor) -> torch.Tensor:
-    """x with every entry below the smallest normal float32 in magnitude set to +0 (NaN kept)."""
-    return x.masked_fill_(x.abs() < FLT_MIN, 0.0)
+    """x (float32) with every entry below the smallest normal float32 in magnitude set to +0 (NaN kept),
+    in place, on the bits (torch's masked_fill and where with a bool mask are 10-40x slower on the CPU)."""
+    bits = x.view(torch.int32)
+    tiny = ((bits & 0x7FFFFFFF) - 0x00800000) >> 31  # all ones where |x| < FLT_MIN, else 0
+    bits &= ~tiny
+    return x
+
+
+def blend(keep: torch.Tensor, updated: torch.Tensor, current: torch.Tensor) -> None:
+    """current = updated where keep (int32: all ones) else current, bit for bit, in place."""
+    bits = current.view(torch.int32)
+    bits ^= (bits ^ updated.view(torch.int32)) & keep
 
 
 @torch.no_grad()
@@ -88,11 +98,12 @@ def adam_reference(
     m1 = flush((m * b1).add_(grad * omb1))
     v1 = flush((v * b2).add_((grad * grad).mul_(omb2)))
     p1 = torch.sub(param, (m1 / exact_sqrt(v1).mul_(c2).add_(eps)).mul_(lr_t))
+    keep = None if free is None else -free.to(torch.int32)  # all ones where free
     for updated, current in ((p1, param), (m1, m), (v1, v)):
-        if free is None:
+        if keep is None:
             current.copy_(updated)
         else:
-            torch.where(free, updated, current, out=current)  # frozen entries: never written
+            blend(keep, updated, current)  # frozen entries keep their bits
 
 
 class LayerAdam:
