@@ -83,3 +83,15 @@ def test_codec_script():
     lines = run_script("bench_codecs.py", "--weights", "20000", "--repeat", "1")
     codecs = {l.get("codec") for l in lines}
     assert {"context", "ascii7", "ascii7-huffman", "paper-huffman", "packbits"} <= codecs
+
+
+def test_whole_run_script_with_subnormals_flushed(tiny_mnist):
+    lines = run_script(
+        "whole_run.py",
+        *("--tasks", "1", "--epochs", "1", "--batch-size", "64", "--flush-denormal"),
+        *("--data-root", str(tiny_mnist)),
+    )
+    (r,) = lines
+    assert r["kind"] == "whole_run" and r["flush_denormal"] is True and r["ratio_wsn_over_finetune"] > 0
+    assert len(r["seconds"]["wsn"]) == len(r["seconds"]["finetune"]) == 1
+    assert r["eval"]["wsn"]["forget_free"] is True and set(r["eval"]["wsn"]["per_task"]) == {"1"}
