@@ -1,11 +1,13 @@
 """A masked layer's training step on the C kernels (CPU, float32), in one of two forms.
 
-- Adam attached (training.optim.MaskedAdam): the masked weight is a leaf tensor that the selection
-  kernel writes in one pass, with the mask, into buffers kept for the whole task. Autograd treats it
-  like a dense weight: the backward only leaves its gradient in `leaf.grad`, with no Python in between,
-  and the optimizer's step turns that gradient and the mask into both straight-through gradients and
-  Adam's update of weight and scores, in one more pass (nn.adam). The selection is redone only after
-  an update or an in-place change of weight or scores (their version counters), not per forward.
+- Adam attached (training.optim.MaskedAdam): the masked weight is an autograd leaf, in buffers kept for
+  the whole task. The backward only leaves its gradient in `leaf.grad` (no Python between the layers).
+  The optimizer's step then makes one pass per layer (nn.adam's kernel): both straight-through
+  gradients, Adam's update of weight, scores and moments, and the next step's mask and masked weight
+  for every entry outside the selection band, while it scans the new scores for the band. The next
+  forward's selection finds the threshold among the band's few values and sets only their entries.
+  A change of weight or scores by anything else (their version counters) makes the next forward
+  select from scratch.
 - no Adam attached (data-parallel runs, where DDP must see the parameters' gradients; tests): a custom
   autograd function with the same selection whose backward writes both gradients in one pass.
 
