@@ -401,3 +401,24 @@ def test_the_device_path_runs_on_the_cpu_when_asked():
         for layer in model.subnet_layers().values():
             expected = reference_mask(layer.scores.detach().abs().reshape(-1), layer.k).view(layer.weight.shape)
             assert torch.equal(layer.current_mask(), expected)
+
+
+@needs_kernels
+def test_a_layer_outside_the_kernels_steps_beside_fused_ones():
+    """A layer whose mask keeps all its weights (k = n: the torch path) in a network whose other layers
+    run the fused step: each is updated by its own form, the bits of the reference."""
+    with torch_threads(1):
+        model, params, frozen, x, y = _net("mlp")
+        last = model.subnet_layers()["layers.1"]
+        last.train_subnet(last.weight.numel(), frozen["layers.1"])
+        opt = make_optimizer(model, params, "wsn", 1e-2, CPU, False, False)
+        assert model.subnet_layers()["layers.0"].fused.adam is not None and last.fused is None
+        before = last.weight.detach().clone()
+        _steps(model, opt, x, y, 0, 5)
+        assert not torch.equal(last.weight.detach(), before)
+        assert torch.equal(last.weight.detach()[frozen["layers.1"]], before[frozen["layers.1"]])
+        assert (
+            float(opt.state[last.weight]["step"])
+            == float(opt.state[model.subnet_layers()["layers.0"].weight]["step"])
+            == 5
+        )

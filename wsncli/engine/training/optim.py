@@ -37,7 +37,7 @@ class MaskedAdam(torch.optim.Optimizer):
         self.use_kernels = kernels_available() and all(
             p.device.type == "cpu" and p.dtype == torch.float32 and p.is_contiguous() for p in masked
         )
-        self.fuse = fuse and self.use_kernels and all(layer.fused is not None for layer in layers)
+        self.fuse = fuse and self.use_kernels  # per layer where the C kernels run it (nn.subnet: 0 < k < n)
         for p in masked + self.others:
             self.state[p] = new_state(p)
         self._link()
@@ -47,7 +47,7 @@ class MaskedAdam(torch.optim.Optimizer):
         self._adams: list[LayerAdam | None] = []
         for layer in self.layers:
             adam = LayerAdam(self.state[layer.weight], self.state[layer.scores], self.hp) if self.use_kernels else None
-            if self.fuse:
+            if self.fuse and layer.fused is not None:
                 layer.attach_adam(adam)
             self._adams.append(adam)
         states = [self.state[p] for p in self.others]
@@ -62,11 +62,10 @@ class MaskedAdam(torch.optim.Optimizer):
                         p.grad = None
                     else:
                         p.grad.detach_().zero_()
-        if self.fuse:
-            for layer in self.layers:
-                leaf = layer.fused.leaf  # type: ignore[union-attr]
-                if leaf is not None and leaf.grad is not None:
-                    leaf.grad = None
+        for layer in self.layers:
+            leaf = None if layer.fused is None else layer.fused.leaf
+            if leaf is not None and leaf.grad is not None:
+                leaf.grad = None
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -76,7 +75,7 @@ class MaskedAdam(torch.optim.Optimizer):
                 loss = closure()
         self._step_others()
         for layer, adam in zip(self.layers, self._adams):
-            if self.fuse and layer.fused.step():  # type: ignore[union-attr]
+            if layer.fused is not None and layer.fused.adam is not None and layer.fused.step():
                 continue
             gw, gs = layer.weight.grad, layer.scores.grad
             if adam is not None and gw is not None and gs is not None:
