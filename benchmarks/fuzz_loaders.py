@@ -3,8 +3,9 @@
 both WsnError); any other exception, or a load slower than --timeout seconds, is a bug: the script
 saves the input under --out and exits 1.
 
-    python benchmarks/fuzz_loaders.py --iterations 20000 [--seed 0] [--target checkpoint|wsnm|all]
+    python benchmarks/fuzz_loaders.py --iterations 20000 [--seed 0] [--target checkpoint|wsnm|snapshot|all]
     python benchmarks/fuzz_loaders.py --target wsnm --iterations 3000 --structure-iterations 3000
+    python benchmarks/fuzz_loaders.py --target memory   # peak memory per file size, no fuzzing
 
 Checkpoint mutants come at three levels (tests/reliability/fuzzing.py): raw bytes, the pickle inside a
 re-zipped valid ZIP, and the payload dict with checksums recomputed. `.wsnm` mutants are byte-level
@@ -15,6 +16,13 @@ hangs (a decode over --wsnm-timeout s), peak RSS growth (flagged above --max-rss
 tracebacks (anything but FormatError; an accepted file must also pack() back), as a table and one
 final JSON line; it fails on any hang, memory flag or traceback. The test suite runs the same
 mutators for ~1000 examples.
+
+Snapshot mutants (`--target snapshot`, tests/reliability/mutate_snapshot.py: the state, identity,
+metadata, tensors and entries of a `.resume`, checksums recomputed; --structure-iterations of them,
+plus --iterations byte-level ones) are resumed as `train-task` would: a task resumes, or the snapshot
+is refused with one line naming it and `--restart`; anything else is a bug. `--target memory` writes
+valid checkpoints of growing size and sparse files of 1 and 8 GiB, and reports, per file, the peak
+memory growth of reading it (inspect) and loading it (eval), each in a fresh process.
 """
 
 from __future__ import annotations
@@ -206,7 +214,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", "-n", type=int, default=5000, help="mutants per target (default 5000)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--target", choices=("checkpoint", "wsnm", "all"), default="all")
+    parser.add_argument("--target", choices=("checkpoint", "wsnm", "snapshot", "memory", "all"), default="all")
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds one checkpoint load (and its use) may take")
     parser.add_argument(
         "--structure-iterations",
@@ -222,6 +230,15 @@ def main() -> int:
         help="decoded-size limit given to unpack (a valid tiny stream may decode to this many bits)",
     )
     parser.add_argument("--max-rss-growth", type=float, default=256.0, help="MiB of peak RSS growth that is a bug")
+    parser.add_argument(
+        "--sizes",
+        type=lambda t: [int(v) for v in t.split(",") if v],
+        default=[1, 16, 64, 256],
+        help="--target memory: MiB",
+    )
+    parser.add_argument(
+        "--sparse", type=lambda t: [int(v) for v in t.split(",")], default=[1, 8], help="--target memory: GiB"
+    )
     parser.add_argument("--out", type=Path, default=Path("fuzz-failures"), help="where failing inputs are saved")
     args = parser.parse_args()
     if args.structure_iterations is None:
@@ -232,7 +249,7 @@ def main() -> int:
 
 
 def run(args: argparse.Namespace, work: Path) -> int:
-    valid_path = make_tiny_checkpoint(work / "tiny.pt")
+    valid_path = make_tiny_checkpoint(work / "tiny.pt") if args.target != "memory" else None
     signal.signal(signal.SIGALRM, _alarm)
     failures = 0
     args.checkpoint_summary = None
@@ -241,8 +258,17 @@ def run(args: argparse.Namespace, work: Path) -> int:
     wsnm = _wsnm_samples(valid_path) if args.target in ("wsnm", "all") else []
     if wsnm:
         failures += wsnm_campaign(args, wsnm)
+    args.snapshot_summary = args.memory_summary = None
+    if args.target in ("snapshot", "all"):
+        from fuzz_snapshots import snapshot_campaign
+
+        failures += snapshot_campaign(args, work)
+    if args.target == "memory":
+        from fuzz_snapshots import memory_table
+
+        failures += memory_table(args, work)
     print("no bugs found" if not failures else f"{failures} bug(s) found; inputs in {args.out}")
-    for summary in (args.checkpoint_summary, args.summary):
+    for summary in (args.checkpoint_summary, args.summary, args.snapshot_summary, args.memory_summary):
         if summary is not None:
             print(json.dumps(summary))
     return 1 if failures else 0
@@ -282,6 +308,24 @@ def _refusal_class(message: str, path: Path) -> str:
     return " ".join(text.split()[:7])
 
 
+def _verdicts(valid: bytes, mutant: bytes, statuses: list[str]) -> list[str]:
+    """eval's status of each task of a loaded wsn mutant, named by how the mutant differs from its
+    file: its tensors changed, or only its records, the task's record digest failing or holding
+    (recomputed by the mutator). A failing record digest must always give `record-changed`."""
+    from tests.reliability.mutate_v2 import parse
+    from tests.reliability.spec_reader import record_digest
+
+    a, b = parse(valid), parse(mutant)
+    meta = json.loads(b.metadata["meta"])
+    if meta.get("method") != "wsn":
+        return []  # the finetune baseline forgets by design: `changed` is its right answer
+    tensors = [sorted((t[0], str(t[1]), str(t[2]), t[3]) for t in f.tensors) for f in (a, b)]
+    if tensors[0] != tensors[1]:
+        return [f"tensors changed: {s}" for s in statuses]
+    holds = [r.get("record_digest") == record_digest(meta, r) for r in meta["tasks"]]
+    return [f"record-only, digest {'holds' if h else 'fails'}: {s}" for h, s in zip(holds, statuses)]
+
+
 def checkpoint_campaign(args: argparse.Namespace, samples: dict, work: Path) -> int:
     """Byte-level (--iterations) then structure-aware (--structure-iterations) mutants of version-1
     and version-2 checkpoints, each loaded and, when accepted, used as every command would
@@ -294,6 +338,7 @@ def checkpoint_campaign(args: argparse.Namespace, samples: dict, work: Path) -> 
     levels += [STRUCTURE_LEVELS[i % len(STRUCTURE_LEVELS)] for i in range(args.structure_iterations)]
     counts: collections.Counter = collections.Counter()
     refusals: collections.Counter = collections.Counter()
+    verdicts: collections.Counter = collections.Counter()
     bugs = {"hang": 0, "memory": 0, "traceback": 0}
     rss_start = _max_rss_mib()
     growth = slowest = 0.0
@@ -311,8 +356,11 @@ def checkpoint_campaign(args: argparse.Namespace, samples: dict, work: Path) -> 
         try:
             _ARMED[0] = True
             signal.setitimer(signal.ITIMER_REAL, args.timeout)
-            outcome, message = exercise_detail(path)
+            seen: dict = {}
+            outcome, message = exercise_detail(path, seen)
             outcome = "accepted" if outcome == "loaded" else "refused"
+            if level == "v2-structure" and "statuses" in seen:
+                verdicts.update(_verdicts(valid, mutant, seen["statuses"]))
         except Hang:
             outcome = "hang"
         except Exception:  # noqa: BLE001 - anything but wsn's own errors is what we hunt
@@ -353,6 +401,7 @@ def checkpoint_campaign(args: argparse.Namespace, samples: dict, work: Path) -> 
         "unwritable": sum(n for k, n in counts.items() if k.endswith(": unwritable")),
         "refusal_classes": _top(refusals, 10),
         "refusal_class_count": len(refusals),
+        "v2_eval_verdicts": dict(sorted(verdicts.items())),
         "hangs": bugs["hang"],
         "tracebacks": bugs["traceback"],
         "peak_rss_growth_mib": round(growth, 1),
@@ -360,6 +409,10 @@ def checkpoint_campaign(args: argparse.Namespace, samples: dict, work: Path) -> 
         "seconds": round(time.perf_counter() - start, 1),
         "slowest_ms": round(1000 * slowest),
     }
+    bad = sum(n for k, n in verdicts.items() if "digest fails" in k and not k.endswith(": record-changed"))
+    if bad:  # a record edit that the record digest sees is a damaged record, never forgetting or proven
+        bugs["traceback"] += bad
+        print(f"checkpoint: {bad} task(s) with a failing record digest were not called `record-changed`")
     _print_summary("checkpoint", summary, args, counts, refusals, growth)
     args.checkpoint_summary = summary
     return sum(bugs.values())

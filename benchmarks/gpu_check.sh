@@ -29,9 +29,42 @@ if torch.cuda.is_available():
 print(json.dumps(info))
 PYEOF
 
-# 1. the CUDA-marked tests (sync-free step, graph capture, CUDA checkpoint proven on the CPU)
+# 1. the CUDA-marked tests: train_task of every architecture, eager and graphed, under
+#    set_sync_debug_mode("error") (the GPU twin of tests/engine/test_sync_free.py); graphed steps against
+#    eager bits; a capture forced to fail restores the stream; a CUDA checkpoint proven on the CPU
 t0=$SECONDS; $PY -m pytest -q -p no:cacheprovider -m cuda tests/engine/test_cuda.py tests/engine/test_selection.py > "$OUT/cuda-tests.log" 2>&1; rc=$?
 tail -1 "$OUT/cuda-tests.log" | sed 's/^/# /'; step cuda-tests $((SECONDS - t0)) $rc
+
+# 1b. CUDA-graph capture succeeds (mlp and conv): a failed capture would only warn, so assert it here
+t0=$SECONDS
+$PY - <<'PYEOF'
+import json, sys, torch
+import torch.nn.functional as F
+if not torch.cuda.is_available():
+    print(json.dumps({"kind": "gpu_check", "step": "graph-capture", "skipped": "no CUDA"})); sys.exit(0)
+from wsncli.engine.nn.models import ModelConfig, build_model
+from wsncli.engine.training.graphed import GraphedStep
+ok = True
+for arch, shape in (("mlp", (784,)), ("conv", (3, 32, 32))):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch, shape, (100, 100))); model.add_task(1, 10); model.cuda()
+    model.train_subnet(0.3, None); model.train()
+    params = [p for l in model.subnet_layers().values() for p in (l.weight, l.scores)] + list(model.heads["1"].parameters())
+    opt = torch.optim.Adam(params, lr=1e-3, fused=True, capturable=True)
+    def eager(x, y):
+        logits = model(x, 1); loss = F.cross_entropy(logits, y)
+        opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
+        return loss.detach() * x.shape[0], (logits.detach().argmax(1) == y).sum()
+    step = GraphedStep(model, 1, opt, eager, 16)
+    for _ in range(6):
+        step(torch.randn(16, *shape, device="cuda"), torch.randint(0, 10, (16,), device="cuda"))
+    torch.cuda.synchronize()
+    captured = step.graph is not None and step.failed is None
+    ok &= captured
+    print(json.dumps({"kind": "gpu_check", "step": "graph-capture", "arch": arch, "captured": captured, "failed": step.failed}))
+sys.exit(0 if ok else 1)
+PYEOF
+step graph-capture $((SECONDS - t0)) $?
 
 # 2. WSN / dense per step for every config, each with and without CUDA graphs (absolute times on the GPU);
 #    without CUDA: the smoke run, with the device path (static selection) on the CPU beside the fused one
@@ -59,3 +92,27 @@ $PY -m torch.distributed.run --nproc-per-node 1 --master-addr 127.0.0.1 --master
     --ckpt "$OUT/ddp.pt" --epochs 2 --device "$DEV" -q > "$OUT/ddp.log" 2>&1; rc=$?
 step torchrun-1 $((SECONDS - t0)) $rc
 $PY -m wsncli eval --ckpt "$OUT/ddp.pt" --json -q | $PY -c "import json,sys; d=json.load(sys.stdin); print(json.dumps({'kind':'gpu_check','step':'torchrun-eval','forget_free':d['forget_free']}))"
+
+# 5. BatchNorm networks under torchrun: SyncBatchNorm on one GPU (nccl); on the CPU fallback two gloo
+#    processes (parallel.batchnorm). A small generated image set; then eval proves forget-free.
+$PY - "$OUT/images" <<'PYEOF'
+import sys, numpy as np
+from pathlib import Path
+folder = Path(sys.argv[1]); folder.mkdir(parents=True, exist_ok=True)
+rng = np.random.default_rng(0); pattern = rng.integers(0, 2, (3, 32, 32)).astype(bool)
+def split(n):
+    y = (np.arange(n) % 2).astype(np.int64); x = rng.integers(0, 120, (n, 3, 32, 32)); x[y == 1] += 100 * pattern
+    return x.astype(np.uint8), y
+(a, b), (c, d) = split(256), split(64)
+np.savez(folder / "task1.npz", x_train=a, y_train=b, x_test=c, y_test=d)
+PYEOF
+NPROC=$([ "$DEV" = cuda ] && echo 1 || echo 2)
+for ARCH in conv resnet18; do
+  rm -f "$OUT/bn-$ARCH.pt"
+  t0=$SECONDS
+  $PY -m torch.distributed.run --nproc-per-node "$NPROC" --master-addr 127.0.0.1 --master-port 29534 -m wsncli train-task \
+      --task 1 --ckpt "$OUT/bn-$ARCH.pt" --benchmark npz --data-root "$OUT/images" --arch "$ARCH" --epochs 1 \
+      --batch-size 32 --device "$DEV" -q > "$OUT/bn-$ARCH.log" 2>&1; rc=$?
+  step "torchrun-batchnorm-$ARCH" $((SECONDS - t0)) $rc
+  $PY -m wsncli eval --ckpt "$OUT/bn-$ARCH.pt" --data-root "$OUT/images" --json -q | $PY -c "import json,sys; d=json.load(sys.stdin); print(json.dumps({'kind':'gpu_check','step':'torchrun-batchnorm-eval','arch':'$ARCH','forget_free':d['forget_free']}))"
+done

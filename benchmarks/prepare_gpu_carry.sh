@@ -8,5 +8,5 @@ grep -qx '/.gpucarry/' .git/info/exclude 2>/dev/null || echo '/.gpucarry/' >> .g
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
   -d .gpucarry/wheels msgspec bitarray
-python3 benchmarks/fetch_data.py --dest .gpucarry/mnist >/dev/null
+python3 benchmarks/fetch_data.py --dest .gpucarry --only mnist >/dev/null
 du -sh .gpucarry

@@ -34,11 +34,18 @@ def write_parts(path: Path, metadata: dict[str, str], arrays: dict[str, np.ndarr
     Path(path).write_bytes(safetensors.numpy.save(arrays, metadata=metadata))
 
 
-def edit_meta(path: Path, change, recompute: bool = True) -> None:
-    """Apply `change(meta_dict)` to a checkpoint's metadata JSON and write it back."""
+def edit_meta(path: Path, change, recompute: bool = True, restamp: bool = False) -> None:
+    """Apply `change(meta_dict)` to a checkpoint's metadata JSON and write it back; `restamp`: the
+    records' record digests recomputed too (an editor who knows docs/CHECKPOINT.md section 6)."""
+    from tests.reliability.spec_reader import record_digest
+
     metadata, arrays = read_parts(path)
     meta = json.loads(metadata["meta"])
     change(meta)
+    if restamp:
+        for record in meta["tasks"]:
+            if record.get("record_digest") is not None:
+                record["record_digest"] = record_digest(meta, record)
     metadata["meta"] = json.dumps(meta)
     write_parts(path, metadata, arrays, recompute)
 

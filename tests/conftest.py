@@ -27,6 +27,15 @@ def _no_data_root_env(monkeypatch):
     monkeypatch.delenv("WSN_DATA_ROOT", raising=False)
 
 
+@pytest.fixture(autouse=True)
+def _data_checksums(monkeypatch, tmp_path_factory):
+    """$WSN_DATA_CHECKSUMS names an empty file per test: the pinned digests apply until a test lists the
+    files it generated (tests/datafiles.py)."""
+    path = tmp_path_factory.mktemp("checksums") / "SHA256SUMS"
+    path.write_text("")
+    monkeypatch.setenv("WSN_DATA_CHECKSUMS", str(path))
+
+
 def _learn(path: Path, task: int, **kwargs):
     from wsncli.engine.usecases.learn import TaskRequest, learn_task
 

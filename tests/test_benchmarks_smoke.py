@@ -38,8 +38,8 @@ def tiny_mnist(tmp_path: Path) -> Path:
         labels = rng.integers(0, 10, n).astype(np.uint8)
         images = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
         images[np.arange(n), labels, :] = 255  # row `label` lit: a pattern a permuted MLP can learn
-        write_idx(folder / f"{split}-images-idx3-ubyte", images)
-        write_idx(folder / f"{split}-labels-idx1-ubyte", labels)
+        write_idx(folder / f"{split}-images-idx3-ubyte", images, key=f"mnist/{split}-images-idx3-ubyte")
+        write_idx(folder / f"{split}-labels-idx1-ubyte", labels, key=f"mnist/{split}-labels-idx1-ubyte")
     return tmp_path
 
 
@@ -95,3 +95,21 @@ def test_whole_run_script_with_subnormals_flushed(tiny_mnist):
     assert r["kind"] == "whole_run" and r["flush_denormal"] is True and r["ratio_wsn_over_finetune"] > 0
     assert len(r["seconds"]["wsn"]) == len(r["seconds"]["finetune"]) == 1
     assert r["eval"]["wsn"]["forget_free"] is True and set(r["eval"]["wsn"]["per_task"]) == {"1"}
+
+
+def test_multi_dataset_script(tmp_path):
+    from tests.engine.test_data import make_mnist
+    from tests.engine.test_multi import make_animal
+
+    make_mnist(tmp_path / "mnist", n_train=100, n_test=30)
+    make_mnist(tmp_path / "fashion-mnist", n_train=100, n_test=30, seed=1, dataset="fashion-mnist")
+    make_animal(tmp_path / "animal-mnist")
+    lines = run_script(
+        "multi_dataset.py",
+        *("--archs", "mlp", "--capacities", "0.5", "--seeds", "0", "--epochs", "1", "--train-limit", "30"),
+        *("--jobs", "1", "--data-root", str(tmp_path)),
+    )
+    runs = {r["method"]: r for r in lines if r["kind"] == "multi_dataset"}
+    assert set(runs) == {"wsn", "finetune"} and set(runs["wsn"]["tasks"]) == {"1", "2", "3", "4"}
+    assert runs["wsn"]["bwt"] == 0.0 and runs["wsn"]["forget_free"] is True
+    assert runs["wsn"]["tasks"]["1"]["reuse_of_earlier"] == 0.0 and runs["wsn"]["tasks"]["4"]["reuse_of_earlier"] > 0

@@ -43,6 +43,14 @@ class OutputError(WsnError):
     """Standard output cannot be written (a full device, a closed descriptor); exit 1."""
 
 
+class ParallelFailure(WsnError):
+    """A process of a data-parallel run failed; every process reports it with its exit code."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 class Interrupted(WsnError):
     """The user stopped the command (SIGINT); the checkpoint is as it was before."""
 
@@ -60,5 +68,6 @@ __all__ = [
     "LockError",
     "ForgettingDetected",
     "OutputError",
+    "ParallelFailure",
     "Interrupted",
 ]

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from tests.cli.helpers import assert_error, assert_ok, json_out, wsn
+from tests.datafiles import accept_any
 from tests.engine.test_data import make_mnist
 from wsncli.engine.store.checkpoint import load_checkpoint
 
@@ -123,6 +124,7 @@ def test_an_image_of_another_size_is_refused_naming_the_option(tmp_path, monkeyp
 
 
 def test_split_tinyimagenet_from_its_folder_layout(tmp_path, monkeypatch):
+    accept_any("tiny-imagenet-200")  # a small copy: not the published counts
     monkeypatch.setenv("WSN_CACHE_DIR", str(tmp_path / "cache"))
     root = tmp_path / "tiny-imagenet-200"
     wnids = [f"n0{i}" for i in range(4)]

@@ -144,7 +144,7 @@ def test_exports_load_without_wsn_and_agree_with_predict_bit_for_bit(digits_ckpt
 
 
 def test_export_refusals(digits_ckpt, tmp_path):
-    assert_error(wsn("export", "-c", digits_ckpt, "-t", 1, "-o", tmp_path / "t.onnx"), 1, "export writes .pt2")
+    assert_error(wsn("export", "-c", digits_ckpt, "-t", 1, "-o", tmp_path / "t.onnx"), 2, "export writes .pt2")
     assert_error(wsn("export", "-c", digits_ckpt, "-t", 9, "-o", tmp_path / "t.pt2"), 1, "task 9 is not learned")
     (tmp_path / "notes.pt2").write_text("my notes")
     assert_error(wsn("export", "-c", digits_ckpt, "-t", 1, "-o", tmp_path / "notes.pt2"), 1, "pass --force")

@@ -4,6 +4,7 @@ masked under a stable name, feature sizes, and exact refusals of inputs a net ca
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -107,9 +108,11 @@ def test_train_subnet_keeps_exactly_round_c_n_weights_in_every_layer(arch, capac
         assert int(layer.current_mask().sum()) == k, name
 
 
+@pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_a_later_task_leaves_earlier_tasks_bit_identical(arch):
-    config = SMALL[arch]
+def test_a_later_task_leaves_earlier_tasks_bit_identical(arch, bias):
+    """With the exact BatchNorm statistics and (bias=True) per-task biases too."""
+    config = replace(SMALL[arch], bias=bias)
     with torch_threads(1):
         torch.manual_seed(0)
         model = build_model(config)
@@ -119,6 +122,8 @@ def test_a_later_task_leaves_earlier_tasks_bit_identical(arch):
         weights = {n: l.weight.detach().clone() for n, l in model.subnet_layers().items()}
         head1 = _state(model.heads["1"])
         norms1 = _state(model.task_norms["1"]) if "1" in model.task_norms else {}
+        biases1 = _state(model.task_biases["1"]) if bias else {}
+        assert not bias or any(v.any() for v in biases1.values()), "task 1's biases never trained"
         x_test = torch.from_numpy(data[1].x_test)
         set_task_mode(model, first.masks)
         with torch.no_grad():
@@ -126,6 +131,7 @@ def test_a_later_task_leaves_earlier_tasks_bit_identical(arch):
 
         model.add_task(2, 2)
         norms2_fresh = _state(model.task_norms["2"]) if "2" in model.task_norms else {}
+        biases2_fresh = _state(model.task_biases["2"]) if bias else {}
         train_task(model, data[2], TrainSettings(2, 0.3, 2, 16, 1e-2, 0), first.masks, torch.device("cpu"))
 
         moved = False
@@ -137,6 +143,9 @@ def test_a_later_task_leaves_earlier_tasks_bit_identical(arch):
         assert moved, "no free weight trained: the test would be vacuous"
         assert _same(_state(model.heads["1"]), head1)
         assert _same(_state(model.task_norms["1"]) if "1" in model.task_norms else {}, norms1)
+        assert _same(_state(model.task_biases["1"]) if bias else {}, biases1)
+        if bias:  # task 2 trained its own biases
+            assert not _same(_state(model.task_biases["2"]), biases2_fresh)
         if norms2_fresh:  # task 2's own statistics did move
             assert not _same(_state(model.task_norms["2"]), norms2_fresh)
         set_task_mode(model, first.masks)
@@ -281,6 +290,23 @@ DOCUMENTED = [
     (ModelConfig("lenet", (3, 32, 32)), 20 * 3 * 25 + 50 * 20 * 25 + 500 * 50 * 5 * 5),
     (ModelConfig("conv4", (3, 64, 64)), 160 * 3 * 9 + 3 * 160 * 160 * 9 + 2560 * 640 + 640 * 640),
 ]
+
+
+def test_documented_bias_storage_per_task():
+    """docs/ARCHITECTURES.md: one float32 per output channel of every masked layer per task."""
+    doc = (ROOT / "docs" / "ARCHITECTURES.md").read_text()
+    for config, values in (
+        (ModelConfig("mlp", (784,)), 200),
+        (ModelConfig("conv", (3, 32, 32)), 4544),
+        (ModelConfig("resnet18", (3, 32, 32)), 1500),
+        (ModelConfig("lenet", (1, 28, 28)), 570),
+        (ModelConfig("conv4", (3, 64, 64)), 1920),
+    ):
+        assert count_parameters(config)["bias_features"] == values
+        model = build_model(replace(config, bias=True))
+        model.add_task(1, 2)
+        assert sum(b.numel() for b in model.task_biases["1"]) == values
+        assert f"{values * 4:,} bytes" in doc or f"{values * 4} bytes" in doc
 
 
 @pytest.mark.parametrize("config,total", DOCUMENTED, ids=lambda v: getattr(v, "arch", ""))

@@ -71,12 +71,12 @@ def _conv_checkpoint(conv_run) -> Checkpoint:
 # ---- layout ----------------------------------------------------------------------------------------
 
 
-def test_version_2_is_a_safetensors_file_with_wsn_metadata(digits_ckpt):
+def test_version_3_is_a_safetensors_file_with_wsn_metadata(digits_ckpt):
     raw = digits_ckpt.read_bytes()
     (n,) = struct.unpack_from("<Q", raw)
     header = json.loads(raw[8 : 8 + n])
     md = header["__metadata__"]
-    assert md["format"] == FORMAT_NAME == "wsn-checkpoint" and md["version"] == str(FORMAT_VERSION) == "2"
+    assert md["format"] == FORMAT_NAME == "wsn-checkpoint" and md["version"] == str(FORMAT_VERSION) == "3"
     assert set(md) == {"format", "version", "meta", "meta_sha256", "checksums"}
     meta = json.loads(md["meta"])
     assert [r["task"] for r in meta["tasks"]] == [2, 1, 3]
@@ -120,7 +120,7 @@ def test_conv_checkpoint_round_trip_is_bit_identical(conv_run, tmp_path):
     assert _save(original, path) == path.stat().st_size
     loaded = load_checkpoint(path)
     _assert_same(original, loaded)
-    assert not loaded.tampered and loaded.version == 2
+    assert not loaded.tampered and loaded.version == 3
     assert any(k.startswith("norm/1/") and k.endswith("running_var") for k in checkpoint_arrays(loaded))
     from wsncli.engine.usecases.outputs import set_task_mode
 
@@ -151,13 +151,14 @@ def test_golden_version_1_checkpoints_still_load(name):
         assert [l.name for l in ckpt.meta.layers] == ["layers.0", "layers.1"]
 
 
-def test_a_version_1_checkpoint_is_written_back_as_version_2(tmp_path):
+def test_a_version_1_checkpoint_is_written_back_as_version_3(tmp_path):
     path = tmp_path / "old.pt"
     path.write_bytes((GOLDEN / "v1-digits-wsn.pt").read_bytes())
     old = load_checkpoint(path)
     _save(old, path)
     new = load_checkpoint(path)
-    assert new.version == 2 and new.learned() == [2, 1]
+    assert new.version == 3 and new.learned() == [2, 1]
+    assert all(r.digest_version == 1 and r.record_digest for r in new.tasks)  # old digests kept, records stamped
     _assert_same(old, new)
 
 
@@ -167,7 +168,7 @@ def test_a_version_1_checkpoint_is_written_back_as_version_2(tmp_path):
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
-        ("version", "3", "format version '3' is not supported"),
+        ("version", "4", "format version '4' is not supported (this wsn reads version 2 and 3)"),
         ("format", "other-checkpoint", "not a wsn checkpoint (format 'other-checkpoint')"),
     ],
 )
@@ -196,9 +197,21 @@ def test_edited_metadata_fails_its_checksum(digits_ckpt):
         (lambda m: m["model"].__setitem__("arch", "transformer"), "meta.model.arch must be one of"),
         (lambda m: m["tasks"][0].__setitem__("classes", [5, 4]), "classes must be sorted and distinct"),
         (lambda m: m["tasks"][0].__setitem__("capacity", None), "capacity must be a fraction"),
+        (lambda m: m["tasks"][0].__setitem__("preprocess", None), "meta.tasks[0].preprocess is missing"),
         (lambda m: m["model"].__setitem__("hidden", [65536, 65536]), "over the limit of"),
     ],
-    ids=["int-range", "fraction", "order", "duplicate", "unknown", "arch", "classes", "capacity", "too-big"],
+    ids=[
+        "int-range",
+        "fraction",
+        "order",
+        "duplicate",
+        "unknown",
+        "arch",
+        "classes",
+        "capacity",
+        "no-transform",
+        "too-big",
+    ],
 )
 def test_metadata_is_checked_against_the_schema_even_with_valid_checksums(digits_ckpt, change, message):
     edit_meta(digits_ckpt, change)

@@ -96,3 +96,84 @@ def test_a_task_trained_on_cuda_keeps_its_frozen_weights_and_proves_forget_free_
     assert all(r.device.startswith("cuda") for r in ckpt.tasks)
     report = evaluate_checkpoint(ckpt, None, None, torch.device("cpu"))
     assert report.forget_free and all(t.subnet_match for t in report.tasks)  # outputs may differ only in near-ties
+
+
+@pytest.mark.parametrize("arch", ["mlp", "conv", "resnet18", "lenet", "conv4"])
+@pytest.mark.parametrize("graphs", [False, True], ids=["eager", "graphed"])
+def test_train_task_steps_never_synchronise_on_cuda(arch, graphs, monkeypatch):
+    """The CUDA twin of tests/engine/test_sync_free.py: `train_task` itself, every architecture, eager
+    and graphed, under set_sync_debug_mode("error") except in the loop's deliberate reads."""
+    from tests.conftest import image_task
+    from wsncli.engine.training import loop
+
+    shapes = {"mlp": (1, 8, 8), "conv": (1, 20, 20), "resnet18": (1, 9, 9), "lenet": (1, 16, 16), "conv4": (1, 8, 8)}
+    torch.manual_seed(0)
+    config = ModelConfig(arch, shapes[arch], (32, 32), width=4 if arch == "resnet18" else None)
+    model = build_model(config)
+    model.add_task(1, 2)
+    model.to(CUDA)
+    data = image_task(1, n_train=70, shape=shapes[arch])  # 7 full batches of 10: warm-up, capture, replays
+
+    def host_read(fn):
+        def wrapped(*args, **kwargs):
+            torch.cuda.set_sync_debug_mode("default")
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                torch.cuda.set_sync_debug_mode("error")
+
+        return wrapped
+
+    monkeypatch.setattr(loop._Run, "_end_epoch", host_read(loop._Run._end_epoch))
+    monkeypatch.setattr(loop._Run, "_shuffled", host_read(loop._Run._shuffled))  # the epoch's order, copied in
+    monkeypatch.setattr(loop._Run, "finish", host_read(loop._Run.finish))
+    monkeypatch.setattr(loop, "_check_loss", host_read(loop._check_loss))
+    monkeypatch.setattr(loop.GraphedStep, "_capture", host_read(loop.GraphedStep._capture))  # capture syncs itself
+    settings = loop.TrainSettings(task=1, capacity=0.3, epochs=2, batch_size=10, lr=1e-3, seed=0)
+    callbacks = loop.TrainCallbacks(on_epoch_start=lambda *_: torch.cuda.set_sync_debug_mode("error"))
+    try:
+        result = loop.train_task(model, data, settings, None, CUDA, callbacks, cuda_graphs=graphs)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert result.cuda_graphs == ("on" if graphs else "off"), result.cuda_graphs
+
+
+def test_a_failed_capture_on_cuda_restores_the_stream_and_goes_on_eagerly(monkeypatch):
+    """A host read inside the captured step (here: a selection that calls .item()) makes the capture
+    fail; the default stream is current again and the steps give the eager steps' bits."""
+    from wsncli.engine.nn import subnet
+
+    selection = subnet.static_topk_mask
+
+    def syncing_selection(values, k):
+        _ = float(values.sum())  # a host synchronisation: not permitted while capturing
+        return selection(values, k)
+
+    monkeypatch.setattr(subnet, "static_topk_mask", syncing_selection)
+    results = []
+    for graphed in (False, True):
+        model, params, shape = _model("conv")
+        opt = torch.optim.Adam(params, lr=1e-3, fused=True, capturable=graphed)
+        g = torch.Generator().manual_seed(1)
+        batches = [
+            (torch.randn(10, *shape, generator=g).to(CUDA), torch.randint(0, 10, (10,), generator=g).to(CUDA))
+            for _ in range(8)
+        ]
+
+        def eager(x, y, model=model, opt=opt):
+            logits = model(x, 1)
+            loss = F.cross_entropy(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            return loss.detach() * x.shape[0], (logits.detach().argmax(1) == y).sum()
+
+        model.eval()  # no dropout: the eager and the fallen-back run draw nothing
+        step = GraphedStep(model, 1, opt, eager, 10) if graphed else eager
+        losses = [step(x, y)[0].item() for x, y in batches]
+        if graphed:
+            assert step.failed is not None and step.graph is None
+            assert torch.cuda.current_stream() == torch.cuda.default_stream()
+        results.append((losses, [p.detach().cpu().clone() for p in params]))
+    (la, pa), (lb, pb) = results
+    assert la == lb and all(torch.equal(a, b) for a, b in zip(pa, pb))

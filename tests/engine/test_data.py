@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.datafiles import accept_any, pin
 from wsncli.engine.data import loaders as L
 from wsncli.engine.data import readers as ds
 from wsncli.engine.data import registry as D
@@ -27,30 +28,37 @@ def _no_env_root(monkeypatch):
 # ---- generators for the real layouts ------------------------------------------------------------
 
 
-def write_idx(path: Path, arr: np.ndarray, gz: bool = True) -> Path:
+def write_idx(path: Path, arr: np.ndarray, gz: bool = True, key: str | None = None) -> Path:
+    """An IDX file (gzipped by default); `key`: list its digest in $WSN_DATA_CHECKSUMS (tests/datafiles.py)."""
     arr = np.ascontiguousarray(arr, dtype=np.uint8)
     raw = bytes([0, 0, 0x08, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape) + arr.tobytes()
     path = path.with_name(path.name + ".gz") if gz else path
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(gzip.compress(raw) if gz else raw)
+    if key is not None:
+        pin(key, path)
     return path
 
 
-def make_mnist(folder: Path, n_train=300, n_test=100, gz=True, size=(28, 28), seed=0) -> dict:
+def make_mnist(folder: Path, n_train=300, n_test=100, gz=True, size=(28, 28), seed=0, dataset="mnist") -> dict:
+    """MNIST-style IDX files of random pixels, labels 0..9 in turn, accepted as `dataset`'s files."""
     rng = np.random.default_rng(seed)
     out = {}
     for split, n in (("train", n_train), ("t10k", n_test)):
         x = rng.integers(0, 256, size=(n, *size), dtype=np.uint8)
         y = (np.arange(n) % 10).astype(np.uint8)
-        write_idx(folder / f"{split}-images-idx3-ubyte", x, gz)
-        write_idx(folder / f"{split}-labels-idx1-ubyte", y, gz)
+        for kind, arr in (("images-idx3", x), ("labels-idx1", y)):
+            name = f"{split}-{kind}-ubyte"
+            write_idx(folder / name, arr, gz, key=f"{dataset}/{name}" if dataset else None)
         out[split] = (x, y)
     return out
 
 
-def write_pickle(path: Path, obj) -> None:
+def write_pickle(path: Path, obj, key: str | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(pickle.dumps(obj, protocol=2))
+    if key is not None:
+        pin(key, path)
 
 
 def make_cifar10(root: Path, per_batch=20, seed=0) -> Path:
@@ -58,7 +66,8 @@ def make_cifar10(root: Path, per_batch=20, seed=0) -> Path:
     folder = root / "cifar-10-batches-py"
     for name in D.CIFAR10_FILES:
         x = rng.integers(0, 256, size=(per_batch, 3072), dtype=np.uint8)
-        write_pickle(folder / name, {b"data": x, b"labels": [i % 10 for i in range(per_batch)], b"batch_label": b"x"})
+        batch = {b"data": x, b"labels": [i % 10 for i in range(per_batch)], b"batch_label": b"x"}
+        write_pickle(folder / name, batch, f"cifar-10-batches-py/{name}")
     return folder
 
 
@@ -67,9 +76,8 @@ def make_cifar100(root: Path, n_train=400, n_test=200, seed=0) -> Path:
     folder = root / "cifar-100-python"
     for name, n in (("train", n_train), ("test", n_test)):
         x = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
-        write_pickle(
-            folder / name, {b"data": x, b"fine_labels": [i % 100 for i in range(n)], b"coarse_labels": [0] * n}
-        )
+        batch = {b"data": x, b"fine_labels": [i % 100 for i in range(n)], b"coarse_labels": [0] * n}
+        write_pickle(folder / name, batch, f"cifar-100-python/{name}")
     return folder
 
 
@@ -108,6 +116,7 @@ def test_registry_and_defaults():
         "split-cifar10",
         "split-cifar100",
         "split-tinyimagenet",
+        "multi-dataset",
         "npz",
         "image-folder",
     )
@@ -229,12 +238,12 @@ def test_split_mnist_plain_idx_in_root_maps_labels(tmp_path):
 
 def test_fashion_found_in_debian_folder_without_data_root(tmp_path, monkeypatch):
     debian = tmp_path / "usr-share-datasets-fashion-mnist"
-    make_mnist(debian, n_train=200)
+    make_mnist(debian, n_train=200, dataset="fashion-mnist")
     monkeypatch.setattr(L, "DEBIAN_FASHION", debian)
     d = D.load_task("split-fashion", 3)
     assert d.classes == (4, 5) and d.input_shape == (1, 28, 28) and len(d.y_train) + len(d.y_val) == 40
     # <root>/fashion-mnist/ wins over the Debian folder
-    make_mnist(tmp_path / "root" / "fashion-mnist", n_train=500)
+    make_mnist(tmp_path / "root" / "fashion-mnist", n_train=500, dataset="fashion-mnist")
     assert len(D.load_task("split-fashion", 3, tmp_path / "root").y_train) + len(d.y_val) > 40 + 50
 
 
@@ -261,6 +270,7 @@ def test_missing_mnist_names_files_folders_and_options(tmp_path):
 
 
 def test_bad_idx_files(tmp_path):
+    accept_any(*(f"mnist/{n}" for n in MNIST_NAMES))  # the parser's own checks, whatever the digest
     make_mnist(tmp_path / "a", size=(20, 20))
     assert "28x28" in data_error(D.load_task, "split-mnist", 1, tmp_path / "a")
     make_mnist(tmp_path / "b")
@@ -310,6 +320,7 @@ def test_cifar_pickle_in_old_numpy_layout_loads(tmp_path):
         raw = (folder / name).read_bytes()
         assert b"numpy._core.multiarray\n_reconstruct" in raw
         (folder / name).write_bytes(raw.replace(b"numpy._core.multiarray\n", b"numpy.core.multiarray\n"))
+        pin(f"cifar-10-batches-py/{name}", folder / name)
     ds._read_pickle_dict.cache_clear()
     d = D.load_task("split-cifar10", 1, tmp_path)
     assert d.x_test.shape == (4, 3, 32, 32) and d.y_test.tolist() == [0, 1, 0, 1]
@@ -328,7 +339,7 @@ def test_cifar_pickle_with_forbidden_global_is_refused_and_not_run(tmp_path, kin
     marker = tmp_path / "pwned"
     folder = make_cifar10(tmp_path)
     payload = _Evil(os.system, f"touch {marker}") if kind == "os.system" else _Evil(eval, f"open({str(marker)!r}, 'w')")
-    write_pickle(folder / "data_batch_3", {b"data": payload, b"labels": [0]})
+    write_pickle(folder / "data_batch_3", {b"data": payload, b"labels": [0]}, "cifar-10-batches-py/data_batch_3")
     msg = data_error(D.load_task, "split-cifar10", 1, tmp_path)
     assert "refused" in msg and "data_batch_3" in msg and ("system" in msg or "eval" in msg)
     assert not marker.exists()
@@ -336,6 +347,7 @@ def test_cifar_pickle_with_forbidden_global_is_refused_and_not_run(tmp_path, kin
 
 def test_cifar_batch_with_bad_contents(tmp_path):
     folder = make_cifar10(tmp_path)
+    accept_any("cifar-10-batches-py/test_batch")
     write_pickle(folder / "test_batch", [1, 2, 3])
     assert "dict" in data_error(D.load_task, "split-cifar10", 1, tmp_path)
     write_pickle(folder / "test_batch", {b"data": np.zeros((4, 1024), np.uint8), b"labels": [0, 1, 2, 3]})

@@ -75,6 +75,9 @@ def test_a_killed_task_resumes_bit_identical_to_an_uninterrupted_run(tmp_path):
     epoch = _kill_after_epoch(killed, 2)
     assert killed.read_bytes() == before  # the checkpoint is written only when the task completes
     assert 2 <= epoch < 6
+    metadata, _ = read_parts(killed.with_name("killed.pt.resume"))
+    before_stop = json.loads(metadata["state"])["seconds"]  # the training time of the killed part
+    assert before_stop > 0
     proc = subprocess.run(_cmd(killed), env=_env(), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert f"resumed after epoch {epoch}" in proc.stdout
@@ -84,6 +87,7 @@ def test_a_killed_task_resumes_bit_identical_to_an_uninterrupted_run(tmp_path):
     for name in a:
         assert np.array_equal(a[name], b[name]), name
     ra, rb = load_checkpoint(tmp_path / "whole.pt").task_record(2), load_checkpoint(killed).task_record(2)
+    assert rb.train_seconds >= before_stop  # both parts counted, not only the resumed one
     assert (ra.accuracy, ra.best_epoch, ra.subnet_digest, ra.outputs_digest) == (
         rb.accuracy,
         rb.best_epoch,
@@ -100,6 +104,12 @@ def test_a_snapshot_made_with_other_settings_is_refused_and_restart_discards_it(
     result = wsn(*ARGS[:-1], "--ckpt", ckpt, "--lr", "0.01")
     line = assert_error(result, 1, "m.pt.resume holds task 2 trained with other settings or data", "lr", "--restart")
     assert "differ" in line and snap.exists() and not ckpt.exists()
+    # another task is blocked by the pending one: the message names it and both ways on
+    line = assert_error(
+        wsn(*ARGS[:-1], "--ckpt", ckpt, "--task", 3), 1, "m.pt.resume holds task 2, stopped after epoch"
+    )
+    assert f"finish it with `wsn train-task -c {ckpt} -t 2`" in line
+    assert f"discard it with `wsn train-task -c {ckpt} -t 3 --restart`" in line
     result = wsn(*ARGS[:-1], "--ckpt", ckpt, "--lr", "0.01", "--restart", "--epochs", 1)
     assert result.exit_code == 0, result.stderr
     assert not snap.exists() and load_checkpoint(ckpt).task_record(2).lr == 0.01

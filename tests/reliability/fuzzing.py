@@ -17,6 +17,7 @@ import io
 import math
 import random
 import zipfile
+from pathlib import Path
 
 import torch
 
@@ -272,21 +273,46 @@ def mutated_checkpoint(valid: bytes, payload: dict | None, rng: random.Random, l
         return None
 
 
+def render_inspect(found, path) -> None:
+    """`wsn inspect PATH`'s human output and JSON document of a loaded file (null fields included)."""
+    import contextlib
+    import io
+
+    from wsncli.commands.inspect_file import _render_checkpoint, checkpoint_doc
+    from wsncli.engine.usecases.inspect import describe_checkpoint
+
+    doc = checkpoint_doc(describe_checkpoint(found, path))
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        _render_checkpoint(doc)
+
+
+def render_eval(report, path) -> None:
+    """`wsn eval`'s tables, summary and JSON document of a report."""
+    import io
+
+    from rich.console import Console
+
+    from wsncli.commands.evaluate import _matrix_table, _summary, _task_table, eval_doc
+
+    console = Console(file=io.StringIO(), width=200)
+    console.print(_task_table(report), _matrix_table(report), _summary(report))
+    eval_doc(path, report)
+
+
 def exercise(path) -> str:
     """exercise_detail's outcome alone: 'loaded' or the refusal's class name."""
     return exercise_detail(path)[0]
 
 
-def exercise_detail(path) -> tuple[str, str | None]:
+def exercise_detail(path, seen: dict | None = None) -> tuple[str, str | None]:
     """Load `path` and, when it loads, use it as every command would: inspect, eval, the checks of
     train-task, pack-masks, and saving it again. Returns ('loaded', None) or (the loader's refusal
     class name, its message). The loader may refuse only with CheckpointError, the commands only
     with a WsnError; anything else propagates (a bug), as does a loaded checkpoint that the writer
-    accepts but that cannot be read back."""
+    accepts but that cannot be read back. `seen["statuses"]`: eval's task statuses, when it ran."""
     from wsncli.engine.store.checkpoint import build_checkpoint, encode_checkpoint, load_checkpoint
     from wsncli.engine.store.reader import read_checkpoint_bytes, read_checkpoint_file
     from wsncli.engine.usecases.evaluate import capacity_used, evaluate_checkpoint
-    from wsncli.engine.usecases.inspect import describe_checkpoint
     from wsncli.engine.usecases.pack import pack_checkpoint_masks
     from wsncli.engine.usecases.request import TaskRequest, check_matches
     from wsncli.errors import CheckpointError, WsnError
@@ -296,7 +322,6 @@ def exercise_detail(path) -> tuple[str, str | None]:
         ckpt = load_checkpoint(path)
     except CheckpointError as exc:
         return type(exc).__name__, str(exc)
-    describe_checkpoint(found, path)
     if found.masks:
         pack_checkpoint_masks(found, "auto", source="fuzz")
     capacity_used(ckpt)
@@ -304,10 +329,15 @@ def exercise_detail(path) -> tuple[str, str | None]:
         check_matches(ckpt, TaskRequest(ckpt=path, task=5))
     except WsnError:
         pass
-    try:
-        report = evaluate_checkpoint(ckpt, None, None, torch.device("cpu"))
+    render_inspect(found, path)
+    try:  # with the recorded data root, as `wsn eval` does (mutants name long, odd or missing ones)
+        root = Path(ckpt.meta.data_root) if ckpt.meta.data_root else None
+        report = evaluate_checkpoint(ckpt, None, root, torch.device("cpu"))
         if not all(math.isfinite(t.accuracy) for t in report.tasks):
             raise AssertionError(f"non-finite accuracy in {report.tasks}")
+        render_eval(report, path)
+        if seen is not None:
+            seen["statuses"] = [t.status for t in report.tasks]
     except WsnError:
         pass
     if not ckpt.tampered:  # what was accepted and can be written again is read back
@@ -315,5 +345,5 @@ def exercise_detail(path) -> tuple[str, str | None]:
             raw = encode_checkpoint(ckpt)
         except CheckpointError:  # the writer refuses (e.g. NaN weights): nothing is written
             return "loaded", None
-        build_checkpoint(read_checkpoint_bytes(raw, require_signature=False))
+        build_checkpoint(read_checkpoint_bytes(raw))
     return "loaded", None

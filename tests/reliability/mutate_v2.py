@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tests.reliability.fuzzing import mutate_bytes
+from tests.reliability.spec_reader import auth_message, record_digest
 
 DTYPES = {"F32": "<f4", "I64": "<i8", "I32": "<i4", "U8": "|u1"}  # what the loader accepts
 OTHER_DTYPES = ["F16", "BF16", "F64", "BOOL", "I8", "I16", "U16", "U32", "U64", "F8_E4M3", "f32", "", 7, None, ["F32"]]
@@ -151,9 +152,11 @@ def digest(dtype, shape, data: bytes) -> str | None:
     return h.hexdigest()
 
 
-def serialize(f: V2File, recompute: bool = True, entry_edits=(), header_edit=None) -> bytes:
+def serialize(f: V2File, recompute: bool = True, entry_edits=(), header_edit=None, restamp: bool = True) -> bytes:
     """The file's bytes; `entry_edits` are (index, key, value) applied to header entries after the
-    offsets are laid out; `header_edit(text) -> text` changes the header JSON text at the end."""
+    offsets are laid out; `header_edit(text) -> text` changes the header JSON text at the end. With
+    `recompute`, the checksums (and, with `restamp`, the records' record digests, in place in the
+    text) are made valid again."""
     header, offset, sums = {}, 0, {}
     for name, dtype, shape, data in f.tensors:
         header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + len(data)]}
@@ -180,7 +183,15 @@ def serialize(f: V2File, recompute: bool = True, entry_edits=(), header_edit=Non
         }
         metadata["checksums"] = json.dumps(table, sort_keys=True, separators=(",", ":"))
         if isinstance(metadata.get("meta"), str):
+            if restamp:
+                metadata["meta"] = restamp_records(metadata["meta"])
             metadata["meta_sha256"] = hashlib.sha256(metadata["meta"].encode("utf-8", "surrogatepass")).hexdigest()
+        if "sha256" in metadata:  # a snapshot's whole-file checksum
+            fields = {k: v for k, v in metadata.items() if k not in ("format", "version", "sha256", "hmac")}
+            if all(isinstance(v, str) for v in fields.values()) and isinstance(metadata.get("format"), str):
+                version = metadata.get("version")
+                message = auth_message(metadata["format"], int(version) if str(version).isdigit() else 0, fields)
+                metadata["sha256"] = hashlib.sha256(message).hexdigest()
     header["__metadata__"] = metadata
     header.update(f.extra)
     text = json.dumps(header)
@@ -192,6 +203,22 @@ def serialize(f: V2File, recompute: bool = True, entry_edits=(), header_edit=Non
 
 
 _DELETE = object()
+
+
+def restamp_records(text: str) -> str:
+    """The meta text with each record's `record_digest` replaced, in place, by the digest of what the
+    record now says (section 6), where the text parses and the old digest appears once: mutants then
+    reach the checks behind the record digest. Anything else is left as it is."""
+    try:
+        meta = json.loads(text)
+        records = meta["tasks"]
+        for record in records:
+            old, new = record["record_digest"], record_digest(meta, record)
+            if isinstance(old, str) and len(old) == 64 and text.count(old) == 1:
+                text = text.replace(old, new)
+    except Exception:  # noqa: BLE001 - a mutant this broken is refused before any record digest matters
+        pass
+    return text
 
 
 def _json_or(text, default):
@@ -277,6 +304,64 @@ def _mutate_meta(f: V2File, rng: random.Random) -> None:
         else:
             text = mutate_bytes(text.encode("utf-8", "surrogatepass"), rng).decode("utf-8", "replace")
     f.metadata["meta"] = text
+
+
+LONG_PATHS = [
+    "/" + "a" * 300,
+    "/tmp/" + "b" * 256 + "/data",
+    "/" + "/".join(["c" * 200] * 20),
+    "/tmp/a\x00b",
+    "relative/data",
+    "~/no-such-folder",
+    "/dev/null",
+    "/proc/self",
+    "",
+]
+NULLABLE_META = ["n_tasks", "data_root", "default_capacity", "wsn_version", "image_size", "channels"]
+NULLABLE_RECORD = [
+    "epochs",
+    "batch_size",
+    "lr",
+    "seed",
+    "device",
+    "best_epoch",
+    "val_accuracy",
+    "train_seconds",
+    "learned_at",
+    "input_dtype",
+    "capacity",
+    "preprocess",
+    "accuracy_row",
+]
+
+
+def _mutate_path(f: V2File, rng: random.Random) -> None:
+    """A data root no file system opens (a component over 255 bytes, a NUL, too long), with a
+    benchmark that reads it."""
+    meta = _json_or(f.metadata.get("meta"), None)
+    if not isinstance(meta, dict):
+        return
+    meta["data_root"] = rng.choice(LONG_PATHS)
+    if rng.random() < 0.7:
+        meta["benchmark"] = rng.choice(["npz", "image-folder", "pmnist", "split-mnist", "split-tinyimagenet"])
+    f.metadata["meta"] = json.dumps(meta)
+
+
+def _mutate_nullable(f: V2File, rng: random.Random) -> None:
+    """An optional field the schema allows to be null (or absent): null, or removed."""
+    meta = _json_or(f.metadata.get("meta"), None)
+    if not isinstance(meta, dict):
+        return
+    records = [r for r in meta.get("tasks", []) if isinstance(r, dict)] if isinstance(meta.get("tasks"), list) else []
+    if records and rng.random() < 0.7:
+        target, key = rng.choice(records), rng.choice(NULLABLE_RECORD)
+    else:
+        target, key = meta, rng.choice(NULLABLE_META)
+    if rng.random() < 0.6:
+        target[key] = None
+    else:
+        target.pop(key, None)
+    f.metadata["meta"] = json.dumps(meta)
 
 
 def _mutate_metadata(f: V2File, rng: random.Random) -> None:
@@ -460,6 +545,8 @@ def mutate_v2(raw: bytes, rng: random.Random) -> tuple[str, bytes]:
                 "tensors",
                 "masks",
                 "header",
+                "path",
+                "nullable",
             )
         )
         kinds.append(kind)
@@ -476,8 +563,13 @@ def mutate_v2(raw: bytes, rng: random.Random) -> tuple[str, bytes]:
         elif kind == "header":
             what, header_edit = _header_edit(rng)
             length = what == "length"
+        elif kind == "path":
+            _mutate_path(f, rng)
+        elif kind == "nullable":
+            _mutate_nullable(f, rng)
     entry_edits = [e for e in entry_edits if e[0] < len(f.tensors)]
-    out = serialize(f, recompute=rng.random() < 0.9, entry_edits=entry_edits, header_edit=header_edit)
+    recompute, restamp = rng.random() < 0.9, rng.random() < 0.75
+    out = serialize(f, recompute=recompute, entry_edits=entry_edits, header_edit=header_edit, restamp=restamp)
     if length:  # the u64 header length, off by a little or a lot
         (n,) = struct.unpack_from("<Q", out)
         out = struct.pack("<Q", max(0, rng.choice([n - 1, n + 1, n - 8, n + 8, 0, 2, len(out), 2**63]))) + out[8:]

@@ -65,7 +65,7 @@ def fix_checksums(payload: dict) -> dict:
         for name, t in tensors.items():
             if isinstance(t, torch.Tensor) and t.numel() < 1_000_000:
                 try:
-                    sums["tensors"][name] = tensor_digest(t.contiguous().numpy())
+                    sums["tensors"][name] = tensor_digest(t.contiguous().numpy(), legacy_v1=True)
                 except (TypeError, RuntimeError):
                     pass
     return payload

@@ -139,7 +139,7 @@ def test_mutators_reach_past_the_checksums():
     kinds = set()
     for _ in range(300):
         kinds.update(mutate_v2(_VALID["v2"], rnd)[0].split("+"))
-    assert kinds == {"meta", "metadata", "entry", "tensors", "masks", "header"}
+    assert kinds == {"meta", "metadata", "entry", "tensors", "masks", "header", "path", "nullable"}
 
 
 def test_v2_refusals_are_not_only_checksum_failures():

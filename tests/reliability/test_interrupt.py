@@ -49,6 +49,24 @@ def test_sigint_during_training(ckpt):
     _, err = proc.communicate(timeout=120)
     _assert_clean_interrupt(proc.returncode, err, ckpt, before, snapshot=True)
     assert_unlocked(ckpt)
+    if ckpt.with_name("m.pt.resume").exists():  # an epoch ended before the signal: how to continue it
+        assert_one_line_error(err, "task 2's finished epochs are kept in", "m.pt.resume", "--restart")
+        assert f"run `wsn {' '.join(map(str, train_args(ckpt, 2, LONG)))}` again" in err
+
+
+def test_sigint_after_an_epoch_says_how_to_continue(ckpt):
+    """Ctrl-C once an epoch's snapshot exists: the line names it and the command that continues."""
+    args = [a for a in train_args(ckpt, 2) if a not in ("--epochs", 1)] + ["--epochs", 12, "--batch-size", 2]
+    proc = popen_wsn(args, ckpt.parent)
+    snapshot = ckpt.with_name("m.pt.resume")
+    deadline = time.monotonic() + 240
+    while not snapshot.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    line = assert_one_line_error(err, "interrupted", "task 2's finished epochs are kept in", "--restart")
+    assert f"run `wsn {' '.join(map(str, args))}` again to continue" in line
 
 
 def test_sigint_while_saving(ckpt):

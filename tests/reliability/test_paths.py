@@ -332,7 +332,7 @@ def test_refused_commands_leave_no_lock_or_temporary(ckpt, packed, tmp_path, dev
     before = _listing(tmp_path)
     refusals = [
         (train_args(ckpt, 1), 1),  # already learned
-        (train_args(ckpt, 2, 1, "--benchmark", "pmnist"), 1),  # other benchmark
+        (train_args(ckpt, 2, 1, "--benchmark", "pmnist"), 2),  # other benchmark: a usage error
         (train_args(ckpt, 6), 1),  # no such task
         (train_args(ckpt, 2, 1, "--lr", "0"), 2),
         (train_args(fifo, 1), 1),

@@ -103,4 +103,4 @@ def test_a_signal_once_the_work_is_done_changes_nothing(ckpt):
         result = run_python(code, ckpt.parent)
         assert result.returncode == 0, (signame, result.stderr)
         assert result.stderr == "", signame
-        assert "wsn-checkpoint v2" in result.stdout
+        assert "wsn-checkpoint v3" in result.stdout

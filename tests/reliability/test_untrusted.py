@@ -371,6 +371,10 @@ HOSTILE_V2 = {
         lambda f: {"header_edit": lambda t: t.replace('"shape": [', '"shape": [' + "[" * 5000 + "]" * 5000 + ", ", 1)},
         "the safetensors header is not valid JSON",
     ),
+    "header-lone-surrogate": (  # found by the fuzzer: a UnicodeEncodeError when the metadata was hashed
+        lambda f: {"header_edit": lambda t: t.replace('"meta": "', '"meta": "\\ud800', 1)},
+        "the metadata's 'meta' holds a lone surrogate (not valid Unicode)",
+    ),
     "header-not-utf8": (
         lambda f: {"header_edit": lambda t: t.replace('"format"', '"\udcff"', 1)},
         "the safetensors header is not valid UTF-8",
@@ -419,6 +423,10 @@ HOSTILE_V2 = {
     "meta-network-disagrees": (
         _meta(lambda m: m["model"].__setitem__("hidden", [65536, 1024])),
         "meta.layers does not match the network meta.model describes",
+    ),
+    "meta-arch-needs-images": (  # found by the fuzzer: a DataError from building the net, not a CheckpointError
+        _meta(lambda m: m["model"].__setitem__("arch", "lenet")),
+        "malformed checkpoint: arch lenet needs image inputs (C, H, W), got shape (64,)",
     ),
     "meta-tasks-dropped": (
         _meta(lambda m: m.__setitem__("tasks", [])),
@@ -575,4 +583,4 @@ def test_valid_payload_rewritten_loads(tiny, golden, tmp_path):
     assert _load(tmp_path, rewritten(golden, lambda p: None)).learned() == [2, 1]
     assert _load(tmp_path, dump_payload(load_payload(golden))).learned() == [2, 1]
     again = _load(tmp_path, serialize(parse(tiny)))
-    assert again.learned() == [1, 2] and again.tampered == [] and again.version == 2
+    assert again.learned() == [1, 2] and again.tampered == [] and again.version == 3

@@ -10,7 +10,15 @@ from contextlib import contextmanager
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.text import Text
 
 from wsncli.errors import Interrupted, OutputError, WsnError
@@ -158,13 +166,26 @@ def show_progress(quiet: bool) -> bool:
     return not quiet and sys.stderr.isatty()
 
 
+class LiveColumn(ProgressColumn):
+    """Text computed when the bar is drawn (a running loss read at each refresh, never per step)."""
+
+    def __init__(self, text: Callable[[], str]) -> None:
+        super().__init__()
+        self.text = text
+
+    def render(self, task) -> Text:
+        return Text(self.text())
+
+
 @contextmanager
-def progress_bar(enabled: bool) -> Iterator[Progress]:
-    """A Rich progress bar on stderr; a no-op display when disabled (not a TTY, or --quiet)."""
+def progress_bar(enabled: bool, live: Callable[[], str] | None = None) -> Iterator[Progress]:
+    """A Rich progress bar on stderr; a no-op display when disabled (not a TTY, or --quiet).
+    `live` adds a column whose text is computed at each refresh."""
     progress = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
+        *([LiveColumn(live)] if live is not None else []),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=stderr,

@@ -19,6 +19,7 @@ _WHY = {
     "outputs-differ": "yes (subnetwork identical; {n} predictions differ: near-ties on this machine)",
     "data-changed": "subnetwork unchanged; test data differs from learning (accuracy not comparable)",
     "changed": "NO: subnetwork changed",
+    "record-changed": "NOT PROVEN: the record was edited (data, labels or digests); damaged, not forgetting",
 }
 
 
@@ -32,12 +33,13 @@ def eval_doc(ckpt: Path, report: EvalReport):
             status=t.status,
             accuracy=t.accuracy,
             accuracy_at_learning=t.accuracy_at_learning,
-            change=t.accuracy - t.accuracy_at_learning if t.data_match else None,
+            change=t.accuracy - t.accuracy_at_learning if t.data_match and t.record_match else None,
             n_test=t.n_test,
             subnet_match=t.subnet_match,
             data_match=t.data_match,
             outputs_match=t.outputs_match,
             differing_outputs=t.differing_outputs,
+            record_match=t.record_match,
         )
         for t in report.tasks
     ]
@@ -54,6 +56,7 @@ def eval_doc(ckpt: Path, report: EvalReport):
         changed=report.changed,
         outputs_differ=report.with_status("outputs-differ"),
         data_changed=report.with_status("data-changed"),
+        record_changed=report.with_status("record-changed"),
         capacity_used=report.capacity_used,
         tampered=report.tampered,
         signature=report.signature,
@@ -66,7 +69,7 @@ def _task_table(report: EvalReport) -> Table:
     for col in ("order", "task", "accuracy now", "at learning", "change", "unchanged"):
         table.add_column(col, justify="left" if col == "unchanged" else "right")
     for t in report.tasks:
-        change = f"{100 * (t.accuracy - t.accuracy_at_learning):+.2f}" if t.data_match else "n/a"
+        change = f"{100 * (t.accuracy - t.accuracy_at_learning):+.2f}" if t.data_match and t.record_match else "n/a"
         table.add_row(
             str(t.order),
             str(t.task),
@@ -96,15 +99,20 @@ def _summary(report: EvalReport) -> str:
     bwt = "n/a" if report.bwt is None else f"{100 * report.bwt:+.2f} pts over {len(report.bwt_tasks)} task(s)"
     proven = [t.task for t in report.tasks if t.status in ("proven", "outputs-differ")]
     data = report.with_status("data-changed")
+    damaged = report.with_status("record-changed")
+    changed = (
+        f"task(s) {', '.join(map(str, data))}: subnetwork unchanged, outputs not comparable (their test data changed)"
+    )
     verdict = (
         "NO"
-        if not report.forget_free
+        if report.with_status("changed")
+        else f"not proven (damaged record of task(s) {', '.join(map(str, damaged))})"
+        if damaged
         else "proven"
         if not data
-        else (
-            f"proven for task(s) {', '.join(map(str, proven)) or 'none'}; task(s) {', '.join(map(str, data))}: "
-            "subnetwork unchanged only"
-        )
+        else f"proven for task(s) {', '.join(map(str, proven))}; {changed}"
+        if proven
+        else f"not proven by outputs; {changed}"
     )
     capacity = f"  capacity used {pct(report.capacity_used)}" if report.capacity_used is not None else ""
     return f"ACC {pct(report.acc)}  BWT {bwt}{capacity}  forget-free: {verdict} ({len(report.tasks)} tasks re-measured)"
@@ -163,11 +171,19 @@ def eval_command(
             "differently on this "
             "machine, thread count or device, not forgetting"
         )
-    if not report.forget_free:
+    if report.changed:
         raise fail(
             f"forgetting detected: the subnetwork of task(s) {', '.join(map(str, report.changed))} changed since "
             "learned",
             3,
+        )
+    damaged = report.with_status("record-changed")
+    if damaged:
+        raise fail(
+            f"{ckpt}: the record of task(s) {', '.join(map(str, damaged))} fails its record digest: what data "
+            "it is measured on, its labels or its recorded digests were edited outside wsn (no parameter changed: "
+            "a damaged record, not forgetting); nothing is proven for it",
+            1,
         )
     if report.tampered:
         raise fail(

@@ -42,11 +42,12 @@ def export_command(
     from wsncli.commands.schemas import ExportDoc, schema_id
     from wsncli.engine.store.checkpoint import load_checkpoint
     from wsncli.engine.store.paths import file_prefix, plan_output, write_output
-    from wsncli.engine.usecases.export import SUFFIXES, ExportError, export_task, output_suffix
+    from wsncli.engine.usecases.export import SUFFIXES, export_task, output_suffix
+    from wsncli.errors import UsageError
 
     suffix = output_suffix(output)
     if suffix not in SUFFIXES:
-        raise ExportError(f"{output}: export writes .pt2 (torch.export program) or .safetensors files")
+        raise UsageError(f"{output}: export writes .pt2 (torch.export program) or .safetensors files")
     own = (
         _is_pt2_export if suffix == ".pt2" else (lambda p: b'"wsn-task-export"' in file_prefix(p, 4096))
     )  # never a checkpoint

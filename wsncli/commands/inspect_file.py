@@ -28,6 +28,7 @@ def checkpoint_doc(d):
                 task=r.task,
                 order=r.order,
                 n_classes=r.n_classes,
+                classes=list(r.classes),
                 accuracy_at_learning=r.accuracy,
                 capacity=r.capacity,
                 epochs=r.epochs,
@@ -62,6 +63,7 @@ def checkpoint_doc(d):
         "input_shape": list(meta.model.input_shape),
         "hidden": list(meta.model.hidden),
         "width": meta.model.width,
+        "bias": meta.model.bias,
     }
     return InspectCheckpointDoc(
         schema=schema_id("inspect"),
@@ -80,14 +82,22 @@ def checkpoint_doc(d):
         tasks=tasks,
         layers=layers,
         size=d.size,
-        tampered=list(d.file.tampered),
+        tampered=list(d.file.tampered)
+        + [f"task {t}: its record fails its record digest" for t in d.file.damaged_records],
     )
+
+
+def classes_text(classes: list, most: int = 6) -> str:
+    """A task's labels, the first `most` of them and how many more: '3, 7' or '0, 1, 2, 3, 4, 5, … (+94)'."""
+    shown = ", ".join(str(c) for c in classes[:most])
+    return shown + (f", … (+{len(classes) - most})" if len(classes) > most else "")
 
 
 def _render_checkpoint(doc) -> None:
     m = doc.model
     shape = "x".join(map(str, m["input_shape"]))
     net = f"{m['arch']} {shape}" + (f" hidden {'-'.join(map(str, m['hidden']))}" if m["arch"] == "mlp" else "")
+    net += " with per-task biases" if m.get("bias") else ""
     stdout.print(
         f"[bold]{doc.checkpoint}[/]: {doc.format} v{doc.version}, benchmark {doc.benchmark}, {net}, method "
         f"{doc.method}, "
@@ -97,6 +107,7 @@ def _render_checkpoint(doc) -> None:
     for col in (
         "order",
         "task",
+        "classes",
         "capacity",
         "epochs",
         "batch",
@@ -111,10 +122,11 @@ def _render_checkpoint(doc) -> None:
         tasks.add_row(
             str(t.order),
             str(t.task),
+            classes_text(t.classes),
             "-" if t.capacity is None else str(t.capacity),
-            str(t.epochs),
-            str(t.batch_size),
-            f"{t.lr:g}",
+            "-" if t.epochs is None else str(t.epochs),
+            "-" if t.batch_size is None else str(t.batch_size),
+            "-" if t.lr is None else f"{t.lr:g}",
             pct(t.accuracy_at_learning),
             pct(t.mask_density),
             pct(t.reuse_of_earlier),

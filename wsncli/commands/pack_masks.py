@@ -49,9 +49,15 @@ def _render(report: dict, console: Console) -> None:
             )
         console.print(rows)
     console.print(
-        f"{report['bytes']} bytes, {100 * report['saving_vs_packbits']:.1f}% smaller than packbits; decoded and "
-        "verified bit for bit"
+        f"{report['bytes']} bytes, {versus_packbits(report['saving_vs_packbits'])}; decoded and verified bit for bit"
     )
+
+
+def versus_packbits(saving: float) -> str:
+    """0.25 -> '25.0% smaller than packbits'; -0.194 -> '19.4% larger than packbits'."""
+    if round(100 * saving, 1) == 0:
+        return "as large as packbits"
+    return f"{abs(100 * saving):.1f}% {'smaller' if saving > 0 else 'larger'} than packbits"
 
 
 @handle_errors

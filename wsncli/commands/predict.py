@@ -25,7 +25,7 @@ def predict_command(
             "--output",
             "-o",
             callback=not_stdout,
-            help="Write the labels (or, with --proba, the probabilities) as .npy.",
+            help="Write the labels (or, with --proba, the probabilities) as .npy (the suffix is added when missing).",
         ),
     ] = None,
     proba: Annotated[bool, typer.Option("--proba", help="Class probabilities (softmax of the head) too.")] = False,
@@ -45,6 +45,8 @@ def predict_command(
     from wsncli.engine.usecases.predict import image_files, is_image_input, predict_task, read_inputs
 
     target = None
+    if output is not None and str(output) != "-" and output.suffix.lower() != ".npy":
+        output = output.with_name(output.name + ".npy")  # a .npy file is named so, as numpy.save names it
     if output is not None:
         target = plan_output(
             output,

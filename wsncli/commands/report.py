@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from wsncli.commands.console import handle_errors, not_stdout, print_json, progress_bar, show_progress, stdout
+from wsncli.errors import WsnError
 
 _MAGIC = {".png": b"\x89PNG", ".csv": b"after_task", ".md": b"# wsn report"}
 
@@ -34,6 +35,9 @@ def report_command(
 
     if output.exists() and not output.is_dir():
         raise PlotError(f"{output} exists and is not a folder")
+    parent = output.absolute().parent
+    if not output.exists() and not parent.is_dir():  # like every file wsn writes: no folders made above it
+        raise PlotError(f"{output}: cannot write: folder {parent} does not exist")
     found = read_checkpoint_file(ckpt)
     targets = {
         name: plan_output(
@@ -51,11 +55,24 @@ def report_command(
         files = build_report(
             describe_checkpoint(found, ckpt), lambda name: progress.update(bar, advance=1, description=name)
         )
-    output.mkdir(parents=True, exist_ok=True)
-    for f in files:
-        write_output(targets.get(f.name) or plan_output(output / f.name, what="report file", inputs=[ckpt]), f.data)
+    made = not output.exists()
+    output.mkdir(exist_ok=True)  # the report's own folder (its parent exists)
+    try:
+        for f in files:
+            write_output(targets.get(f.name) or plan_output(output / f.name, what="report file", inputs=[ckpt]), f.data)
+    except WsnError:
+        if made:
+            _remove_if_empty(output)  # a full disk leaves no empty folder behind
+        raise
     written = [str(output / f.name) for f in files]
     if json_out:
         print_json(ReportDoc(schema=schema_id("report"), checkpoint=str(ckpt), output=str(output), files=written))
     else:
         stdout.print(f"wrote {len(files)} files to {output}/: " + ", ".join(f.name for f in files))
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()  # only if empty: a file something else put there stays
+    except OSError:
+        pass

@@ -59,15 +59,16 @@ class TrainTaskDoc(Doc, kw_only=True):
 class EvalTask(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     task: int
     order: int
-    status: str  # proven | outputs-differ | data-changed | changed
+    status: str  # proven | outputs-differ | data-changed | changed | record-changed
     accuracy: float
     accuracy_at_learning: float
-    change: float | None  # accuracy - accuracy_at_learning (null when the test data differs)
+    change: float | None  # accuracy - accuracy_at_learning (null when the test data or the record differs)
     n_test: int
     subnet_match: bool
     data_match: bool
     outputs_match: bool | None
     differing_outputs: int | None
+    record_match: bool  # the task's record digest holds (false: record-changed, a damaged record)
 
 
 class Matrix(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -87,6 +88,7 @@ class EvalDoc(Doc, kw_only=True):
     changed: list[int]
     outputs_differ: list[int]
     data_changed: list[int]
+    record_changed: list[int]
     capacity_used: float | None
     tampered: list[str]
     signature: str
@@ -98,6 +100,7 @@ class InspectTask(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     task: int
     order: int
     n_classes: int
+    classes: list[int | str]
     accuracy_at_learning: float
     capacity: float | None
     epochs: int | None
@@ -240,8 +243,10 @@ Statuses in `wsn.eval`: `proven` (subnetwork and predictions identical to those 
 `outputs-differ` (subnetwork bit-identical, some predictions differ: near-ties computed differently
 on another machine, thread count or device; a warning, exit 0), `data-changed` (the test data is not
 the one used at learning: accuracy not comparable, left out of BWT; the subnetwork is still proven),
-`changed` (the subnetwork changed: forgetting, exit 3). BWT = mean over the tasks learned before the
-last one, whose test data is unchanged, of (accuracy now - accuracy at learning).
+`changed` (the subnetwork changed: forgetting, exit 3), `record-changed` (format 3: the task's record
+fails its record digest: what data it is measured on, its labels or its recorded digests were edited,
+no parameter changed; a damaged record, exit 1, and `forget_free` is false). BWT = mean over the tasks
+learned before the last one, whose test data is unchanged, of (accuracy now - accuracy at learning).
 """
 
 

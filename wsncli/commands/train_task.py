@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import os
+import shlex
+import sys
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Literal, Optional
 
@@ -29,8 +34,10 @@ from wsncli.engine.limits import (
     MAX_SEED,
     MAX_TASK_ID,
     MAX_THREADS,
+    MAX_TRAIN_LIMIT,
     METHODS,
 )
+from wsncli.interrupts import add_interrupt_hint
 
 TaskOpt = Annotated[
     int,
@@ -51,6 +58,13 @@ def train_task_command(
     ] = None,
     hidden: Annotated[Optional[str], typer.Option(help="MLP hidden sizes of a new checkpoint, e.g. 100-100.")] = None,
     width: Annotated[Optional[int], typer.Option(min=1, max=1024, help="resnet18 base width nf (default 20).")] = None,
+    bias: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--bias/--no-bias",
+            help="A new checkpoint's masked layers get a bias per task (default: on for npz).",
+        ),
+    ] = None,
     capacity: Annotated[
         Optional[float],
         typer.Option(
@@ -85,6 +99,10 @@ def train_task_command(
         Optional[int], typer.Option(min=1, max=4096, help="Images: resize to NxN (MNIST-style: zero-pad, e.g. 32).")
     ] = None,
     channels: Annotated[Optional[int], typer.Option(min=1, max=3, help="image-folder: 1 or 3 channels.")] = None,
+    train_limit: Annotated[
+        Optional[int],
+        typer.Option(min=1, max=MAX_TRAIN_LIMIT, help="Train on a fixed stratified subset of N training images."),
+    ] = None,
     standardize: Annotated[
         Optional[bool],
         typer.Option(
@@ -98,6 +116,14 @@ def train_task_command(
     ] = True,
     restart: Annotated[
         bool, typer.Option(help="Discard a resumable snapshot of this task instead of continuing it.")
+    ] = False,
+    adopt_unsigned: Annotated[
+        bool,
+        typer.Option(
+            "--adopt-unsigned",
+            help="With WSN_CHECKPOINT_KEY set: accept an unsigned (or otherwise signed) checkpoint after "
+            "re-verifying every task against its recorded data, and sign it.",
+        ),
     ] = False,
     threads: Annotated[
         Optional[int], typer.Option(min=1, max=MAX_THREADS, help="CPU threads (default: 1 under 2M weights).")
@@ -124,8 +150,9 @@ def train_task_command(
         task=task,
         benchmark=benchmark,
         arch=arch,
-        hidden=parse_hidden(hidden) if hidden else None,
+        hidden=parse_hidden(hidden) if hidden is not None else None,
         width=width,
+        bias=bias,
         capacity=capacity,
         epochs=epochs,
         batch_size=batch_size,
@@ -138,17 +165,22 @@ def train_task_command(
         threads=threads,
         image_size=image_size,
         channels=channels,
+        train_limit=train_limit,
         standardize=standardize,
         matrix=matrix,
         restart=restart,
         cuda_graphs=cuda_graphs,
+        adopt_unsigned=adopt_unsigned,
     )
     quiet = quiet or os.environ.get("RANK", "0") != "0"  # in a torchrun group, rank 0 reports
-    with progress_bar(show_progress(quiet)) as progress:
+    add_interrupt_hint(partial(resume_hint, ckpt, task))
+    live = LiveTraining()
+    with progress_bar(show_progress(quiet), live.text) as progress:
         bar = progress.add_task(f"task {task}", total=None, visible=False)
 
         def on_epoch_start(epoch: int, n_batches: int) -> None:
-            progress.reset(bar, total=n_batches, description=f"task {task} epoch {epoch}", visible=True)
+            live.epoch = epoch
+            progress.reset(bar, total=n_batches, description=f"task {task}", visible=True)
 
         def on_epoch_end(s: EpochStats) -> None:
             if not quiet:
@@ -161,7 +193,9 @@ def train_task_command(
         def on_decode(done: int, total: int) -> None:
             progress.update(bar, completed=done, total=total, description="decoding images", visible=True)
 
-        callbacks = TrainCallbacks(on_epoch_start, lambda _b: progress.advance(bar), on_epoch_end)
+        callbacks = TrainCallbacks(
+            on_epoch_start, lambda _b: progress.advance(bar), on_epoch_end, on_running_loss=live.start_epoch
+        )
         # status lines only on a terminal: a refusal in a script or pipe stays one line on stderr
         status = (lambda msg: stderr.print(msg)) if show_progress(quiet) else None
         result = learn_task(request, callbacks, status, on_decode)
@@ -180,6 +214,48 @@ def train_task_command(
         f"test accuracy {pct(record.accuracy)}, {capacity_text}best epoch {record.best_epoch}, "
         f"{record.train_seconds:.1f} s{resumed}; checkpoint {result.checkpoint_bytes / 1024:.1f} KiB"
     )
+
+
+def typed_command() -> str:
+    """The command line as typed (`wsn ...`), when this process runs wsn's own entry point."""
+    name = Path(sys.argv[0]).name
+    if name in ("wsn", "__main__.py"):
+        return shlex.join(["wsn", *sys.argv[1:]])
+    return ""
+
+
+def resume_hint(ckpt: Path, task: int) -> str | None:
+    """After Ctrl-C: where task's finished epochs are kept and the command that continues them."""
+    from wsncli.engine.store.paths import resolve
+    from wsncli.engine.training.snapshot import snapshot_path
+
+    snapshot = snapshot_path(resolve(ckpt))
+    if not os.path.lexists(snapshot):
+        return None
+    command = typed_command()
+    again = f"run `{command}` again" if command else "run the same command again"
+    return (
+        f"task {task}'s finished epochs are kept in {snapshot}: {again} to continue from them "
+        "(add --restart to start the task over)"
+    )
+
+
+class LiveTraining:
+    """The progress bar's epoch total and running loss, read from the engine when the bar refreshes."""
+
+    def __init__(self) -> None:
+        self.epoch = 0
+        self.epochs: int | None = None
+        self.loss: Callable[[], float] | None = None
+
+    def start_epoch(self, epochs: int, loss: Callable[[], float]) -> None:
+        self.epochs, self.loss = epochs, loss
+
+    def text(self) -> str:
+        """'epoch 2/20 loss 0.4213' ('loss -' before the first batch ends)."""
+        value = math.nan if self.loss is None else self.loss()
+        loss = f"loss {value:.4f}" if math.isfinite(value) else "loss -"
+        return f"epoch {self.epoch}/{self.epochs or '?'} {loss}" if self.epoch else ""
 
 
 def train_doc(ckpt: Path, result):

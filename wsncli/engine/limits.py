@@ -12,6 +12,7 @@ BENCHMARKS = (
     "split-cifar10",
     "split-cifar100",
     "split-tinyimagenet",
+    "multi-dataset",
     "npz",
     "image-folder",
 )
@@ -40,6 +41,7 @@ MAX_EPOCHS = 100_000
 MAX_BATCH_SIZE = 1 << 24
 MAX_LR = 1e3
 MAX_THREADS = 4096
+MAX_TRAIN_LIMIT = 1 << 40  # --train-limit: training samples of a task
 
 
 def env_limit(var: str, default, unit: str, error: type[Exception]):

@@ -65,6 +65,19 @@ def check_finite(where: str, key: str, x: np.ndarray) -> None:
     raise DataError(f"{where}: {key} contains {' and '.join(k for k in kinds if k)} values")
 
 
+def check_fits_float32(where: str, key: str, x: np.ndarray) -> None:
+    """Float inputs wider than float32 must fit it: cast, they would become infinite (refused here,
+    before any arithmetic prints numpy's overflow warnings)."""
+    if x.dtype.kind != "f" or x.dtype.itemsize <= 4 or not x.size:
+        return
+    largest = float(np.abs(x).max())
+    if largest > float(np.finfo(np.float32).max):
+        raise DataError(
+            f"{where}: {key} holds values up to {largest:.3g}, beyond float32's range (±3.4e+38); "
+            "rescale the data before training"
+        )
+
+
 def label_values(where: str, key: str, y: np.ndarray) -> np.ndarray:
     """Labels as int64 or str: integers that fit 64 bits, or strings (npz 'U'/'S' arrays)."""
     if y.dtype.kind in "iu":

@@ -27,6 +27,8 @@ def device_transform(prep: Preprocess, device: torch.device) -> Callable[[torch.
             out = out * scale
         if affine:
             out = (out - mean) / std
+        if prep.padding:
+            out = torch.nn.functional.pad(out, (0, prep.padding))  # (B, D + padding): zero features
         return out
 
     return apply

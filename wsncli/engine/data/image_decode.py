@@ -65,6 +65,11 @@ def open_image(Image, name: str, path: Path):
 
 
 def size_message(name: str, path: Path, got: tuple[int, int], want: tuple[int, int], first: Path | None) -> str:
+    if name == "predict":  # predict has no --image-size: the task's images were not resized
+        return (
+            f"predict: {path} is {got[0]}x{got[1]} but the task was learned on {want[0]}x{want[1]} images; resize "
+            f"the images to {want[0]}x{want[1]} first"
+        )
     like = f"like {first}" if first is not None else "as it was when scanned"
     return (
         f"{name}: {path} is {got[0]}x{got[1]} but the task's images are {want[0]}x{want[1]} ({like}); "

@@ -210,6 +210,15 @@ def _entries(name: str, folder: Path) -> list[os.DirEntry]:
         raise DataError(f"{name}: cannot read {folder}: {exc.strerror or exc}") from None
 
 
+def _is(name: str, folder: Path, entry: os.DirEntry, kind: str) -> bool:
+    """entry.is_dir() / is_file(), following symlinks; one that cannot be followed (a symlink loop)
+    is a DataError naming it, not a traceback."""
+    try:
+        return entry.is_dir() if kind == "dir" else entry.is_file()
+    except OSError as exc:
+        raise DataError(f"{name}: cannot read {folder / entry.name}: {exc.strerror or exc}") from None
+
+
 def _task_folders(root: Path) -> dict[int, Path]:
     name = "image-folder"
     if not root.is_dir():
@@ -217,7 +226,7 @@ def _task_folders(root: Path) -> dict[int, Path]:
     found: dict[int, Path] = {}
     for entry in _entries(name, root):
         m = _TASK_DIR.fullmatch(entry.name)
-        if not m or not entry.is_dir():
+        if not m or not _is(name, root, entry, "dir"):
             continue
         task = int(m.group(1))
         if task < 1:
@@ -234,7 +243,7 @@ def _task_folders(root: Path) -> dict[int, Path]:
 
 
 def _class_folders(name: str, split_dir: Path) -> dict[str, Path]:
-    classes = {e.name: split_dir / e.name for e in _entries(name, split_dir) if e.is_dir()}
+    classes = {e.name: split_dir / e.name for e in _entries(name, split_dir) if _is(name, split_dir, e, "dir")}
     if not classes:
         raise DataError(f"{name}: {split_dir} has no class folders")
     return classes
@@ -244,8 +253,11 @@ def _image_files(name: str, folder: Path) -> list[tuple[Path, int, int]]:
     """(path, size, mtime_ns) of the images in `folder` (not hidden, an image suffix), sorted; never empty."""
     out = []
     for entry in _entries(name, folder):
-        if os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES and entry.is_file():
-            st = entry.stat()
+        if os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES and _is(name, folder, entry, "file"):
+            try:
+                st = entry.stat()
+            except OSError as exc:
+                raise DataError(f"{name}: cannot read {folder / entry.name}: {exc.strerror or exc}") from None
             out.append((folder / entry.name, st.st_size, st.st_mtime_ns))
     if not out:
         raise DataError(f"{name}: class folder {folder} holds no images (*.png, *.jpg, *.jpeg)")

@@ -3,6 +3,7 @@ labels) and the fixed transform that makes them network inputs (data.preprocess)
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import numpy as np
 
 from wsncli.engine.data import readers as ds
 from wsncli.engine.data.checks import check_pair, label_values
+from wsncli.engine.data.pinned import CHECKSUMS_ENV, TINYIMAGENET_COUNTS, TINYIMAGENET_KEY, expected
 from wsncli.engine.data.preprocess import Preprocess, scaled
 from wsncli.engine.data.splits import pmnist_permutation, split_seed, stratified_split
 from wsncli.errors import DataError
@@ -48,11 +50,23 @@ def _select(x: np.ndarray, y: np.ndarray, classes: tuple[int, ...]) -> tuple[np.
     return x[sel], y[sel].astype(np.int64)
 
 
+NAME_MAX, ROOT_MAX = 255, 3584  # bytes of one path component; of a data root (PATH_MAX 4096 less room for names below)
+
+
 def resolve_data_root(data_root: Path | None) -> Path | None:
-    """`--data-root` when given, else $WSN_DATA_ROOT when set, else None."""
-    if data_root is not None:
-        return Path(data_root).expanduser()
-    return ds.env_data_root()
+    """`--data-root` when given, else $WSN_DATA_ROOT when set, else None; a path no file system can
+    open (a component over 255 bytes, or too long as a whole) is a DataError, not an OSError later."""
+    root = Path(data_root).expanduser() if data_root is not None else ds.env_data_root()
+    if root is not None:
+        raw = os.fsencode(root)
+        longest = max((len(part) for part in raw.split(b"/")), default=0)
+        if longest > NAME_MAX or len(raw) > ROOT_MAX:
+            what = f"a component of {longest} bytes" if longest > NAME_MAX else f"{len(raw)} bytes"
+            raise DataError(
+                f"data root {str(root)[:60] + ('...' if len(str(root)) > 60 else '')} has {what}, over the limit of "
+                f"{NAME_MAX if longest > NAME_MAX else ROOT_MAX} (from --data-root, WSN_DATA_ROOT or the checkpoint)"
+            )
+    return root
 
 
 def require_root(name: str, data_root: Path | None, what: str) -> Path:
@@ -102,7 +116,7 @@ def mnist_like(name: str, root, task: int, classes: tuple[int, ...], options) ->
     found = ds.locate(
         name, what, candidates(name, root, sub, fallback), MNIST_FILES, True, resolve_data_root(root), sub
     )
-    (xtr, ytr), (xte, yte) = ds.mnist_arrays(name, found)
+    (xtr, ytr), (xte, yte) = ds.mnist_arrays(name, found, sub)
     mean, std = FASHION_NORM if fashion else MNIST_NORM
     if name == "pmnist":
         xtr, xte = (x.reshape(len(x), -1) for x in (xtr, xte))  # (N, 784); the permutation is in prep
@@ -129,7 +143,7 @@ def cifar(name: str, root, task: int, classes: tuple[int, ...], _options) -> Raw
         folder_name,
     )
     label_key, n_labels = ("fine_labels", 100) if hundred else ("labels", 10)
-    parts = [ds.cifar_batch(found[f], label_key, n_labels) for f in files]
+    parts = [ds.cifar_batch(found[f], label_key, n_labels, name, f"{folder_name}/{f}") for f in files]
     train, test = parts[:-1], parts[-1]
     xtr, ytr = np.concatenate([p[0] for p in train]), np.concatenate([p[1] for p in train])
     (xtr, ytr), (xte, yte) = _select(xtr, ytr, classes), _select(*test, classes)
@@ -191,7 +205,29 @@ def tinyimagenet(root, task: int, _classes, options) -> RawTask:
         getattr(options, "image_size", None),
         on_progress=getattr(options, "on_progress", None),
     )
+    _check_tinyimagenet_counts(found, folder, getattr(options, "image_size", None))
     return _image_task(found, f"split-tinyimagenet task {task}")
+
+
+def _check_tinyimagenet_counts(found, folder: Path, image_size: int | None) -> None:
+    """TinyImageNet has no published digest of its unpacked files: check the published counts instead
+    (500 training and 50 val images per class, 64x64 unless --image-size resized them)."""
+    exp = expected(TINYIMAGENET_KEY)
+    if exp.source != "pinned":  # listed in $WSN_DATA_CHECKSUMS ('-': any content)
+        return
+    _, per_train, per_val, side = TINYIMAGENET_COUNTS
+    for split, y, want in (("train", found.y_train, per_train), ("val", found.y_test, per_val)):
+        counts = np.bincount(y, minlength=len(found.classes))
+        bad = np.flatnonzero(counts != want)
+        if len(bad):
+            c = int(bad[0])
+            raise DataError(
+                f"split-tinyimagenet: {folder} has {int(counts[c])} {split} images of class {found.classes[c]}, "
+                f"expected {want} (TinyImageNet's published counts; a line '- {TINYIMAGENET_KEY}' in a "
+                f"{CHECKSUMS_ENV} file accepts another copy)"
+            )
+    if image_size is None and found.image_shape[1:] != (side, side):
+        raise DataError(f"split-tinyimagenet: {folder} holds {found.image_shape[1:]} images, expected {side}x{side}")
 
 
 def _image_task(found, where: str) -> RawTask:

@@ -1,7 +1,7 @@
 """How a task's raw inputs become the network's float32 inputs (stored with each task, reused by
 eval, predict and export):
 
-    x' = ((float32(x)[..., permutation]  (* or /)  scale) - mean) / std
+    x' = ((float32(x)[..., permutation]  (* or /)  scale) - mean) / std,  then `padding` zeros appended
 
 float32 throughout, one operation at a time, so numpy here and torch on any device give the same bits
 (each elementwise IEEE operation is correctly rounded). Identity steps are skipped, which is exact too.
@@ -29,23 +29,32 @@ class Preprocess:
     std: np.ndarray = field(default_factory=lambda: _ONE)
     permutation: np.ndarray | None = None
     standardized: bool = False  # mean/std were measured on the task's training split
+    padding: int = 0  # zeros appended to each (flat) sample: a task with fewer features than the network
+
+    def network_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The network's sample shape for this task's sample shape."""
+        return (shape[0] + self.padding,) if self.padding else tuple(shape)
 
     @property
     def is_identity_affine(self) -> bool:
         return not self.mean.any() and bool((self.std == 1).all())
 
     def apply(self, x: np.ndarray) -> np.ndarray:
-        """(N, *sample) raw -> (N, *sample) float32, a new array."""
-        out = np.array(x, dtype=np.float32, copy=True)
-        if self.permutation is not None:
-            out = out.reshape(len(out), -1)[:, self.permutation].reshape(out.shape)
-        if self.divide:
-            out /= np.float32(self.scale)
-        elif self.scale != 1.0:
-            out *= np.float32(self.scale)
-        if not self.is_identity_affine:
-            out -= self.mean
-            out /= self.std
+        """(N, *sample) raw -> (N, *sample) float32, a new array. Values that overflow become inf or
+        NaN silently: callers refuse them by name (data.checks), never with numpy's warnings."""
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            out = np.array(x, dtype=np.float32, copy=True)
+            if self.permutation is not None:
+                out = out.reshape(len(out), -1)[:, self.permutation].reshape(out.shape)
+            if self.divide:
+                out /= np.float32(self.scale)
+            elif self.scale != 1.0:
+                out *= np.float32(self.scale)
+            if not self.is_identity_affine:
+                out -= self.mean
+                out /= self.std
+            if self.padding:
+                out = np.concatenate([out, np.zeros((len(out), self.padding), np.float32)], axis=1)  # (N, D + padding)
         return out
 
     def same_as(self, other: Preprocess) -> bool:
@@ -61,6 +70,7 @@ class Preprocess:
             and self.std.shape == other.std.shape
             and np.array_equal(self.mean, other.mean)
             and np.array_equal(self.std, other.std)
+            and self.padding == other.padding
         )
 
 

@@ -8,7 +8,7 @@ unpickler that only rebuilds numpy arrays. Parsed arrays are cached per process
 
 from __future__ import annotations
 
-import gzip
+import io
 import math
 import os
 import pickle
@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from wsncli.engine.data.pinned import Expected, check_array, expected, read_checked
 from wsncli.engine.limits import env_limit
 from wsncli.errors import DataError
 
@@ -78,17 +79,15 @@ def locate(
     raise DataError(f"{name}: {what} not found: put {expected} in {where}/{sub}/ or {where}/ ({how}){looked}")
 
 
-def read_idx(path: Path) -> np.ndarray:
-    """The array in an IDX file (gzipped when its name ends in .gz), read-only, native byte order."""
-    return _read_idx(*_stat_key(path))
+def read_idx(path: Path, name: str = "", expect: Expected | None = None) -> np.ndarray:
+    """The array in an IDX file (gzipped when its name ends in .gz), read-only, native byte order;
+    checked against `expect` (digest before parsing, then shape or labels per class) when given."""
+    return _read_idx(*_stat_key(path), name, expect)
 
 
 @lru_cache(maxsize=16)
-def _read_idx(path: str, _mtime: int, _size: int) -> np.ndarray:
-    try:
-        raw = gzip.decompress(Path(path).read_bytes()) if path.endswith(".gz") else Path(path).read_bytes()
-    except (OSError, EOFError, zlib.error) as exc:
-        raise DataError(f"{path}: cannot read ({exc})") from None
+def _read_idx(path: str, _mtime: int, _size: int, name: str, expect: Expected | None) -> np.ndarray:
+    raw = read_checked(name or path, Path(path), expect)
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES or not 1 <= raw[3] <= 4:
         raise DataError(f"{path}: not an IDX file (magic bytes {raw[:4].hex() or 'missing'})")
     ndim, header = raw[3], 4 + 4 * raw[3]
@@ -103,6 +102,8 @@ def _read_idx(path: str, _mtime: int, _size: int) -> np.ndarray:
             "bytes of data"
         )
     arr = np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
+    if expect is not None:
+        check_array(name or path, path, expect, arr.shape, arr if arr.ndim == 1 else None)
     return _frozen(arr.astype(dtype.newbyteorder("="), copy=True))
 
 
@@ -143,24 +144,30 @@ class _Forbidden(Exception):
     """Raised inside the unpickler for a global that is not allowed."""
 
 
-def read_pickle_dict(path: Path) -> dict[str, object]:
-    """A CIFAR-style python-pickle batch: a dict, with bytes keys decoded to str. Read-only arrays."""
-    return _read_pickle_dict(*_stat_key(path))
+def read_pickle_dict(path: Path, name: str = "", expect: Expected | None = None) -> dict[str, object]:
+    """A CIFAR-style python-pickle batch: a dict, with bytes keys decoded to str. Read-only arrays.
+    With `expect`, the file's digest is checked before anything is unpickled."""
+    return _read_pickle_dict(*_stat_key(path), name, expect)
+
+
+def unpickle_arrays(data: bytes, where: str, encoding: str = "bytes") -> object:
+    """Unpickle `data` with an unpickler that rebuilds numpy arrays, tuples, lists, dicts and nothing
+    else (no code runs); DataError naming `where` on anything else."""
+    try:
+        return _NumpyOnlyUnpickler(io.BytesIO(data), encoding=encoding).load()
+    except _Forbidden as exc:
+        raise DataError(
+            f"{where}: refused to load: the pickle asks for {exc}, and only numpy arrays are allowed"
+        ) from None
+    except MemoryError:
+        raise DataError(f"{where}: the pickle asks for more memory than is available") from None
+    except Exception as exc:  # noqa: BLE001 - any failure to parse an untrusted file is bad data
+        raise DataError(f"{where}: not a readable python pickle ({type(exc).__name__}: {exc})") from None
 
 
 @lru_cache(maxsize=16)
-def _read_pickle_dict(path: str, _mtime: int, _size: int) -> dict[str, object]:
-    try:
-        with open(path, "rb") as fh:
-            obj = _NumpyOnlyUnpickler(fh, encoding="bytes").load()
-    except _Forbidden as exc:
-        raise DataError(
-            f"{path}: refused to load: the pickle asks for {exc}, and only numpy arrays are allowed"
-        ) from None
-    except MemoryError:
-        raise DataError(f"{path}: the pickle asks for more memory than is available") from None
-    except Exception as exc:  # noqa: BLE001 - any failure to parse an untrusted file is bad data
-        raise DataError(f"{path}: not a readable python pickle ({type(exc).__name__}: {exc})") from None
+def _read_pickle_dict(path: str, _mtime: int, _size: int, name: str, expect: Expected | None) -> dict[str, object]:
+    obj = unpickle_arrays(read_checked(name or path, Path(path), expect), path)
     if not isinstance(obj, dict):
         raise DataError(f"{path}: expected a pickled dict, got {type(obj).__name__}")
     out = {}
@@ -247,9 +254,14 @@ DIGITS_FILE = Path(__file__).with_name("digits.npz")
 
 @lru_cache(maxsize=1)
 def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
-    """The bundled 8x8 digits (UCI, 1,797 images): (x uint8 (1797, 64) in 0..16, y int64 (1797,))."""
-    with np.load(DIGITS_FILE, allow_pickle=False) as z:
-        return _frozen(np.asarray(z["x"], np.uint8)), _frozen(np.asarray(z["y"], np.int64))
+    """The bundled 8x8 digits (UCI, 1,797 images): (x uint8 (1797, 64) in 0..16, y int64 (1797,)),
+    checked against the file's pinned sha256 first."""
+    exp = expected("wsn/digits.npz")
+    data = read_checked("split-digits", DIGITS_FILE, exp)
+    with np.load(io.BytesIO(data), allow_pickle=False) as z:
+        x, y = np.asarray(z["x"], np.uint8), np.asarray(z["y"], np.int64)
+    check_array("split-digits", DIGITS_FILE, exp, x.shape)
+    return _frozen(x), _frozen(y)
 
 
 def env_data_root() -> Path | None:
@@ -258,25 +270,33 @@ def env_data_root() -> Path | None:
     return Path(value).expanduser() if value else None
 
 
-def mnist_arrays(name: str, found: dict[str, Path]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """[(train images, labels), (test images, labels)] from located MNIST-style IDX files, checked."""
+def mnist_arrays(name: str, found: dict[str, Path], dataset: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """[(train images, labels), (test images, labels)] from located MNIST-style IDX files, each checked
+    against its pinned entry `<dataset>/<file>` (docs/DATA.md) before use."""
     out = []
     for split in ("train", "t10k"):
-        ipath, lpath = found[f"{split}-images-idx3-ubyte"], found[f"{split}-labels-idx1-ubyte"]
-        x, y = read_idx(ipath), read_idx(lpath)
-        if x.ndim != 3 or x.shape[1:] != (28, 28):
-            raise DataError(f"{name}: {ipath} holds images of shape {x.shape[1:]}, expected 28x28")
-        if y.ndim != 1 or len(y) != len(x):
-            raise DataError(f"{name}: {lpath} holds {len(y)} labels for the {len(x)} images of {ipath}")
-        if len(y) and not 0 <= int(y.min()) <= int(y.max()) <= 9:
-            raise DataError(f"{name}: {lpath} has labels outside 0..9")
+        inames = (f"{split}-images-idx3-ubyte", f"{split}-labels-idx1-ubyte")
+        (x, ipath), (y, lpath) = ((read_idx(found[n], name, expected(f"{dataset}/{n}")), found[n]) for n in inames)
+        check_image_labels(name, ipath, lpath, x, y)
         out.append((x, y.astype(np.int64)))
     return out
 
 
-def cifar_batch(path: Path, label_key: str, n_labels: int) -> tuple[np.ndarray, np.ndarray]:
-    """(data uint8 (N, 3072), labels int64 (N,)) of one CIFAR batch, checked."""
-    d = read_pickle_dict(path)
+def check_image_labels(name: str, ipath: Path, lpath: Path, x: np.ndarray, y: np.ndarray) -> None:
+    """28x28 images with one label 0..9 each."""
+    if x.ndim != 3 or x.shape[1:] != (28, 28):
+        raise DataError(f"{name}: {ipath} holds images of shape {x.shape[1:]}, expected 28x28")
+    if y.ndim != 1 or len(y) != len(x):
+        raise DataError(f"{name}: {lpath} holds {len(y)} labels for the {len(x)} images of {ipath}")
+    if len(y) and not 0 <= int(y.min()) <= int(y.max()) <= 9:
+        raise DataError(f"{name}: {lpath} has labels outside 0..9")
+
+
+def cifar_batch(path: Path, label_key: str, n_labels: int, name: str = "", key: str | None = None):
+    """(data uint8 (N, 3072), labels int64 (N,)) of one CIFAR batch, checked (against the pinned entry
+    `key` first, when given)."""
+    exp = expected(key) if key is not None else None
+    d = read_pickle_dict(path, name, exp)
     if "data" not in d or label_key not in d:
         raise DataError(f"{path}: CIFAR batch lacks key {'data' if 'data' not in d else label_key!r}")
     x, y = d["data"], np.asarray(d[label_key])
@@ -287,6 +307,8 @@ def cifar_batch(path: Path, label_key: str, n_labels: int) -> tuple[np.ndarray, 
         raise DataError(f"{path}: {label_key!r} must hold {len(x)} integer labels, got {y.dtype} {y.shape}")
     if len(y) and not 0 <= int(y.min()) <= int(y.max()) < n_labels:
         raise DataError(f"{path}: {label_key!r} has labels outside 0..{n_labels - 1}")
+    if exp is not None:
+        check_array(name or str(path), path, exp, x.shape, y)
     return x, y.astype(np.int64)
 
 

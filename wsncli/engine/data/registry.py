@@ -17,12 +17,20 @@ from pathlib import Path
 
 import numpy as np
 
-from wsncli.engine.data import loaders
+from wsncli.engine.data import loaders, multi
 from wsncli.engine.data import readers as ds
-from wsncli.engine.data.checks import check_arrays, check_finite, check_labels, check_pair, task_classes, to_indices
+from wsncli.engine.data.checks import (
+    check_arrays,
+    check_finite,
+    check_fits_float32,
+    check_labels,
+    check_pair,
+    task_classes,
+    to_indices,
+)
 from wsncli.engine.data.loaders import CIFAR10_FILES, CIFAR100_FILES, DEBIAN_FASHION, MNIST_FILES, resolve_data_root  # noqa: F401
 from wsncli.engine.data.preprocess import Preprocess, standardize
-from wsncli.engine.data.splits import pmnist_permutation, split_seed, stratified_split  # noqa: F401
+from wsncli.engine.data.splits import pmnist_permutation, split_seed, stratified_split, stratified_subset  # noqa: F401
 from wsncli.engine.limits import BENCHMARKS
 from wsncli.errors import DataError, UsageError
 
@@ -36,6 +44,7 @@ class DataOptions:
     image_size: int | None = None  # image-folder / tinyimagenet: resize; mnist-style: pad to this
     channels: int | None = None  # image-folder: 1 or 3 (default: 1 when every image is grayscale)
     n_tasks: int | None = None
+    train_limit: int | None = None  # train on a fixed stratified subset of this many (not stored)
     on_progress: Callable[[int, int], None] | None = None  # decoding images (not stored)
 
 
@@ -104,6 +113,7 @@ class BenchmarkInfo:
     default_batch_size: int
     val_fraction: float
     standardize: bool  # default of --standardize for its tasks
+    default_bias: bool = False  # default of --bias for a new checkpoint
 
 
 @dataclass(frozen=True)
@@ -116,6 +126,7 @@ class _Spec:
     batch: int
     val: float
     standardize: bool = False
+    bias: bool = False
 
 
 _SPECS: dict[str, _Spec] = {
@@ -126,7 +137,8 @@ _SPECS: dict[str, _Spec] = {
     "split-cifar10": _Spec(5, 2, (3, 32, 32), "conv", 50, 64, 0.05),
     "split-cifar100": _Spec(10, 10, (3, 32, 32), "conv", 50, 64, 0.05),
     "split-tinyimagenet": _Spec(40, -1, None, "conv4", 50, 64, 0.05),
-    "npz": _Spec(0, -1, None, "mlp", 10, 32, 0.1, standardize=True),
+    "multi-dataset": _Spec(4, 0, (1, 28, 28), "resnet18", 5, 64, 0.05, standardize=True),
+    "npz": _Spec(0, -1, None, "mlp", 100, 16, 0.1, standardize=True, bias=True),  # tabular: RESULTS.md section 7
     "image-folder": _Spec(0, -1, None, "resnet18", 20, 64, 0.05, standardize=True),
 }
 _RAW = {
@@ -137,12 +149,13 @@ _RAW = {
     "split-cifar10": partial(loaders.cifar, "split-cifar10"),
     "split-cifar100": partial(loaders.cifar, "split-cifar100"),
     "split-tinyimagenet": loaders.tinyimagenet,
+    "multi-dataset": multi.task_raw,
     "npz": loaders.npz,
     "image-folder": loaders.image_folder,
 }
 
 
-IMAGE_SIZE_BENCHMARKS = ("split-mnist", "split-fashion", "image-folder", "split-tinyimagenet")  # --image-size
+IMAGE_SIZE_BENCHMARKS = ("split-mnist", "split-fashion", "image-folder", "split-tinyimagenet", "multi-dataset")
 CHANNELS_BENCHMARKS = ("image-folder", "split-tinyimagenet")  # --channels
 
 
@@ -183,7 +196,9 @@ def benchmark_info(
         size = options.image_size if options else None
         if size is not None and shape is not None and len(shape) == 3:
             shape = (shape[0], size, size)
-    return BenchmarkInfo(name, len(ids), ids, shape, spec.arch, spec.epochs, spec.batch, spec.val, spec.standardize)
+    return BenchmarkInfo(
+        name, len(ids), ids, shape, spec.arch, spec.epochs, spec.batch, spec.val, spec.standardize, spec.bias
+    )
 
 
 def load_task(
@@ -226,8 +241,12 @@ def load_task(
             raise DataError(f"{where}: x_val samples have shape {xva.shape[1:]} but x_train samples {xtr.shape[1:]}")
         check_labels(where, classes, yva_raw, "val")
         yva = to_indices(classes, yva_raw)
+    if options.train_limit is not None and options.train_limit < len(ytr):
+        sub = stratified_subset(ytr, options.train_limit, split_seed(name, task, "train-limit"))
+        xtr, ytr = xtr[sub], ytr[sub]
     for label, arr in (("x_train", xtr), ("x_test", raw.x_test), ("x_val", xva)):
         check_finite(where, label, arr)
+        check_fits_float32(where, label, arr)
     prep = raw.prep
     if standardize_inputs if standardize_inputs is not None else info.standardize:
         prep = standardize(prep, xtr, raw.per_channel)

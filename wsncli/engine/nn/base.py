@@ -9,7 +9,7 @@ from torch import nn
 
 from wsncli.engine.nn.selection import NonFiniteScores
 from wsncli.engine.nn.subnet import SubnetLayer, k_for_capacity
-from wsncli.errors import DataError
+from wsncli.errors import DataError, TaskError
 
 
 @dataclass(frozen=True)
@@ -17,17 +17,21 @@ class ModelConfig:
     """The shape-defining settings of a network (stored in the checkpoint, must match on resume).
 
     `hidden` is read by mlp only; `width` (nf) by resnet18 only, None meaning the arch's default.
+    `bias`: every masked layer gets a bias vector per task (owned by the task, like its head).
     """
 
     arch: str
     input_shape: tuple[int, ...]
     hidden: tuple[int, ...] = field(default=(100, 100))
     width: int | None = None
+    bias: bool = False
 
     def to_dict(self) -> dict:
         d = {"arch": self.arch, "input_shape": list(self.input_shape), "hidden": list(self.hidden)}
         if self.width is not None:  # absent in checkpoints written before widths existed
             d["width"] = self.width
+        if self.bias:  # absent in checkpoints written before per-task biases existed
+            d["bias"] = True
         return d
 
     @classmethod
@@ -38,6 +42,7 @@ class ModelConfig:
             tuple(int(v) for v in d["input_shape"]),
             tuple(int(v) for v in d["hidden"]),
             None if width is None else int(width),
+            bool(d.get("bias", False)),
         )
 
 
@@ -55,15 +60,30 @@ def image_input(config: ModelConfig, min_side: int) -> tuple[int, int, int]:
     return c, h, w
 
 
+def shift(h: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """h (B, C, ...) plus a per-channel bias (C,), or h itself when there is none."""
+    if bias is None:
+        return h
+    return h + bias.view(1, -1, *([1] * (h.dim() - 2)))  # (B, C, ...)
+
+
 class WSNNet(nn.Module):
-    """Base: `trunk(x, task)` -> features; heads and per-task BatchNorm keyed by task id."""
+    """Base: `trunk(x, task)` -> features; heads, per-task BatchNorm and per-task biases keyed by task id.
+
+    A task's biases (config.bias) are one vector per masked layer, in `subnet_layers()` order, added
+    to the layer's output (after its BatchNorm where it has one: before it, the norm would cancel
+    them). The masked weights stay bias-free and shared.
+    """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
         self.heads = nn.ModuleDict()
         self.task_norms = nn.ModuleDict()
+        self.task_biases = nn.ModuleDict()
         self.feature_dim = 0
+        self._no_biases: list[None] | None = None
+        self.needs_task_mode = False  # set by the checkpoint loader: forward refuses until a mode is chosen
 
     def subnet_layers(self) -> dict[str, SubnetLayer]:
         """Masked layers by stable name, in forward order."""
@@ -75,26 +95,47 @@ class WSNNet(nn.Module):
         norms = self._make_norms()
         if norms is not None:
             self.task_norms[str(task)] = norms
+        if self.config.bias:
+            self.task_biases[str(task)] = nn.ParameterList(
+                nn.Parameter(torch.zeros(layer.weight.shape[0])) for layer in self.subnet_layers().values()
+            )
 
     def _make_norms(self) -> nn.ModuleList | None:
         return None
+
+    def biases(self, task: int) -> list[torch.Tensor | None]:
+        """Task's bias per masked layer, in `subnet_layers()` order (None each without biases)."""
+        if str(task) in self.task_biases:
+            return list(self.task_biases[str(task)])
+        if self._no_biases is None:  # the layers are fixed at construction: count them once
+            self._no_biases = [None] * len(self.subnet_layers())
+        return self._no_biases
 
     def trunk(self, x: torch.Tensor, task: int) -> torch.Tensor:
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor, task: int) -> torch.Tensor:
+        if self.needs_task_mode:
+            raise TaskError(
+                "this network holds several tasks' subnetworks and runs none of them until one is chosen: "
+                "call wsncli.engine.usecases.outputs.set_task_mode(model, checkpoint.masks[task]) first (the "
+                "dense network is no task's function)"
+            )
         return self.heads[str(task)](self.trunk(x, task))  # (B, n_classes)
 
     # modes over all masked layers ------------------------------------------------------------
     def train_subnet(self, capacity: float, frozen: dict[str, torch.Tensor] | None) -> None:
+        self.needs_task_mode = False
         for name, layer in self.subnet_layers().items():
             layer.train_subnet(k_for_capacity(layer.weight.numel(), capacity), None if frozen is None else frozen[name])
 
     def use_masks(self, masks: dict[str, torch.Tensor]) -> None:
+        self.needs_task_mode = False
         for name, layer in self.subnet_layers().items():
             layer.use_mask(masks[name])
 
     def dense(self) -> None:
+        self.needs_task_mode = False
         for layer in self.subnet_layers().values():
             layer.dense()
 

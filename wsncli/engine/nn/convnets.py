@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wsncli.engine.nn.base import ModelConfig, WSNNet, image_input
+from wsncli.engine.nn.base import ModelConfig, WSNNet, image_input, shift
+from wsncli.engine.nn.dropout import BatchDropout
 from wsncli.engine.nn.subnet import SubnetConv2d, SubnetLinear
 
 
@@ -52,7 +53,7 @@ class ConvNet(WSNNet):
         sizes = [c * h * w, *self.FC]
         self.fcs = nn.ModuleList(SubnetLinear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
         self.feature_dim = sizes[-1]
-        self.drop_conv, self.drop_fc = nn.Dropout(0.2), nn.Dropout(0.5)
+        self.drop_conv, self.drop_fc = BatchDropout(0.2), BatchDropout(0.5)  # masks: nn.dropout
 
     @classmethod
     def min_side(cls) -> int:
@@ -65,14 +66,14 @@ class ConvNet(WSNNet):
         return nn.ModuleList(norms)
 
     def trunk(self, x: torch.Tensor, task: int) -> torch.Tensor:
-        norms = self.task_norms[str(task)]
+        norms, biases = self.task_norms[str(task)], self.biases(task)
         h = x  # (B, C, H, W)
         for i, conv in enumerate(self.convs):
-            h = F.max_pool2d(F.relu(norms[i](conv(h))), 2)  # (B, C', H', W')
+            h = F.max_pool2d(F.relu(shift(norms[i](conv(h)), biases[i])), 2)  # (B, C', H', W')
             h = self.drop_conv(h)
-        h = h.reshape(h.shape[0], -1)  # (B, C'·H'·W')
-        for j, fc in enumerate(self.fcs):
-            h = self.drop_fc(F.relu(norms[len(self.convs) + j](fc(h))))  # (B, 2048)
+        h = h.flatten(1)  # (B, C'·H'·W')
+        for j, fc in enumerate(self.fcs, start=len(self.convs)):
+            h = self.drop_fc(F.relu(shift(norms[j](fc(h)), biases[j])))  # (B, 2048)
         return h
 
 
@@ -95,11 +96,12 @@ class LeNet(WSNNet):
         return pooled_min_side(cls.KERNELS)
 
     def trunk(self, x: torch.Tensor, task: int) -> torch.Tensor:
+        biases = self.biases(task)
         h = x  # (B, C, H, W)
-        for conv in self.convs:
-            h = F.max_pool2d(F.relu(conv(h)), 2)  # (B, C', H', W')
-        h = h.reshape(h.shape[0], -1)  # (B, C'·H'·W')
-        return F.relu(self.fcs[0](h))  # (B, 500)
+        for conv, bias in zip(self.convs, biases):
+            h = F.max_pool2d(F.relu(shift(conv(h), bias)), 2)  # (B, C', H', W')
+        h = h.flatten(1)  # (B, C'·H'·W')
+        return F.relu(shift(self.fcs[0](h), biases[-1]))  # (B, 500)
 
 
 class Conv4Net(WSNNet):
@@ -128,10 +130,11 @@ class Conv4Net(WSNNet):
         return 1
 
     def trunk(self, x: torch.Tensor, task: int) -> torch.Tensor:
+        biases = self.biases(task)
         h = x  # (B, C, H, W)
-        for conv in self.convs:
-            h = F.relu(conv(h))  # (B, 160, ceil(H/2), ceil(W/2))
-        h = h.reshape(h.shape[0], -1)  # (B, 160·H'·W')
-        for fc in self.fcs:
-            h = F.relu(fc(h))  # (B, 640)
+        for conv, bias in zip(self.convs, biases):
+            h = F.relu(shift(conv(h), bias))  # (B, 160, ceil(H/2), ceil(W/2))
+        h = h.flatten(1)  # (B, 160·H'·W')
+        for fc, bias in zip(self.fcs, biases[len(self.convs) :]):
+            h = F.relu(shift(fc(h), bias))  # (B, 640)
         return h

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wsncli.engine.limits import ARCHS
-from wsncli.engine.nn.base import ModelConfig, WSNNet, image_input
+from wsncli.engine.nn.base import ModelConfig, WSNNet, image_input, shift
 from wsncli.engine.nn.convnets import Conv4Net, ConvNet, LeNet
 from wsncli.engine.nn.resnet import DEFAULT_WIDTH, MAX_WIDTH, ResNet18
 from wsncli.engine.nn.subnet import SubnetConv2d, SubnetLinear
@@ -47,7 +47,9 @@ def parse_hidden(text: str) -> tuple[int, ...]:
         sizes = tuple(int(p) for p in parts)
     except ValueError:
         raise UsageError(f"--hidden must be sizes like 100-100, got {text!r}") from None
-    if not sizes or any(s < 1 or s > 65536 for s in sizes):
+    if not sizes:
+        raise UsageError(f"--hidden must be sizes like 100-100, got {text!r}")
+    if any(s < 1 or s > 65536 for s in sizes):
         raise UsageError(f"--hidden sizes must be 1..65536, got {text!r}")
     return sizes
 
@@ -62,9 +64,9 @@ class MLPNet(WSNNet):
         self.feature_dim = sizes[-1]
 
     def trunk(self, x: torch.Tensor, task: int) -> torch.Tensor:
-        h = x.reshape(x.shape[0], -1)  # (B, D)
-        for layer in self.layers:
-            h = F.relu(layer(h))  # (B, hidden)
+        h = x.flatten(1)  # (B, D)
+        for layer, bias in zip(self.layers, self.biases(task)):
+            h = F.relu(shift(layer(h), bias))  # (B, hidden)
         return h
 
 
@@ -92,7 +94,9 @@ def count_parameters(config: ModelConfig) -> dict:
     Returns {"arch", "input_shape", "width", "feature_dim", "masked_weights", "norm_features",
     "layers"}: "layers" maps each masked layer's name, in forward order, to {"kind", "weight_shape",
     "output_shape" (one sample's), "weights"}; each layer has as many scores as weights.
-    "norm_features" is the number of BatchNorm channels one task adds (0 without BatchNorm).
+    "norm_features" is the number of BatchNorm channels one task adds (0 without BatchNorm);
+    "bias_features" the number of bias values one task adds (one per output channel of every masked
+    layer; 4 bytes each in the checkpoint, whether or not the network has biases).
     """
     with torch.device("meta"):
         model = build_model(config)
@@ -124,5 +128,6 @@ def count_parameters(config: ModelConfig) -> dict:
         "feature_dim": int(features.shape[1]),
         "masked_weights": sum(entry["weights"] for entry in layers.values()),
         "norm_features": sum(norm.num_features for norm in norms),
+        "bias_features": sum(entry["weight_shape"][0] for entry in layers.values()),
         "layers": layers,
     }

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wsncli.engine.nn.base import ModelConfig, WSNNet, image_input
+from wsncli.engine.nn.base import ModelConfig, WSNNet, image_input, shift
 from wsncli.engine.nn.subnet import SubnetConv2d
 from wsncli.errors import UsageError
 
@@ -30,7 +30,7 @@ STRIDED_STEM_ABOVE = 32  # the stem strides by 2 when both sides exceed this
 class BasicBlock(nn.Module):
     """conv3x3-BN-ReLU-conv3x3-BN plus the input (or its 1x1 masked projection + BN), then ReLU.
 
-    Its convs use the task's norms first_norm, first_norm + 1 (and + 2 for the shortcut).
+    Its convs use the task's norms (and biases) first_norm, first_norm + 1 (and + 2 for the shortcut).
     """
 
     def __init__(self, in_channels: int, out_channels: int, stride: int, first_norm: int) -> None:
@@ -42,12 +42,13 @@ class BasicBlock(nn.Module):
             self.shortcut = SubnetConv2d(in_channels, out_channels, 1, stride=stride)
         self.first_norm = first_norm
 
-    def forward(self, x: torch.Tensor, norms: nn.ModuleList) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, norms: nn.ModuleList, biases: list) -> torch.Tensor:
         i = self.first_norm
-        h = F.relu(norms[i](self.conv1(x)))  # (B, out, H', W')
-        h = norms[i + 1](self.conv2(h))  # (B, out, H', W')
-        skip = x if self.shortcut is None else norms[i + 2](self.shortcut(x))  # (B, out, H', W')
-        return F.relu(h + skip)
+        h = F.relu(shift(norms[i](self.conv1(x)), biases[i]))  # (B, out, H', W')
+        h = shift(norms[i + 1](self.conv2(h)), biases[i + 1])  # (B, out, H', W')
+        if self.shortcut is None:
+            return F.relu(h + x)
+        return F.relu(h + shift(norms[i + 2](self.shortcut(x)), biases[i + 2]))  # (B, out, H', W')
 
 
 class ResNet18(WSNNet):
@@ -102,9 +103,9 @@ class ResNet18(WSNNet):
         )
 
     def trunk(self, x: torch.Tensor, task: int) -> torch.Tensor:
-        norms = self.task_norms[str(task)]
-        h = F.relu(norms[0](self.conv1(x)))  # (B, nf, H', W')
+        norms, biases = self.task_norms[str(task)], self.biases(task)
+        h = F.relu(shift(norms[0](self.conv1(x)), biases[0]))  # (B, nf, H', W')
         for block in self.blocks():
-            h = block(h, norms)  # (B, nf·2^stage, H'', W'')
+            h = block(h, norms, biases)  # (B, nf·2^stage, H'', W'')
         h = F.adaptive_avg_pool2d(h, POOLED_SIDE)  # (B, 8nf, 2, 2)
-        return h.reshape(h.shape[0], -1)  # (B, 32nf)
+        return h.flatten(1)  # (B, 32nf)

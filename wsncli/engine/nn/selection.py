@@ -6,7 +6,9 @@ One definition, three implementations that give the same mask for the same score
 - `fused_select` (the C kernel `_kernels.select`): the same band search, then the mask and the masked
   weight in one pass, on the CPU;
 - `static_topk_mask`: no host synchronisation and static shapes (a two-pass radix select on the
-  float bits, ties by index with a cumulative sum), for CUDA and graph capture.
+  float bits, ties by index with a cumulative sum), for CUDA and graph capture; a layer uses it on the
+  CPU too when told to (`subnet.set_static_selection`), which is how tests/engine/test_sync_free.py
+  runs the device path on the CPU under a mode that fails on every operation that needs the host.
 """
 
 from __future__ import annotations
@@ -191,14 +193,16 @@ def static_topk_mask(values: torch.Tensor, k: int) -> torch.Tensor:
     ones = torch.ones(n, dtype=torch.int32, device=values.device)
     hist = torch.zeros(1 << 16, dtype=torch.int32, device=values.device).scatter_add_(0, high.long(), ones)
     above = torch.flip(torch.cumsum(torch.flip(hist, (0,)), 0), (0,))  # above[b] = #(high >= b)
-    b = (above >= k).sum() - 1  # the high half of the k-th largest: the largest b with >= k at or above it
-    k2 = k - (above[b] - hist[b])  # rank of the threshold inside bucket b
+    b = ((above >= k).sum() - 1).view(1)  # (1,): the high half of the k-th largest (largest b with >= k at or above)
+    # rank of the threshold inside bucket b; gather with a 1-element index (indexing with a 0-d tensor
+    # would read it on the host: `.item()`, a synchronisation)
+    k2 = k - (above.gather(0, b) - hist.gather(0, b))  # (1,)
     inside = high == b
     hist2 = torch.zeros((1 << 16) + 1, dtype=torch.int32, device=values.device)
     hist2.scatter_add_(0, torch.where(inside, low, 1 << 16).long(), ones)
     above2 = torch.flip(torch.cumsum(torch.flip(hist2[: 1 << 16], (0,)), 0), (0,))
     lo_bits = (above2 >= k2).sum() - 1
-    threshold = (b << 16) | lo_bits  # the k-th largest value's bits
+    threshold = (b << 16) | lo_bits  # (1,): the k-th largest value's bits
     greater = bits > threshold
     ties = bits == threshold
     missing = k - greater.sum()

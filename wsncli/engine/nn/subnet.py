@@ -5,6 +5,10 @@ Three modes per layer:
   flat index); weights and scores get straight-through gradients, frozen weights get none.
 - `use_mask(mask)`: inference with a stored mask; the masked weight is computed once and cached.
 - `train_dense()` / `dense()`: the plain network (the fine-tune baseline), every weight trains.
+
+The selection: on CUDA (or with `static_selection`) the static radix select, free of host
+synchronisation (tests/engine/test_sync_free.py); on the CPU the band selector, fused with the mask
+products in the C kernels where they are built.
 """
 
 from __future__ import annotations

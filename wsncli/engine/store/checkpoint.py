@@ -1,6 +1,6 @@
 """The wsn checkpoint in memory (network, masks, transforms, recorded outputs) and on disk.
 
-Version 2 (written) is a safetensors file (store.container, docs/CHECKPOINT.md); version 1 (wsn
+Version 3 (written; version 2 read) is a safetensors file (store.container, docs/CHECKPOINT.md); version 1 (wsn
 0.1) is still read. Saving serialises in memory, reads the bytes back through the same code that
 loads checkpoints (so a file that would not load is never written), then replaces the file
 atomically (store.paths).
@@ -22,6 +22,7 @@ from wsncli.engine.nn.models import WSNNet, build_model
 from wsncli.engine.store import container
 from wsncli.engine.store.paths import OutputTarget, write_output
 from wsncli.engine.store.reader import MASKS, CheckpointFile, read_checkpoint_bytes, read_checkpoint_file
+from wsncli.engine.store.records import stamp_records
 from wsncli.engine.store.schema import (
     CheckpointMeta,
     LayerSpec,
@@ -30,7 +31,7 @@ from wsncli.engine.store.schema import (
     encode_meta,
     to_model_config,
 )
-from wsncli.errors import CheckpointError, UsageError
+from wsncli.errors import CheckpointError, DataError, UsageError
 
 FORMAT_NAME, FORMAT_VERSION = container.FORMAT_NAME, container.FORMAT_VERSION
 
@@ -42,11 +43,12 @@ class Checkpoint:
     meta: CheckpointMeta
     model: WSNNet
     masks: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)  # task -> layer -> bool
-    preps: dict[int, Preprocess] = field(default_factory=dict)  # version-2 records
-    predictions: dict[int, np.ndarray] = field(default_factory=dict)  # test predictions at learning (v2)
+    preps: dict[int, Preprocess] = field(default_factory=dict)  # records of versions 2 and 3
+    predictions: dict[int, np.ndarray] = field(default_factory=dict)  # test predictions at learning (v2, v3)
     tampered: list[str] = field(default_factory=list)  # what fails a check: "tensor 'x' fails its checksum", ...
     version: int = FORMAT_VERSION
     signature: str = "unsigned"
+    damaged_records: list[int] = field(default_factory=list)  # tasks whose record digest fails (section 6)
     file_bytes: int = 0
     mask_codec: str | None = None
     mask_bytes: int = 0
@@ -64,6 +66,14 @@ class Checkpoint:
 
     def learned(self) -> list[int]:
         return [r.task for r in self.tasks]
+
+    def require_intact_record(self, task: int) -> None:
+        """A task whose record digest fails may map its outputs to other labels: refuse to use it."""
+        if task in self.damaged_records:
+            raise CheckpointError(
+                f"task {task}'s record fails its record digest (its labels, transform or digests were edited "
+                "outside wsn); refusing to use it"
+            )
 
     def used_weights(self, tasks: list[int] | None = None) -> dict[str, torch.Tensor]:
         """Union of the masks of `tasks` (default: all learned), per layer (bool, weight shape)."""
@@ -88,10 +98,11 @@ def check_model_size(config) -> None:
         raise CheckpointError(f"the network has {n} masked weights, over the limit of {MAX_WEIGHTS}")
 
 
-def load_checkpoint(path: Path, require_signature: bool = True) -> Checkpoint:
-    """Read, verify and rebuild a checkpoint; any failure is a one-line CheckpointError naming the file."""
+def load_checkpoint(path: Path, signatures: str = container.REQUIRE) -> Checkpoint:
+    """Read, verify and rebuild a checkpoint; any failure is a one-line CheckpointError naming the file.
+    `signatures`: see store.reader.read_checkpoint_file."""
     path = Path(path)
-    found = read_checkpoint_file(path, require_signature)
+    found = read_checkpoint_file(path, signatures)
     try:
         return build_checkpoint(found)
     except CheckpointError as exc:
@@ -111,7 +122,7 @@ def build_checkpoint(found: CheckpointFile) -> Checkpoint:
         if declared != shapes:
             raise CheckpointError("malformed checkpoint: meta.layers does not match the network meta.model describes")
         model = build_model(config)
-    except UsageError as exc:
+    except (UsageError, DataError) as exc:  # a network meta.model cannot describe
         raise CheckpointError(f"malformed checkpoint: {exc}") from None
     layers = model.subnet_layers()
     arrays, used = found.arrays, set()
@@ -132,6 +143,7 @@ def build_checkpoint(found: CheckpointFile) -> Checkpoint:
         model,
         version=found.version,
         signature=found.signature,
+        damaged_records=list(found.damaged_records),
         file_bytes=found.size,
         mask_codec=found.mask_codec,
         mask_bytes=found.mask_bytes,
@@ -139,9 +151,8 @@ def build_checkpoint(found: CheckpointFile) -> Checkpoint:
     with torch.no_grad():
         for name, layer in layers.items():
             for kind in ("weight", "scores"):
-                getattr(layer, kind).copy_(
-                    torch.from_numpy(take(f"layer/{name}/{kind}", tuple(layer.weight.shape), (np.float32,)))
-                )
+                arr = take(f"layer/{name}/{kind}", tuple(layer.weight.shape), (np.float32,))
+                getattr(layer, kind).copy_(torch.from_numpy(arr if arr.flags.writeable else arr.copy()))
         for record in meta.tasks:
             t = record.task
             take(f"head/{t}/weight", (record.n_classes, model.feature_dim), (np.float32,))  # before allocating it
@@ -149,6 +160,10 @@ def build_checkpoint(found: CheckpointFile) -> Checkpoint:
             _load_state(model.heads[str(t)], f"head/{t}/", take)
             if str(t) in model.task_norms:
                 _load_state(model.task_norms[str(t)], f"norm/{t}/", take)
+            if str(t) in model.task_biases:
+                for name, bias in zip(layers, model.task_biases[str(t)]):
+                    arr = take(f"bias/{t}/{name}", tuple(bias.shape), (np.float32,))
+                    bias.copy_(torch.from_numpy(arr if arr.flags.writeable else arr.copy()))
             if record.preprocess is not None:
                 ckpt.preps[t] = _read_prep(record.preprocess, t, take, model.config.input_shape)
                 pred = take(f"pred/{t}", (record.n_test,), (np.uint8, np.int32))
@@ -161,9 +176,15 @@ def build_checkpoint(found: CheckpointFile) -> Checkpoint:
             if meta.method == "wsn":
                 ckpt.masks[t] = {n: torch.from_numpy(found.masks[t][n]).reshape(layers[n].weight.shape) for n in layers}
     model.eval()
+    model.needs_task_mode = meta.method == "wsn"  # the dense trunk is no task's function (set_task_mode first)
     orphans = sorted(set(arrays) - used)
     ckpt.tampered = [f"tensor {name!r} fails its checksum" for name in found.tampered]
     ckpt.tampered += [f"tensor {name!r} belongs to no task record (a record was removed?)" for name in orphans]
+    ckpt.tampered += [
+        f"task {t}: its record fails its record digest (what data it is measured on, its labels or its "
+        "recorded digests were edited)"
+        for t in found.damaged_records
+    ]
     return ckpt
 
 
@@ -176,6 +197,13 @@ def _load_state(module: torch.nn.Module, prefix: str, take) -> None:
 
 
 def _read_prep(spec: PreprocessSpec, task: int, take, input_shape: tuple[int, ...]) -> Preprocess:
+    if spec.padding:
+        if len(input_shape) != 1 or spec.padding >= input_shape[0]:
+            raise CheckpointError(
+                f"malformed checkpoint: task {task}'s transform pads {spec.padding} features, which does not fit "
+                f"inputs {input_shape}"
+            )
+        input_shape = (input_shape[0] - spec.padding,)  # the task's own inputs
     shape = tuple(spec.mean_shape)
     if len(shape) > len(input_shape) or any(d not in (1, s) for d, s in zip(shape[::-1], input_shape[::-1])):
         raise CheckpointError(
@@ -191,32 +219,55 @@ def _read_prep(spec: PreprocessSpec, task: int, take, input_shape: tuple[int, ..
         perm = take(f"prep/{task}/permutation", (n,), (np.int32, np.int64)).astype(np.int64)
         if not np.array_equal(np.sort(perm), np.arange(n)):
             raise CheckpointError(f"malformed checkpoint: task {task}'s permutation is not a permutation of {n} inputs")
-    return Preprocess(spec.scale, spec.divide, mean, std, perm, spec.standardized)
+    return Preprocess(spec.scale, spec.divide, mean, std, perm, spec.standardized, spec.padding)
 
 
 def prep_spec(prep: Preprocess) -> PreprocessSpec:
     return PreprocessSpec(
-        prep.scale, prep.divide, prep.standardized, prep.permutation is not None, list(prep.mean.shape)
+        prep.scale, prep.divide, prep.standardized, prep.permutation is not None, list(prep.mean.shape), prep.padding
     )
 
 
+def task_input_shape(ckpt: Checkpoint, task: int) -> tuple[int, ...]:
+    """The sample shape task `task` takes: the network's, less the zero features its transform appends."""
+    shape = tuple(ckpt.meta.model.input_shape)
+    prep = ckpt.preps.get(task)
+    return (shape[0] - prep.padding,) if prep is not None and prep.padding else shape
+
+
 # -- save ------------------------------------------------------------------------------------
+def task_arrays(model: WSNNet, task: int, prep: Preprocess | None) -> dict[str, np.ndarray]:
+    """Every tensor task `task` owns, named and shaped as stored (section 4; a 0-d tensor as [1]):
+    its head, its BatchNorm statistics, its per-task biases and its transform. The recorded
+    predictions are not included. A new per-task tensor belongs here: it is then stored, and in the
+    task's subnetwork digest (version 3)."""
+    arrays: dict[str, np.ndarray] = {}
+    for k, v in model.heads[str(task)].state_dict().items():
+        arrays[f"head/{task}/{k}"] = v.detach().cpu().numpy()
+    if str(task) in model.task_norms:
+        for k, v in model.task_norms[str(task)].state_dict().items():
+            arrays[f"norm/{task}/{k}"] = v.detach().cpu().numpy()
+    if str(task) in model.task_biases:
+        for name, bias in zip(model.subnet_layers(), model.task_biases[str(task)]):
+            arrays[f"bias/{task}/{name}"] = bias.detach().cpu().numpy()
+    if prep is not None:
+        arrays[f"prep/{task}/mean"], arrays[f"prep/{task}/std"] = prep.mean, prep.std
+        if prep.permutation is not None:
+            arrays[f"prep/{task}/permutation"] = prep.permutation.astype(np.int32)  # < 2^24 inputs: int32 is exact
+    return {k: np.ascontiguousarray(v).reshape(v.shape or (1,)) for k, v in arrays.items()}
+
+
 def checkpoint_arrays(ckpt: Checkpoint) -> dict[str, np.ndarray]:
-    """Every tensor of the version-2 file (names in docs/CHECKPOINT.md section 4)."""
+    """Every tensor of the file (names in docs/CHECKPOINT.md section 4)."""
     arrays: dict[str, np.ndarray] = {}
     for name, layer in ckpt.model.subnet_layers().items():
         arrays[f"layer/{name}/weight"] = layer.weight.detach().cpu().numpy()
         arrays[f"layer/{name}/scores"] = layer.scores.detach().cpu().numpy()
-    for key, head in ckpt.model.heads.items():
-        for k, v in head.state_dict().items():
-            arrays[f"head/{key}/{k}"] = v.detach().cpu().numpy()
-    for key, norms in ckpt.model.task_norms.items():
-        for k, v in norms.state_dict().items():
+    for key in ckpt.model.heads:
+        arrays.update(task_arrays(ckpt.model, int(key), ckpt.preps.get(int(key))))
+    for key in set(ckpt.model.task_norms) - set(ckpt.model.heads):  # statistics of a task without a head
+        for k, v in ckpt.model.task_norms[key].state_dict().items():
             arrays[f"norm/{key}/{k}"] = v.detach().cpu().numpy()
-    for t, prep in ckpt.preps.items():
-        arrays[f"prep/{t}/mean"], arrays[f"prep/{t}/std"] = prep.mean, prep.std
-        if prep.permutation is not None:
-            arrays[f"prep/{t}/permutation"] = prep.permutation.astype(np.int32)  # < 2^24 inputs: int32 is exact
     for t, pred in ckpt.predictions.items():
         n_classes = ckpt.task_record(t).n_classes
         arrays[f"pred/{t}"] = pred.astype(np.uint8 if n_classes <= 256 else np.int32)
@@ -243,8 +294,9 @@ def pack_masks(ckpt: Checkpoint, tasks: list[int], codec: str) -> bytes:
 
 
 def encode_checkpoint(ckpt: Checkpoint) -> bytes:
-    """The version-2 file's bytes, after refusing any non-finite parameter."""
+    """The version-3 file's bytes, after refusing any non-finite parameter."""
     ckpt.meta.layers = [LayerSpec(n, list(layer.weight.shape)) for n, layer in ckpt.model.subnet_layers().items()]
+    stamp_records(ckpt.meta)  # format 3: every record carries its record digest
     arrays = checkpoint_arrays(ckpt)
     for name, arr in arrays.items():
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
@@ -259,7 +311,7 @@ def save_checkpoint(ckpt: Checkpoint, target: OutputTarget) -> int:
     so a checkpoint that could not be loaded is never written."""
     raw = encode_checkpoint(ckpt)
     try:
-        back = build_checkpoint(read_checkpoint_bytes(raw, require_signature=False))
+        back = build_checkpoint(read_checkpoint_bytes(raw, container.ADOPT))
     except CheckpointError as exc:
         raise CheckpointError(
             f"{target.path}: the new checkpoint would not load back ({exc}); nothing was written"

@@ -1,10 +1,10 @@
 """Reading version-1 checkpoints (wsn 0.1): a `torch.save` ZIP holding only tensors and plain data.
 
-Read-only: wsn writes version 2. The file is untrusted: the ZIP is checked first (stored entries
+Read-only: wsn writes version 3. The file is untrusted: the ZIP is checked first (stored entries
 only, declared sizes within the file, CRCs), then unpickled with `torch.load(weights_only=True)`
 (torch >= 2.10, past CVE-2025-32434 and CVE-2026-24747), then every container is checked to be plain
-data, every tensor a dense contiguous CPU view of its own bytes, and the metadata is converted into the version-2 schema
-(which checks every field). The result has the same shape as a version-2 read.
+data, every tensor a dense contiguous CPU view of its own bytes, and the metadata is converted into the current schema
+(which checks every field). The result has the same shape as a version-3 read.
 """
 
 from __future__ import annotations
@@ -149,7 +149,7 @@ def read_v1(raw: bytes) -> tuple[CheckpointMeta, dict[str, np.ndarray], list[str
     version = payload.get("version")
     if type(version) is not int or version != 1:
         raise CheckpointError(
-            f"checkpoint format version {_short(version)} is not supported (this wsn reads versions 1 and 2)"
+            f"checkpoint format version {_short(version)} is not supported (this wsn reads versions 1, 2 and 3)"
         )
     meta, sums = payload.get("meta"), payload.get("checksums")
     if not isinstance(meta, dict) or not isinstance(sums, dict) or not isinstance(sums.get("tensors"), dict):
@@ -165,7 +165,7 @@ def read_v1(raw: bytes) -> tuple[CheckpointMeta, dict[str, np.ndarray], list[str
     missing = sorted(set(arrays) - set(table))
     if missing:
         raise CheckpointError(f"tensor {missing[0][:80]!r} has no checksum")
-    tampered = sorted(name for name in arrays if tensor_digest(arrays[name]) != table[name])
+    tampered = sorted(name for name in arrays if tensor_digest(arrays[name], legacy_v1=True) != table[name])
     bad_masks = [n for n in tampered if n.startswith("mask/")]
     if bad_masks:
         raise CheckpointError(f"mask tensor {bad_masks[0][:80]!r} fails its checksum (file corrupt)")

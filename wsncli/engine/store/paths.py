@@ -19,7 +19,8 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -224,10 +225,11 @@ def _fsync_dir(folder: Path) -> None:
 
 
 # -- reading ------------------------------------------------------------------------------------
-def read_regular_file(
+@contextmanager
+def open_regular_file(
     path: Path, limit: int, what: str, error: type[WsnError] = WsnError, limit_hint: str = ""
-) -> bytes:
-    """The whole of a regular file, opened without blocking and read once, at most `limit` bytes.
+) -> Iterator[tuple[int, int]]:
+    """(descriptor, size) of a regular file of at most `limit` bytes, opened without blocking.
 
     A FIFO, device or folder is refused at once (never read), a file over `limit` before reading."""
     path = Path(path)
@@ -249,20 +251,49 @@ def read_regular_file(
             raise error(f"{path}: is {_describe(st)}, not a {what}")
         if st.st_size > limit:
             raise error(f"{path}: {st.st_size} bytes is over the {limit}-byte limit{limit_hint}")
-        chunks, total = [], 0
-        while True:
-            chunk = os.read(fd, min(1 << 24, limit + 1 - total))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            total += len(chunk)
-            if total > limit:
-                raise error(f"{path}: over the {limit}-byte limit{limit_hint} (it grew while being read)")
-        return b"".join(chunks)
+        yield fd, st.st_size
+    finally:
+        os.close(fd)
+
+
+def read_at(fd: int, offset: int, n: int, path: Path, error: type[WsnError] = WsnError) -> bytearray:
+    """Exactly `n` bytes from `offset` into one new buffer (no other copy); a file that ends first
+    (it shrank while being read) is an error."""
+    buf = bytearray(n)
+    view, done = memoryview(buf), 0
+    try:
+        while done < n:
+            got = os.preadv(fd, [view[done : done + (1 << 24)]], offset + done)
+            if got == 0:
+                raise error(f"{path}: ends at byte {offset + done}, before the {offset + n} it declared (truncated)")
+            done += got
     except OSError as exc:
         raise error(f"{path}: cannot read: {exc.strerror or exc}") from None
     finally:
-        os.close(fd)
+        view.release()
+    return buf
+
+
+def check_unchanged_size(fd: int, size: int, path: Path, error: type[WsnError] = WsnError) -> None:
+    """The file still ends at `size` (it did not grow while being read)."""
+    try:
+        grown = os.pread(fd, 1, size)
+    except OSError as exc:
+        raise error(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if grown:
+        raise error(f"{path}: grew while being read; read it again once its writer is done")
+
+
+def read_regular_file(
+    path: Path, limit: int, what: str, error: type[WsnError] = WsnError, limit_hint: str = ""
+) -> bytearray:
+    """The whole of a regular file of at most `limit` bytes, read once into one buffer of its size.
+
+    A FIFO, device or folder is refused at once (never read), a file over `limit` before reading."""
+    with open_regular_file(path, limit, what, error, limit_hint) as (fd, size):
+        data = read_at(fd, 0, size, Path(path), error)
+        check_unchanged_size(fd, size, Path(path), error)
+        return data
 
 
 def file_prefix(path: Path, n: int) -> bytes:

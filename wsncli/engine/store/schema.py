@@ -46,8 +46,9 @@ Label = int | Annotated[str, msgspec.Meta(max_length=MAX_LABEL_CHARS)]
 Seconds = Annotated[float, msgspec.Meta(ge=0.0, le=1e9)]
 
 
-class ModelSpec(msgspec.Struct, forbid_unknown_fields=True):
-    """The shape-defining settings of the network (must match on every later task)."""
+class ModelSpec(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """The shape-defining settings of the network (must match on every later task). Fields at their
+    defaults are not written, so a file using no newer field reads in every earlier 0.2 reader."""
 
     arch: Short
     input_shape: Annotated[
@@ -56,6 +57,7 @@ class ModelSpec(msgspec.Struct, forbid_unknown_fields=True):
     ]
     hidden: Annotated[list[Annotated[int, msgspec.Meta(ge=1, le=65536)]], msgspec.Meta(max_length=64)] = []
     width: Annotated[int, msgspec.Meta(ge=1, le=1024)] | None = None
+    bias: bool = False  # per-task biases: tensors bias/<task>/<layer> (absent in files written before them)
 
 
 class LayerSpec(msgspec.Struct, forbid_unknown_fields=True):
@@ -65,8 +67,9 @@ class LayerSpec(msgspec.Struct, forbid_unknown_fields=True):
     shape: Annotated[list[Annotated[int, msgspec.Meta(ge=1, le=1 << 31)]], msgspec.Meta(min_length=1, max_length=8)]
 
 
-class PreprocessSpec(msgspec.Struct, forbid_unknown_fields=True):
-    """The task's input transform (data.preprocess); its arrays are the `prep/<t>/...` tensors."""
+class PreprocessSpec(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """The task's input transform (data.preprocess); its arrays are the `prep/<t>/...` tensors.
+    Fields at their defaults are not written (as ModelSpec)."""
 
     scale: Annotated[float, msgspec.Meta(gt=0.0, le=1e30)]
     divide: bool
@@ -76,6 +79,7 @@ class PreprocessSpec(msgspec.Struct, forbid_unknown_fields=True):
         list[Annotated[int, msgspec.Meta(ge=1, le=MAX_INPUT_DIM)]],
         msgspec.Meta(min_length=1, max_length=MAX_INPUT_DIMS),
     ]
+    padding: Annotated[int, msgspec.Meta(ge=0, le=MAX_INPUT_DIM)] = 0  # zero features appended (fewer than the net's)
 
 
 class TaskRecord(msgspec.Struct, forbid_unknown_fields=True):
@@ -104,7 +108,7 @@ class TaskRecord(msgspec.Struct, forbid_unknown_fields=True):
     train_seconds: Seconds | None = None
     learned_at: Short | None = None
     preprocess: PreprocessSpec | None = None  # None: version-1 record (the benchmark's fixed transform)
-    digest_version: Annotated[int, msgspec.Meta(ge=1, le=2)] = 2  # 1: subnet digest without the transform
+    digest_version: Annotated[int, msgspec.Meta(ge=1, le=3)] = 3  # section 6 of docs/CHECKPOINT.md
     accuracy_row: Annotated[
         list[Fraction | None], msgspec.Meta(max_length=MAX_TASK_ID)
     ] = []  # earlier tasks, right after this one
@@ -116,6 +120,7 @@ class TaskRecord(msgspec.Struct, forbid_unknown_fields=True):
         ]
         | None
     ) = None
+    record_digest: Digest | None = None  # format 3: sha256 of what decides the task's data and proof (store.records)
 
 
 class CheckpointMeta(msgspec.Struct, forbid_unknown_fields=True):
@@ -135,8 +140,8 @@ class CheckpointMeta(msgspec.Struct, forbid_unknown_fields=True):
     channels: Annotated[int, msgspec.Meta(ge=1, le=4)] | None = None
 
 
-def decode_meta(raw: bytes) -> CheckpointMeta:
-    """JSON bytes -> CheckpointMeta, typed and checked (CheckpointError on any problem)."""
+def decode_meta(raw: bytes, version: int = 3) -> CheckpointMeta:
+    """JSON bytes of a format-`version` file -> CheckpointMeta, typed and checked (CheckpointError on any problem)."""
     try:
         meta = msgspec.json.decode(raw, type=CheckpointMeta, strict=True)
     except msgspec.ValidationError as exc:
@@ -144,7 +149,7 @@ def decode_meta(raw: bytes) -> CheckpointMeta:
     except msgspec.DecodeError as exc:
         raise CheckpointError(f"metadata is not valid JSON: {str(exc)[:200]}") from None
     _no_duplicate_keys(raw)
-    check_meta(meta)
+    check_meta(meta, version)
     return meta
 
 
@@ -168,7 +173,7 @@ def convert_meta(obj: dict) -> CheckpointMeta:
         meta = msgspec.convert(obj, type=CheckpointMeta, strict=True)
     except msgspec.ValidationError as exc:
         raise CheckpointError(f"metadata is invalid: {str(exc)[:200]}") from None
-    check_meta(meta)
+    check_meta(meta, 1)
     return meta
 
 
@@ -176,8 +181,8 @@ def encode_meta(meta: CheckpointMeta) -> bytes:
     return msgspec.json.encode(meta)
 
 
-def check_meta(meta: CheckpointMeta) -> None:
-    """The rules that span fields (docs/CHECKPOINT.md section 3)."""
+def check_meta(meta: CheckpointMeta, version: int = 3) -> None:
+    """The rules that span fields (docs/CHECKPOINT.md section 3) in a file of format `version`."""
     if meta.benchmark not in BENCHMARKS:
         raise CheckpointError(f"meta.benchmark must be one of {', '.join(BENCHMARKS)}, got {meta.benchmark[:60]!r}")
     if meta.model.arch not in ARCHS:
@@ -191,6 +196,7 @@ def check_meta(meta: CheckpointMeta) -> None:
     for i, record in enumerate(meta.tasks):
         at = f"meta.tasks[{i}]"
         check_record(record, at, meta.method, i + 1)
+        _check_versions(record, at, version)
         if record.task in seen:
             raise CheckpointError(f"{at}.task {record.task} is learned twice")
         seen.add(record.task)
@@ -218,8 +224,18 @@ def check_record(record: TaskRecord, at: str, method: str, order: int) -> None:
         raise CheckpointError(
             f"{at}.accuracy_row has {len(record.accuracy_row)} entries; at most {order - 1} tasks came before"
         )
-    if record.digest_version == 2 and record.preprocess is None:
+    if record.digest_version >= 2 and record.preprocess is None:
         raise CheckpointError(f"{at}.preprocess is missing")
+
+
+def _check_versions(record: TaskRecord, at: str, version: int) -> None:
+    """Format 3: every record carries its record digest; earlier formats: none, digest version <= 2."""
+    if version >= 3 and record.record_digest is None:
+        raise CheckpointError(f"{at}.record_digest is missing (every record of a format-3 file has one)")
+    if version < 3 and (record.record_digest is not None or record.digest_version > 2):
+        raise CheckpointError(f"{at}: digest version 3 and record digests need format version 3, not {version}")
+    if version < 2 and record.digest_version != 1:
+        raise CheckpointError(f"{at}.digest_version must be 1 in a version-1 file")
 
 
 def to_model_config(spec: ModelSpec):
@@ -227,8 +243,10 @@ def to_model_config(spec: ModelSpec):
     from wsncli.engine.nn.models import ModelConfig
 
     extra = {"width": spec.width} if spec.width is not None else {}
-    return ModelConfig(spec.arch, tuple(spec.input_shape), tuple(spec.hidden), **extra)
+    return ModelConfig(spec.arch, tuple(spec.input_shape), tuple(spec.hidden), bias=spec.bias, **extra)
 
 
 def from_model_config(config) -> ModelSpec:
-    return ModelSpec(config.arch, list(config.input_shape), list(config.hidden), getattr(config, "width", None))
+    return ModelSpec(
+        config.arch, list(config.input_shape), list(config.hidden), getattr(config, "width", None), config.bias
+    )

@@ -1,9 +1,17 @@
 """A training step captured as one CUDA graph, for small networks where kernel launches dominate
-(PMNIST at batch 10 is 270,000 steps). The selection on CUDA is sync-free and static-shaped
-(nn.selection.static_topk_mask), so forward, backward and Adam replay as recorded; only the batch
-is copied into the graph's input buffers. A batch of another size (the last of an epoch) runs eagerly.
+(PMNIST at batch 10 is 270,000 steps). The selection on CUDA is static-shaped and has no host
+synchronisation (nn.selection.static_topk_mask; tests/engine/test_sync_free.py shows the whole step
+free of them on the CPU), so forward, backward and Adam replay as recorded; only the batch is copied
+into the graph's input buffers. A batch of another size (the last of an epoch) runs eagerly.
 Capture follows PyTorch's whole-network recipe: a few eager steps on a side stream first (real
-steps on real batches), `set_to_none` gradients before capture, a capturable Adam.
+steps on real batches), `set_to_none` gradients before capture, a capturable Adam; the dropout
+generator is registered with the graph so each replay draws new masks.
+
+A capture that fails is an optimisation lost, never the task: the stream that was current before is
+made current again (torch's graph context leaves its capture stream current when ending the capture
+raises), gradients allocated in the failed graph's memory are dropped, and every later step runs
+eagerly; `failed` says why (train-task prints it as one warning). tests/engine/test_graphed.py forces
+a failure on the CPU; benchmarks/gpu_check.sh checks that capture succeeds on a GPU.
 """
 
 from __future__ import annotations
@@ -19,8 +27,11 @@ WARMUP_STEPS = 3
 class GraphedStep:
     """step(x, y) -> (loss x samples, correct), the same computation as the eager step."""
 
-    def __init__(self, model, task: int, optimizer: torch.optim.Optimizer, eager: Callable, batch_size: int) -> None:
+    def __init__(
+        self, model, task: int, optimizer: torch.optim.Optimizer, eager: Callable, batch_size: int, draws=()
+    ) -> None:
         self.model, self.task, self.optimizer, self.eager, self.batch = model, task, optimizer, eager, batch_size
+        self.draws = list(draws)  # nn.dropout.DropoutDraw: their generators are registered with the graph
         self.graph: torch.cuda.CUDAGraph | None = None
         self.failed: str | None = None
         self.warm = 0
@@ -32,12 +43,11 @@ class GraphedStep:
             if self.warm < WARMUP_STEPS:
                 self.warm += 1
                 return self._side_stream(x, y)
+            previous = torch.cuda.current_stream()
             try:
                 self._capture(x, y)
             except RuntimeError as exc:  # capture is an optimisation: never a failure of the task
-                self.failed = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
-                self.graph = None
-                torch.cuda.synchronize()
+                self._abandon(previous, exc)
                 return self.eager(x, y)
             return self.loss.clone(), self.correct.clone()  # the capture ran this step (recorded, then replayed once)
         self.x.copy_(x)
@@ -53,11 +63,30 @@ class GraphedStep:
         torch.cuda.current_stream().wait_stream(stream)
         return out
 
+    def _abandon(self, previous: torch.cuda.Stream, exc: BaseException) -> None:
+        """After a failed capture: the previous stream current again, nothing of the failed graph kept."""
+        self.failed = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:120]}"
+        torch.cuda.set_stream(previous)
+        self.graph = None
+        self.optimizer.zero_grad(set_to_none=True)  # gradients allocated in the failed graph's memory pool
+        for draw in self.draws:  # a generator registered with an unfinished capture stays in capture mode
+            fresh = torch.Generator(device=draw.generator.device)
+            fresh.set_state(draw.generator.get_state())
+            draw.generator = fresh
+        torch.cuda.synchronize()
+
     def _capture(self, x: torch.Tensor, y: torch.Tensor) -> None:
         self.x, self.y = x.clone(), y.clone()
         self.optimizer.zero_grad(set_to_none=True)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        for draw in self.draws:
+            draw.total, draw.start = x.shape[0], 0
+            register = getattr(graph, "register_generator_state", None)
+            if register is not None:
+                register(draw.generator)
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.graph(graph, stream=stream):
             logits = self.model(self.x, self.task)  # (B, n_classes)
             loss = F.cross_entropy(logits, self.y)
             loss.backward()

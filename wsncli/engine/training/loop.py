@@ -1,7 +1,11 @@
 """Training one task: WSN (masked, old weights frozen) or the dense fine-tune baseline.
 
 The loop can stop after any epoch and continue from a `TrainState` (training.snapshot) with the
-same bits on the CPU: model, optimizer, both random generators, best epoch and history are in it.
+same bits on the CPU: model, optimizer, both random generators, best epoch and history are in it;
+dropout masks come from a generator re-seeded every epoch (nn.dropout), so they need no state.
+Between steps the loop only adds up each step's loss and correct count on the device; the host
+reads them once per epoch (`_end_epoch`) and every CHECK_EVERY steps (`_check_loss`), never per step
+(tests/engine/test_sync_free.py).
 """
 
 from __future__ import annotations
@@ -18,8 +22,10 @@ import torch.nn.functional as F
 
 from wsncli.engine.data.device import device_transform
 from wsncli.engine.data.registry import TaskData
+from wsncli.engine.nn.dropout import DropoutDraw, dropout_seed, use_draw
 from wsncli.engine.nn.models import WSNNet
 from wsncli.engine.nn.selection import NonFiniteScores
+from wsncli.engine.training.batchnorm import recompute_statistics
 from wsncli.engine.training.graphed import GraphedStep, graphs_pay
 from wsncli.engine.training.optim import make_optimizer
 
@@ -63,6 +69,9 @@ class TrainCallbacks:
     on_batch_end: Callable[[int], None] | None = None  # (batch index)
     on_epoch_end: Callable[[EpochStats], None] | None = None
     on_state: Callable[[TrainState], None] | None = None  # after each epoch: a resumable snapshot
+    # at each epoch's start: (epochs in all, a reader of the epoch's mean training loss so far); the reader
+    # synchronises once per call, so call it when a display refreshes, not per step
+    on_running_loss: Callable[[int, Callable[[], float]], None] | None = None
 
 
 @dataclass
@@ -78,6 +87,7 @@ class TrainState:
     best_epoch: int
     best: dict[str, torch.Tensor] | None
     history: list[EpochStats] = field(default_factory=list)
+    seconds: float = 0.0  # training time so far, every part before a stop included
 
 
 @dataclass
@@ -105,11 +115,13 @@ def trainable_parameters(model: WSNNet, task: int, method: str) -> list[torch.nn
         if method == "wsn":
             params.append(layer.scores)
     params.extend(model.heads[str(task)].parameters())
+    if str(task) in model.task_biases:  # the task's own biases (trained only in it, like its head)
+        params.extend(model.task_biases[str(task)].parameters())
     return params
 
 
 def task_state(model: WSNNet, task: int) -> dict[str, torch.Tensor]:
-    """Everything training this task changes: weights, scores, its head and BatchNorm statistics."""
+    """Everything training this task changes: weights, scores, its head, biases and BatchNorm statistics."""
     state = {}
     for name, layer in model.subnet_layers().items():
         state[f"{name}.weight"] = layer.weight.detach().clone()
@@ -119,6 +131,9 @@ def task_state(model: WSNNet, task: int) -> dict[str, torch.Tensor]:
     if str(task) in model.task_norms:
         for key, value in model.task_norms[str(task)].state_dict().items():
             state[f"norm.{key}"] = value.clone()
+    if str(task) in model.task_biases:
+        for key, value in model.task_biases[str(task)].state_dict().items():
+            state[f"bias.{key}"] = value.clone()
     return state
 
 
@@ -130,6 +145,8 @@ def restore_task_state(model: WSNNet, task: int, state: dict[str, torch.Tensor])
         model.heads[str(task)].load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("head.")})
         if str(task) in model.task_norms:
             model.task_norms[str(task)].load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("norm.")})
+        if str(task) in model.task_biases:
+            model.task_biases[str(task)].load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("bias.")})
 
 
 class DeviceSplit:
@@ -216,14 +233,17 @@ def train_task(
     `cuda_graphs` replays each step as one CUDA graph (None: where it pays, training.graphed).
     """
     run = _Run(model, data, settings, frozen, device, callbacks or TrainCallbacks(), diverged_hint, shard, cuda_graphs)
-    if resume is not None:
-        run.restore(resume)
     try:
+        if resume is not None:
+            run.restore(resume)
+        run.build_step()  # after the restore: DDP broadcasts rank 0's state, a graph captures the restored one
         for epoch in range(run.first, settings.epochs + 1):
             run.epoch(epoch)
+        return run.finish()
     except NonFiniteScores as exc:
         raise _diverged(settings, len(run.history) + 1, f"training left {exc}", diverged_hint) from None
-    return run.finish()
+    finally:
+        use_draw(model, None)
 
 
 class _Run:
@@ -240,7 +260,9 @@ class _Run:
         )
         self.start = time.perf_counter()
         self.generator = torch.Generator().manual_seed(task_seed(settings.seed, settings.task))
-        torch.manual_seed(task_seed(settings.seed, settings.task))  # dropout
+        torch.manual_seed(task_seed(settings.seed, settings.task))  # anything drawing from torch's own generator
+        self.dropout = DropoutDraw(torch.Generator(device=device))  # re-seeded per epoch in `epoch`
+        use_draw(model, self.dropout)
         self.frozen_before = _frozen_values(model, frozen)
         if settings.method == "wsn":
             model.train_subnet(settings.capacity, frozen)
@@ -250,13 +272,8 @@ class _Run:
         n_weights = sum(layer.weight.numel() for layer in model.subnet_layers().values())
         graphed = shard is None and graphs_pay(device, n_weights, cuda_graphs)
         self.optimizer = make_optimizer(model, params, settings.method, settings.lr, device, graphed, shard is not None)
-        self.shard = shard
-        self.forward = model if shard is None else shard.wrap(model, settings.task, params)
-        self.step = (
-            GraphedStep(model, settings.task, self.optimizer, self._step, settings.batch_size)
-            if graphed
-            else self._step
-        )
+        self.shard, self.params, self.graphed = shard, params, graphed
+        self.forward, self.step = model, self._step
         self.train, self.val = DeviceSplit(data, "train", device), DeviceSplit(data, "val", device)
         self.best_loss, self.best_epoch, self.best_state, self.history, self.first = float("inf"), 0, None, [], 1
 
@@ -274,30 +291,42 @@ class _Run:
             list(state.history),
         )
         self.first = state.epoch + 1
+        self.start -= state.seconds  # the task's train_seconds count the parts before the stop too
+
+    def build_step(self) -> None:
+        """The step as it runs: this process's DDP module (data-parallel) or a CUDA graph, else eager."""
+        s = self.settings
+        if self.shard is not None:
+            self.forward = self.shard.wrap(self.model, s.task, self.params)
+        elif self.graphed:
+            self.step = GraphedStep(self.model, s.task, self.optimizer, self._step, s.batch_size, [self.dropout])
 
     def _step(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step on a batch; returns (loss x samples, correct) of this process's part."""
-        if self.shard is not None:
-            xb, yb, scale = self.shard.part(xb, yb)
+        self.dropout.total, self.dropout.start = xb.shape[0], 0
+        if self.shard is not None:  # this process's part of the batch (parallel.shard)
+            return self.shard.step(self.forward, self.optimizer, self.settings.task, self.dropout, xb, yb)
         logits = self.forward(xb, self.settings.task)  # (b, n_classes)
         loss = F.cross_entropy(logits, yb)
         self.optimizer.zero_grad(set_to_none=True)
-        (loss if self.shard is None else loss * scale).backward()
+        loss.backward()
         self.optimizer.step()
         return loss.detach() * xb.shape[0], (logits.detach().argmax(1) == yb).sum()
 
     def epoch(self, epoch: int) -> None:
-        s, cb, task = self.settings, self.cb, self.settings.task
+        s, cb = self.settings, self.cb
         n, bs = len(self.train), s.batch_size
         n_batches = (n + bs - 1) // bs
         self.model.train()
         if cb.on_epoch_start:
             cb.on_epoch_start(epoch, n_batches)
-        order = torch.randperm(n, generator=self.generator).to(self.device)
-        xs, ys = self.train.x[order], self.train.y[order]  # shuffled copy; batches are views
+        xs, ys = self._shuffled(epoch)  # batches are views of this copy
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), dtype=torch.long, device=self.device)
         checked, checked_n = torch.zeros((), device=self.device), 0  # loss_sum and samples at the last check
+        b = -1  # the batch under way, read (late-bound) by the running-loss reader
+        if cb.on_running_loss:
+            cb.on_running_loss(s.epochs, lambda: float(loss_sum) / min((b + 1) * bs, n) if b >= 0 else math.nan)
         for b in range(n_batches):
             batch_loss, batch_correct = self.step(
                 self.train.inputs(xs[b * bs : (b + 1) * bs]), ys[b * bs : (b + 1) * bs]
@@ -311,8 +340,21 @@ class _Run:
                 checked, checked_n = total, seen
             if cb.on_batch_end:
                 cb.on_batch_end(b)
+        self._end_epoch(epoch, loss_sum, correct)
+
+    def _shuffled(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training split in this epoch's order (drawn on the CPU: one host-to-device copy per epoch)."""
+        self.dropout.generator.manual_seed(dropout_seed(self.settings.seed, self.settings.task, epoch))
+        order = torch.randperm(len(self.train), generator=self.generator).to(self.device)
+        return self.train.x[order], self.train.y[order]
+
+    def _end_epoch(self, epoch: int, loss_sum: torch.Tensor, correct: torch.Tensor) -> None:
+        """The epoch's figures read on the host (once), validation, the best epoch and the snapshot."""
+        s, cb, task, n = self.settings, self.cb, self.settings.task, len(self.train)
         loss_sum, correct = self._global(loss_sum), self._global(correct)
         _check_loss(loss_sum, n, s, epoch, self.hint, self.model)
+        # exact BatchNorm statistics, kept with the epoch's state
+        recompute_statistics(self.model, task, self.train, s.batch_size)
         self.model.eval()
         val_loss, val_acc = _loss_and_accuracy(self.model, self.val, task)
         score = val_loss if len(self.val) else -epoch  # no validation set: keep the last epoch
@@ -335,6 +377,7 @@ class _Run:
                     self.best_epoch,
                     self.best_state,
                     list(self.history),
+                    time.perf_counter() - self.start,
                 )
             )
 

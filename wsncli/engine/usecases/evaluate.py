@@ -10,7 +10,10 @@ nothing is copied from the past except what was recorded at learning, which is c
 - when the test data differs from the data at learning (its digest), the accuracies are not
   comparable: the task is `data-changed`, left out of BWT, and only its subnetwork is proven;
 - records that contradict each other (a recorded accuracy its own recorded predictions do not give,
-  tensors of a task with no record) are reported as tampered.
+  tensors of a task with no record) are reported as tampered;
+- a record whose record digest fails (format 3: its benchmark, classes, transform or recorded digests
+  were edited, no parameter changed) is `record-changed`: a damaged record, not forgetting, and never
+  forget-free (exit 1).
 The checksums and these cross-checks detect accidents and careless edits, not an adversary who can
 rewrite the file and its checksums; for that, sign checkpoints ($WSN_CHECKPOINT_KEY, HMAC-SHA256).
 """
@@ -26,9 +29,10 @@ import torch
 from wsncli.engine.store.checkpoint import Checkpoint
 from wsncli.engine.usecases.outputs import outputs_digest, predict, set_task_mode, subnet_digest
 from wsncli.engine.usecases.record import recorded_task_data
-from wsncli.errors import TaskError
+from wsncli.errors import CheckpointError, TaskError, WsnError
 
 PROVEN, OUTPUTS_DIFFER, DATA_CHANGED, CHANGED = "proven", "outputs-differ", "data-changed", "changed"
+RECORD_CHANGED = "record-changed"
 
 
 @dataclass(frozen=True)
@@ -44,9 +48,12 @@ class TaskEval:
     data_match: bool  # the test set is the one used at learning
     outputs_match: bool | None  # predictions identical to those at learning (None: data differs)
     differing_outputs: int | None  # how many test predictions differ (None: unknown or not comparable)
+    record_match: bool = True  # the record digest holds (what data and labels the task is measured on)
 
     @property
     def status(self) -> str:
+        if not self.record_match:  # the recorded digests themselves may be what was edited
+            return RECORD_CHANGED
         if not self.subnet_match:
             return CHANGED
         if not self.data_match:
@@ -79,8 +86,8 @@ class EvalReport:
 
     @property
     def bwt_tasks(self) -> list[TaskEval]:
-        """Tasks BWT averages over: learned before the last one, with unchanged test data."""
-        return [t for t in self.tasks if t.task != self.last_task and t.data_match]
+        """Tasks BWT averages over: learned before the last one, with unchanged test data and record."""
+        return [t for t in self.tasks if t.task != self.last_task and t.data_match and t.record_match]
 
     @property
     def bwt(self) -> float | None:
@@ -90,7 +97,8 @@ class EvalReport:
 
     @property
     def forget_free(self) -> bool:
-        return all(t.subnet_match for t in self.tasks)
+        """Every task's record holds and its subnetwork is unchanged."""
+        return all(t.subnet_match and t.record_match for t in self.tasks)
 
     @property
     def outputs_match(self) -> bool:
@@ -163,7 +171,15 @@ def evaluate_checkpoint(
         if on_task:
             on_task(task, i, len(chosen))
         record = ckpt.task_record(task)
-        data = recorded_task_data(ckpt, task, data_root)
+        try:
+            data = recorded_task_data(ckpt, task, data_root)
+        except WsnError as exc:
+            if task not in ckpt.damaged_records:
+                raise
+            raise CheckpointError(
+                f"task {task}'s record fails its record digest (what data it is measured on, its labels or its "
+                f"digests were edited outside wsn), and its data cannot be loaded: {exc}"
+            ) from None
         masks = ckpt.masks.get(task)
         if masks is not None:
             masks = {n: m.to(device) for n, m in masks.items()}
@@ -188,6 +204,7 @@ def evaluate_checkpoint(
                 data_match=data_match,
                 outputs_match=outputs_match,
                 differing_outputs=differing,
+                record_match=task not in ckpt.damaged_records,
             )
         )
     report.matrix = _matrix(ckpt, report)

@@ -3,7 +3,7 @@ or `.safetensors` (its weights plus the same program as a JSON graph of aten ope
 
 The program takes raw inputs shaped like the task's data and returns its logits: the input
 transform, the trunk with the task's masked weights baked in (zeros elsewhere, other tasks'
-heads, norms and all scores left out), its BatchNorm statistics and head — the operations
+heads, norms, biases and all scores left out), its BatchNorm statistics, biases and head — the operations
 `wsn predict` runs, so both give the same bits on the CPU. docs/EXPORT.md specifies both files.
 """
 
@@ -20,9 +20,9 @@ import torch
 from torch import nn
 
 from wsncli import __version__
-from wsncli.engine.store.checkpoint import Checkpoint
+from wsncli.engine.store.checkpoint import Checkpoint, task_input_shape
 from wsncli.engine.usecases.predict import task_transform
-from wsncli.errors import TaskError, WsnError
+from wsncli.errors import TaskError, UsageError, WsnError
 
 FORMAT_NAME = "wsn-task-export"
 FORMAT_VERSION = 1
@@ -47,10 +47,12 @@ class TaskProgram(nn.Module):
                         torch.where(masks[name], layer.weight, torch.zeros((), dtype=layer.weight.dtype))
                     )
                 del layer.scores  # the program needs only the masked weights
-                layer.dense()
+        model.dense()  # the task's masked weights, baked in above
         model.heads = nn.ModuleDict({str(task): model.heads[str(task)]})
         if str(task) in model.task_norms:
             model.task_norms = nn.ModuleDict({str(task): model.task_norms[str(task)]})
+        if str(task) in model.task_biases:
+            model.task_biases = nn.ModuleDict({str(task): model.task_biases[str(task)]})
         self.net = model.eval()
         self.task = task
         prep = task_transform(ckpt, task, np.zeros(1, sample_dtype))
@@ -62,6 +64,7 @@ class TaskProgram(nn.Module):
         self.register_buffer("scale", torch.tensor(np.float32(prep.scale)))
         self.register_buffer("mean", torch.from_numpy(np.ascontiguousarray(prep.mean)))
         self.register_buffer("std", torch.from_numpy(np.ascontiguousarray(prep.std)))
+        self.padding = prep.padding
         self.permuted = prep.permutation is not None
         if self.permuted:
             self.register_buffer("permutation", torch.from_numpy(prep.permutation.copy()))
@@ -76,6 +79,8 @@ class TaskProgram(nn.Module):
             out = out * self.scale
         if self.affine:
             out = (out - self.mean) / self.std
+        if self.padding:
+            out = nn.functional.pad(out, (0, self.padding))  # (B, D + padding): the network's width
         return self.net(out, self.task)  # (B, n_classes)
 
 
@@ -94,7 +99,7 @@ def describe(ckpt: Checkpoint, task: int, sample_dtype: np.dtype) -> dict:
         "task": task,
         "benchmark": ckpt.meta.benchmark,
         "classes": list(record.classes),
-        "input_shape": list(ckpt.meta.model.input_shape),
+        "input_shape": list(task_input_shape(ckpt, task)),
         "input_dtype": np.dtype(sample_dtype).name,
         "arch": ckpt.meta.model.arch,
         "outputs": "logits (B, n_classes); argmax i is the label classes[i]",
@@ -104,7 +109,7 @@ def describe(ckpt: Checkpoint, task: int, sample_dtype: np.dtype) -> dict:
 
 def _exported(ckpt: Checkpoint, task: int, sample_dtype: np.dtype) -> torch.export.ExportedProgram:
     program = TaskProgram(ckpt, task, sample_dtype)
-    example = torch.zeros((2, *ckpt.meta.model.input_shape), dtype=torch.from_numpy(np.zeros(1, sample_dtype)).dtype)
+    example = torch.zeros((2, *task_input_shape(ckpt, task)), dtype=torch.from_numpy(np.zeros(1, sample_dtype)).dtype)
     try:
         return torch.export.export(program, (example,), dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1)}})
     except Exception as exc:  # noqa: BLE001 - torch.export raises many kinds; all mean "cannot export"
@@ -121,10 +126,11 @@ def export_task(ckpt: Checkpoint, task: int, suffix: str, sample_dtype: np.dtype
             f"task {task} is not learned in this checkpoint (learned: {', '.join(map(str, ckpt.learned())) or 'none'})"
         )
     if suffix not in SUFFIXES:
-        raise ExportError(
+        raise UsageError(
             "export writes .pt2 (torch.export program) or .safetensors files, not "
             f"{suffix or 'a file without suffix'!r}"
         )
+    ckpt.require_intact_record(task)
     if sample_dtype is None:
         sample_dtype = np.dtype(ckpt.task_record(task).input_dtype or "float32")
     ep = _exported(ckpt, task, sample_dtype)

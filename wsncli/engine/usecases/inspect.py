@@ -1,6 +1,6 @@
 """What a checkpoint holds: tasks in learning order, per-layer capacity, mask reuse, size by part.
 
-Works on the file as read (store.reader: numpy arrays, typed metadata), so inspecting a version-2
+Works on the file as read (store.reader: numpy arrays, typed metadata), so inspecting a version-2 or 3
 checkpoint never imports torch and starts in well under a second.
 """
 

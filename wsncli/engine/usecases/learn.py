@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -18,12 +18,13 @@ from wsncli.engine.nn.subnet import k_for_capacity
 from wsncli.engine.parallel.shard import Shard, world_size_from_env
 from wsncli.engine.runtime import configure_threads, resolve_device
 from wsncli.engine.store.checkpoint import Checkpoint, check_model_size, load_checkpoint, save_checkpoint
-from wsncli.engine.store.container import KEY_ENV
+from wsncli.engine.store.container import ADOPT, KEY_ENV, REQUIRE, signing_key
 from wsncli.engine.store.lock import CheckpointLock
 from wsncli.engine.store.paths import plan_output, remove_stale_temps, resolve
 from wsncli.engine.store.schema import CheckpointMeta, TaskRecord, from_model_config
 from wsncli.engine.training import snapshot as resume
 from wsncli.engine.training.loop import TrainCallbacks, TrainResult, TrainSettings, train_task
+from wsncli.engine.usecases.adopt import adopt
 from wsncli.engine.usecases.record import accuracy_row, data_options, task_record
 from wsncli.engine.usecases.request import (
     DEFAULT_BENCHMARK,
@@ -34,7 +35,7 @@ from wsncli.engine.usecases.request import (
     check_matches,
     check_request,
 )
-from wsncli.errors import CheckpointError, DataError, TaskError, UsageError, WsnError
+from wsncli.errors import CheckpointError, DataError, ParallelFailure, TaskError, UsageError, WsnError
 
 __all__ = ["LearnResult", "TaskRequest", "learn_task"]
 
@@ -55,7 +56,8 @@ def _new_checkpoint(req: TaskRequest, data: TaskData, data_root: Path | None) ->
     info = benchmark_info(benchmark, data_root, req.n_tasks)
     arch = req.arch or info.default_arch
     extra = {"width": req.width} if req.width is not None else {}
-    config = ModelConfig(arch, tuple(data.input_shape), tuple(req.hidden or (100, 100)), **extra)
+    bias = info.default_bias if req.bias is None else req.bias
+    config = ModelConfig(arch, tuple(data.input_shape), tuple(req.hidden or (100, 100)), bias=bias, **extra)
     try:
         check_model_size(config)
     except CheckpointError as exc:
@@ -79,15 +81,22 @@ def _new_checkpoint(req: TaskRequest, data: TaskData, data_root: Path | None) ->
     return Checkpoint(meta=meta, model=model)
 
 
-def _check_data_fits(ckpt: Checkpoint, data: TaskData, req: TaskRequest) -> None:
-    shape = tuple(ckpt.meta.model.input_shape)
-    if tuple(data.input_shape) != shape:
-        first = ckpt.tasks[0].task if ckpt.tasks else None
-        fixed = f" (fixed by task {first}, the first learned)" if first is not None else ""
+def _fit_data(ckpt: Checkpoint, data: TaskData, req: TaskRequest) -> TaskData:
+    """The task's data as network inputs: as it is, or (npz, flat features) with fewer features than the
+    network takes zero-padded to its width, the padding stored with the task's transform (docs/DATA.md)."""
+    shape, own = tuple(ckpt.meta.model.input_shape), tuple(data.input_shape)
+    if own == shape:
+        return data
+    first = ckpt.tasks[0].task if ckpt.tasks else None
+    fixed = f" (fixed by task {first}, the first learned)" if first is not None else ""
+    if ckpt.meta.benchmark == "npz" and len(own) == len(shape) == 1:
+        if own[0] < shape[0]:
+            return data.with_prep(replace(data.prep, padding=shape[0] - own[0]))
         raise DataError(
-            f"task {req.task} inputs have shape {tuple(data.input_shape)}, the checkpoint's network takes "
-            f"{shape}{fixed}"
+            f"task {req.task} inputs have {own[0]} features, the checkpoint's network takes {shape[0]}{fixed}; tasks "
+            "with fewer features are zero-padded, so learn the widest task first"
         )
+    raise DataError(f"task {req.task} inputs have shape {own}, the checkpoint's network takes {shape}{fixed}")
 
 
 def _hint(benchmark: str, data: TaskData) -> str:
@@ -110,18 +119,19 @@ class _Job:
     frozen: dict[str, torch.Tensor] | None
     device: torch.device
     snapshot: resume.Snapshots | None = None
+    adopted: str | None = None  # what --adopt-unsigned re-verified (said as a warning)
 
 
 def _prepare(req: TaskRequest, real: Path, device: torch.device, status, on_progress) -> _Job:
     created = not os.path.lexists(real)
     data_root = resolve_data_root(req.data_root)
-    ckpt = None
+    ckpt, adopted = None, None
     if created:
         benchmark, options = req.benchmark or DEFAULT_BENCHMARK, data_options_for(req, on_progress)
         check_options_apply(benchmark, options)
     else:
         status(f"loading {req.ckpt}")
-        ckpt = load_checkpoint(real, require_signature=False)
+        ckpt = load_checkpoint(real, ADOPT if req.adopt_unsigned else REQUIRE)
         if ckpt.signature == "unverified":  # signed, and no key here: the new file would silently lose it
             raise CheckpointError(
                 f"{req.ckpt}: the checkpoint is signed; set {KEY_ENV} to the key it was signed with "
@@ -131,12 +141,15 @@ def _prepare(req: TaskRequest, real: Path, device: torch.device, status, on_prog
         benchmark, options = ckpt.meta.benchmark, data_options(ckpt, on_progress)
         if data_root is None and ckpt.meta.data_root:
             data_root = Path(ckpt.meta.data_root)
+        if ckpt.signature in ("unsigned", "invalid") and signing_key() is not None:  # --adopt-unsigned
+            status(f"re-verifying every task of {req.ckpt} before adopting it")
+            adopted = adopt(ckpt, req.ckpt, data_root, device)
     status(f"loading {benchmark} task {req.task}")
     n_tasks = req.n_tasks if ckpt is None else ckpt.meta.n_tasks
     data = load_task(benchmark, req.task, data_root, n_tasks, options, req.standardize)
     if ckpt is None:
         ckpt = _new_checkpoint(req, data, data_root)
-    _check_data_fits(ckpt, data, req)
+    data = _fit_data(ckpt, data, req)
     meta = ckpt.meta
     info = benchmark_info(meta.benchmark, data_root, meta.n_tasks, options)
     settings = TrainSettings(
@@ -156,14 +169,21 @@ def _prepare(req: TaskRequest, real: Path, device: torch.device, status, on_prog
     ckpt.model.add_task(req.task, data.n_classes)
     ckpt.model.to(device)
     frozen = ckpt.used_weights() if settings.method == "wsn" and ckpt.learned() else None
-    return _Job(req, real, created, ckpt, data, data_root, settings, frozen, device)
+    return _Job(req, real, created, ckpt, data, data_root, settings, frozen, device, adopted=adopted)
 
 
 def _train(job: _Job, callbacks: TrainCallbacks | None, status, shard=None) -> tuple[TrainResult, int]:
-    """Train the task (continuing a snapshot when there is one); returns the result and the epoch resumed after."""
+    """Train the task (continuing a snapshot when there is one); returns the result and the epoch resumed after.
+
+    Data-parallel, only rank 0 reads (or, with --restart, discards) the snapshot and writes new ones;
+    every process gets the state it resumes from by one broadcast before training, so all of them
+    start from the same epoch."""
     main = shard is None or shard.is_main
-    snapshot = resume.Snapshots(job.real, job.ckpt, job.req, job.settings, job.data)
-    state = snapshot.start(job.req.restart and main, status)
+    snapshot = resume.Snapshots(job.real, job.ckpt, job.req, job.settings, job.data) if main else None
+    if shard is None:
+        state = snapshot.start(job.req.restart, status)
+    else:
+        state = shard.share(lambda: snapshot.start(job.req.restart, status))
     callbacks = callbacks or TrainCallbacks()
     callbacks.on_state = snapshot.write if main else None
     try:
@@ -180,8 +200,8 @@ def _train(job: _Job, callbacks: TrainCallbacks | None, status, shard=None) -> t
             job.req.cuda_graphs,
         )
         _check_finite(job.ckpt.model, job.req.task)
-    except WsnError:
-        if main:
+    except WsnError as exc:
+        if main and not isinstance(exc, ParallelFailure):  # another process's failure: the snapshot is sound
             snapshot.remove()  # diverged or broken: continuing from it would fail the same way
         raise
     job.snapshot = snapshot
@@ -190,9 +210,10 @@ def _train(job: _Job, callbacks: TrainCallbacks | None, status, shard=None) -> t
 
 def _record_and_save(job: _Job, result: TrainResult, target, status) -> tuple[TaskRecord, int, list[str]]:
     ckpt, req = job.ckpt, job.req
-    warnings: list[str] = []
+    warnings: list[str] = [job.adopted] if job.adopted else []
     if result.cuda_graphs.startswith("failed"):
         warnings.append(f"CUDA graph capture {result.cuda_graphs}; the steps ran eagerly (same results, slower)")
+    warnings += chance_warning(req.task, result, job.data)
     row = [None] * len(ckpt.learned())
     if req.matrix and ckpt.learned():
         status("re-measuring earlier tasks for the accuracy matrix")
@@ -229,6 +250,7 @@ def learn_task(
     target = plan_output(req.ckpt, what="checkpoint", allow_stream=False, error=CheckpointError)
     with CheckpointLock(req.ckpt):
         remove_stale_temps(target.real)  # left by a writer that was killed (SIGKILL, power cut)
+        remove_stale_temps(resume.snapshot_path(target.real))  # and by a killed snapshot writer
         job = _prepare(req, target.real, device, status, on_progress)
         result, resumed = _train(job, callbacks, status)
         record, size, warnings = _record_and_save(job, result, target, status)
@@ -236,18 +258,21 @@ def learn_task(
 
 
 def _learn_parallel(req: TaskRequest, device: torch.device, callbacks, status, on_progress) -> LearnResult:
-    """The same, one process of several: rank 0 locks and writes; every phase ends in agreement."""
+    """The same, one process of several: the global rank 0 locks and writes; every phase ends at a
+    barrier, and a failure anywhere ends every process with the same line and exit code."""
     shard = Shard(device)
-    lock, target, error, clean = None, None, None, False
-    try:
+    lock, target, clean = None, None, False
+
+    def take_lock() -> None:
+        nonlocal lock, target
         if shard.is_main:
-            try:
-                target = plan_output(req.ckpt, what="checkpoint", allow_stream=False, error=CheckpointError)
-                lock = CheckpointLock(req.ckpt).__enter__()
-                remove_stale_temps(target.real)
-            except WsnError as exc:
-                error = exc
-        shard.agree(error)
+            target = plan_output(req.ckpt, what="checkpoint", allow_stream=False, error=CheckpointError)
+            lock = CheckpointLock(req.ckpt).__enter__()
+            remove_stale_temps(target.real)
+            remove_stale_temps(resume.snapshot_path(target.real))
+
+    try:
+        _phase(shard, take_lock)
         job = _phase(
             shard,
             lambda: _prepare(req, resolve(req.ckpt), shard.device, status if shard.is_main else _quiet, on_progress),
@@ -274,12 +299,12 @@ def _learn_parallel(req: TaskRequest, device: torch.device, callbacks, status, o
 
 
 def _phase(shard: Shard, work):
-    error, value = None, None
+    """Run one phase on every process; any failure on any process ends every process alike."""
     try:
         value = work()
-    except WsnError as exc:
-        error = exc
-    shard.agree(error)
+        shard.barrier()
+    except Exception as exc:  # any kind: a WsnError, a RuntimeError, a lost peer (parallel.failure)
+        raise shard.fail(exc) from None
     return value
 
 
@@ -290,7 +315,29 @@ def _quiet(_message: str) -> None:
 def data_options_for(req: TaskRequest, on_progress=None):
     from wsncli.engine.data.registry import DataOptions
 
-    return DataOptions(image_size=req.image_size, channels=req.channels, on_progress=on_progress)
+    return DataOptions(
+        image_size=req.image_size, channels=req.channels, train_limit=req.train_limit, on_progress=on_progress
+    )
+
+
+HIGH_TRAIN_ACCURACY = 0.9
+
+
+def chance_warning(task: int, result: TrainResult, data: TaskData) -> list[str]:
+    """A warning when training accuracy got high while validation accuracy never beat chance (what
+    always predicting the validation split's most common class gets) in any epoch."""
+    history = result.history
+    if not history or len(data.y_val) == 0:
+        return []
+    chance = float(torch.bincount(torch.from_numpy(data.y_val)).max()) / len(data.y_val)
+    train = max(s.train_accuracy for s in history)
+    if train < HIGH_TRAIN_ACCURACY or any(s.val_accuracy > chance for s in history):
+        return []
+    return [
+        f"task {task}: training accuracy reached {100 * train:.2f}% but validation accuracy stayed at chance "
+        f"({100 * chance:.2f}%, what always predicting one class gets) in every epoch: the network does not "
+        "generalise from its training split (too few samples, or training and held-out data that differ)"
+    ]
 
 
 def _check_capacity_keeps_weights(model, settings: TrainSettings) -> None:
@@ -310,6 +357,8 @@ def _check_finite(model, task: int) -> None:
     """Weights, scores and the new head must be finite: a broken task is never saved."""
     tensors = [(f"{n}.{k}", getattr(l, k)) for n, l in model.subnet_layers().items() for k in ("weight", "scores")]
     tensors += [(f"head {task} {k}", v) for k, v in model.heads[str(task)].state_dict().items()]
+    if str(task) in model.task_biases:
+        tensors += [(f"bias {task} {k}", v) for k, v in model.task_biases[str(task)].state_dict().items()]
     for name, tensor in tensors:
         if not bool(torch.isfinite(tensor.detach()).all()):
             raise TaskError(

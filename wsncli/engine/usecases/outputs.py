@@ -12,6 +12,7 @@ import torch
 from wsncli.engine.data.device import device_transform as device_transform  # re-exported
 from wsncli.engine.data.preprocess import Preprocess
 from wsncli.engine.nn.models import WSNNet
+from wsncli.engine.store.checkpoint import task_arrays
 
 
 def set_task_mode(model: WSNNet, masks: dict[str, torch.Tensor] | None) -> None:
@@ -55,11 +56,14 @@ def outputs_digest(predictions: np.ndarray) -> str:
 
 
 def subnet_digest(
-    model: WSNNet, task: int, masks: dict[str, torch.Tensor] | None, prep: Preprocess | None = None, version: int = 2
+    model: WSNNet, task: int, masks: dict[str, torch.Tensor] | None, prep: Preprocess | None = None, version: int = 3
 ) -> str:
-    """sha256 over everything task's outputs depend on: the masked weights (values under the mask,
-    in flat order), the mask bits, the task's head and BatchNorm state and (version 2) its input
-    transform. Device-independent (docs/CHECKPOINT.md section 6)."""
+    """sha256 over every parameter task's outputs depend on: the masked weights (values under the
+    mask, in flat order) and the mask bits, then (version 3) every tensor the task owns as stored
+    (head, BatchNorm statistics, per-task biases, transform: store.checkpoint.task_arrays), sorted by
+    name; versions 1 and 2 hashed the head, norms and biases by key, and (2) the transform with its
+    record fields.
+    Device-independent (docs/CHECKPOINT.md section 6)."""
     h = hashlib.sha256()
     for name, layer in model.subnet_layers().items():
         w = layer.weight.detach().cpu()
@@ -69,14 +73,24 @@ def subnet_digest(
             m = masks[name].cpu()
             h.update(np.packbits(m.numpy().reshape(-1)).tobytes())
             h.update(w[m].contiguous().numpy().tobytes())
+    if version >= 3:
+        for name, arr in sorted(task_arrays(model, task, prep).items()):
+            h.update(f"{name}:{arr.dtype.str}{list(arr.shape)};".encode())
+            h.update(arr.reshape(-1).view(np.uint8))
+        return h.hexdigest()
     for key, value in sorted(model.heads[str(task)].state_dict().items()):
         h.update(key.encode() + value.detach().cpu().contiguous().numpy().tobytes())
     if str(task) in model.task_norms:
         for key, value in sorted(model.task_norms[str(task)].state_dict().items()):
             h.update(key.encode() + value.detach().cpu().contiguous().numpy().tobytes())
+    if str(task) in model.task_biases:
+        for name, bias in zip(model.subnet_layers(), model.task_biases[str(task)]):
+            h.update(f"bias:{name}".encode() + bias.detach().cpu().contiguous().numpy().tobytes())
     if version >= 2 and prep is not None:
         h.update(f"prep:{float(prep.scale)!r}:{int(prep.divide)}:{list(prep.mean.shape)}".encode())
         h.update(np.ascontiguousarray(prep.mean, "<f4").tobytes() + np.ascontiguousarray(prep.std, "<f4").tobytes())
         if prep.permutation is not None:
             h.update(np.ascontiguousarray(prep.permutation, "<i8").tobytes())
+        if prep.padding:
+            h.update(f"padding:{prep.padding}".encode())
     return h.hexdigest()

@@ -14,7 +14,7 @@ from wsncli.engine.data import loaders
 from wsncli.engine.data.preprocess import Preprocess, scaled
 from wsncli.engine.data.readers import data_limit, read_npz
 from wsncli.engine.data.splits import pmnist_permutation
-from wsncli.engine.store.checkpoint import Checkpoint
+from wsncli.engine.store.checkpoint import Checkpoint, task_input_shape
 from wsncli.engine.store.paths import read_regular_file
 from wsncli.engine.usecases.outputs import device_transform, predict_logits, set_task_mode
 from wsncli.errors import DataError, TaskError
@@ -33,7 +33,7 @@ class Predictions:
 
 
 def task_transform(ckpt: Checkpoint, task: int, raw: np.ndarray | None = None) -> Preprocess:
-    """The transform the task was learned with: stored (version 2), else the benchmark's fixed one."""
+    """The transform the task was learned with: stored (versions 2 and 3), else the benchmark's fixed one."""
     if task in ckpt.preps:
         return ckpt.preps[task]
     bench = ckpt.meta.benchmark
@@ -141,9 +141,10 @@ def predict_task(
         )
     if x.dtype.kind not in "fiub":
         raise DataError(f"{where}: inputs have dtype {x.dtype}; they must be numbers")
-    x = fit_shape(x, tuple(ckpt.meta.model.input_shape), where)
+    x = fit_shape(x, task_input_shape(ckpt, task), where)
     if x.dtype.kind == "f" and not np.isfinite(x).all():
         raise DataError(f"{where}: inputs contain NaN or infinite values")
+    ckpt.require_intact_record(task)
     record = ckpt.task_record(task)
     model = ckpt.model.to(device)
     masks = ckpt.masks.get(task)

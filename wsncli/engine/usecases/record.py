@@ -12,11 +12,11 @@ import torch
 
 from wsncli.engine.data.registry import DataOptions, TaskData, load_task
 from wsncli.engine.nn.subnet import k_for_capacity
-from wsncli.engine.store.checkpoint import Checkpoint, prep_spec
+from wsncli.engine.store.checkpoint import Checkpoint, prep_spec, task_input_shape
 from wsncli.engine.store.schema import TaskRecord
 from wsncli.engine.training.loop import TrainResult, TrainSettings
 from wsncli.engine.usecases.outputs import outputs_digest, predict, set_task_mode, subnet_digest
-from wsncli.errors import WsnError
+from wsncli.errors import DataError, WsnError
 
 
 def data_options(ckpt: Checkpoint, on_progress=None) -> DataOptions:
@@ -24,13 +24,20 @@ def data_options(ckpt: Checkpoint, on_progress=None) -> DataOptions:
 
 
 def recorded_task_data(ckpt: Checkpoint, task: int, data_root: Path | None, on_progress=None) -> TaskData:
-    """Task `task`'s data as it was learned: under the transform stored with it (version 2), or
+    """Task `task`'s data as it was learned: under the transform stored with it (versions 2 and 3), or
     the benchmark's fixed one (version-1 records, which had no standardisation)."""
     meta = ckpt.meta
     stored = ckpt.preps.get(task)
     data = load_task(
         meta.benchmark, task, data_root, meta.n_tasks, data_options(ckpt, on_progress), standardize_inputs=False
     )
+    learned_on = task_input_shape(ckpt, task)
+    if tuple(data.input_shape) != learned_on:
+        where = f" under {data_root}" if data_root is not None else ""
+        raise DataError(
+            f"task {task}: the data{where} has samples of shape {tuple(data.input_shape)}, but the task was learned "
+            f"on samples of shape {learned_on}; point --data-root at the data it was learned on"
+        )
     return data if stored is None else data.with_prep(stored)
 
 

@@ -99,18 +99,56 @@ def _over_time_plot(plt, tasks, r) -> bytes:
     ax.set_xticks(steps, [f"{i}\n(task {t})" for i, t in zip(steps, tasks)])
     ax.set_xlabel("tasks learned so far")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title("Each task's accuracy across the sequence (flat: nothing forgotten)")
+    ax.set_title(over_time_title(tasks, r))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=max(1, len(tasks) // 10), loc="best")
     return _png(fig, plt)
 
 
+def over_time_title(tasks, r) -> str:
+    """What the accuracy-over-time plot shows: flat, or the largest fall (or rise) of an earlier task
+    between the row where it was learned and the last row."""
+    base = "Each task's accuracy across the sequence"
+    moves = [
+        (float(r[-1, j] - r[j, j]), tasks[j], float(r[j, j]), float(r[-1, j]))
+        for j in range(len(tasks) - 1)
+        if np.isfinite(r[-1, j]) and np.isfinite(r[j, j])
+    ]
+    if not moves:
+        return base
+    if all(move == 0 for move, *_ in moves):
+        return f"{base}: flat, nothing forgotten"
+    move, task, then, now = min(moves) if min(moves)[0] < 0 else max(moves)
+    fell = sum(m < 0 for m, *_ in moves)
+    others = f" ({fell - 1} more fell)" if fell > 1 else ""
+    return f"{base}: task {task} {'fell' if move < 0 else 'rose'} from {100 * then:.1f}% to {100 * now:.1f}%{others}"
+
+
+MAX_LAYER_LINES = 8  # more layers than this are drawn as groups (resnet18: its stem and four stages)
+
+
+def layer_groups(layers) -> list[tuple[str, list]]:
+    """(label, layers) per line of the capacity plot: each layer, or for deep nets the layers under
+    each top-level module (`layer2.0.conv1` -> `layer2`), in forward order."""
+    if len(layers) <= MAX_LAYER_LINES:
+        return [(layer.name, [layer]) for layer in layers]
+    groups: dict[str, list] = {}
+    for layer in layers:
+        groups.setdefault(layer.name.split(".")[0], []).append(layer)
+    return [
+        (f"{name} ({len(members)} layers)" if len(members) > 1 else name, members) for name, members in groups.items()
+    ]
+
+
 def _capacity_plot(plt, desc: CheckpointDescription) -> bytes:
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(8, 4))
     tasks = [s.record.task for s in desc.tasks if s.mask_density is not None]
     steps = np.arange(1, len(tasks) + 1)
-    for layer in desc.layers:
-        ax.plot(steps, [100 * after[layer.name] for after in desc.capacity_after], marker="o", label=layer.name)
+    colours, markers = plt.get_cmap("tab10").colors, "osD^vP*X"
+    for i, (label, members) in enumerate(layer_groups(desc.layers)):
+        weights = sum(l.weights for l in members)
+        used = [100 * sum(after[l.name] * l.weights for l in members) / weights for after in desc.capacity_after]
+        ax.plot(steps, used, marker=markers[i % len(markers)], color=colours[i % len(colours)], label=label)
     total = [
         100 * sum(after[l.name] * l.weights for l in desc.layers) / sum(l.weights for l in desc.layers)
         for after in desc.capacity_after
@@ -122,7 +160,7 @@ def _capacity_plot(plt, desc: CheckpointDescription) -> bytes:
     ax.set_ylabel("weights used by any task (%)")
     ax.set_title("Capacity used per layer after each task")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)  # beside the plot
     return _png(fig, plt)
 
 

@@ -8,9 +8,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wsncli.engine.data.registry import BENCHMARKS
-from wsncli.engine.limits import MAX_BATCH_SIZE, MAX_EPOCHS, MAX_LR, MAX_SEED, MAX_TASK_ID, MAX_THREADS, METHODS
+from wsncli.engine.limits import (
+    MAX_BATCH_SIZE,
+    MAX_EPOCHS,
+    MAX_LR,
+    MAX_SEED,
+    MAX_TASK_ID,
+    MAX_THREADS,
+    MAX_TRAIN_LIMIT,
+    METHODS,
+)
 from wsncli.engine.nn.models import ARCHS
 from wsncli.engine.store.checkpoint import Checkpoint
+from wsncli.engine.store.container import KEY_ENV, signing_key
 from wsncli.engine.store.schema import to_model_config
 from wsncli.errors import CheckpointError, TaskError, UsageError
 
@@ -30,6 +40,7 @@ class TaskRequest:
     arch: str | None = None
     hidden: tuple[int, ...] | None = None
     width: int | None = None
+    bias: bool | None = None  # per-task biases in a new checkpoint (None: the benchmark's default)
     capacity: float | None = None
     epochs: int | None = None
     batch_size: int | None = None
@@ -42,10 +53,12 @@ class TaskRequest:
     threads: int | None = None
     image_size: int | None = None
     channels: int | None = None
+    train_limit: int | None = None  # train on a fixed stratified subset of this many samples (not stored)
     standardize: bool | None = None
     matrix: bool = True  # re-measure every earlier task after this one (the accuracy matrix)
     restart: bool = False  # discard a resumable snapshot instead of continuing from it
     cuda_graphs: bool | None = None  # replay steps as CUDA graphs (None: on CUDA for small networks)
+    adopt_unsigned: bool = False  # with a key set: re-verify an unsigned checkpoint's tasks, then sign it
 
 
 def _in(name: str, value, lo, hi) -> None:
@@ -64,6 +77,7 @@ def check_request(req: TaskRequest) -> None:
     _in("--n-tasks", req.n_tasks, 1, MAX_TASK_ID)
     _in("--width", req.width, 1, 4096)
     _in("--image-size", req.image_size, 1, 4096)
+    _in("--train-limit", req.train_limit, 1, MAX_TRAIN_LIMIT)
     if req.channels is not None and req.channels not in (1, 3):
         raise UsageError(f"--channels must be 1 or 3, got {req.channels}")
     if req.seed is not None and not -MAX_SEED < req.seed < MAX_SEED:
@@ -81,16 +95,38 @@ def check_request(req: TaskRequest) -> None:
         raise UsageError(f"--hidden sizes must be 1..65536, got {'-'.join(map(str, req.hidden))}")
     if req.method == "finetune" and req.capacity is not None:
         raise UsageError("--capacity has no meaning for --method finetune (the dense baseline uses every weight)")
+    if req.adopt_unsigned and signing_key() is None:
+        raise UsageError(
+            f"--adopt-unsigned needs {KEY_ENV} set: it re-verifies a checkpoint, then signs it with that key"
+        )
+
+
+def ordinal(n: int) -> str:
+    """1 -> '1st', 2 -> '2nd', 11 -> '11th', 23 -> '23rd'."""
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def _shown(value) -> str:
+    return ("on" if value else "off") if isinstance(value, bool) else repr(value)
 
 
 def check_matches(ckpt: Checkpoint, req: TaskRequest) -> None:
-    """Options given for an existing checkpoint must agree with it (they cannot change later)."""
+    """Options given for an existing checkpoint must agree with it (they cannot change later); like
+    options that do not apply to a new one, a disagreeing option is a usage error (exit 2)."""
+    from wsncli.engine.data.registry import DataOptions, check_options_apply
+    from wsncli.engine.nn.models import WIDTH_ARCHS
+
     meta, cfg = ckpt.meta, to_model_config(ckpt.meta.model)
+    check_options_apply(meta.benchmark, DataOptions(image_size=req.image_size, channels=req.channels))
+    if req.width is not None and cfg.arch not in WIDTH_ARCHS:
+        raise UsageError(f"--width applies to arch {', '.join(WIDTH_ARCHS)} only, not {cfg.arch}")
     pairs = [
         ("benchmark", req.benchmark, meta.benchmark),
         ("architecture", req.arch, cfg.arch),
         ("hidden sizes", req.hidden and "-".join(map(str, req.hidden)), "-".join(map(str, cfg.hidden))),
         ("width", req.width, meta.model.width),
+        ("per-task bias", req.bias, meta.model.bias),
         ("method", req.method, meta.method),
         ("seed", req.seed, meta.seed),
         ("number of tasks", req.n_tasks, meta.n_tasks),
@@ -99,9 +135,9 @@ def check_matches(ckpt: Checkpoint, req: TaskRequest) -> None:
     ]
     for what, asked, stored in pairs:
         if asked is not None and asked != stored:
-            made = "no fixed" if stored is None else repr(stored)
-            raise TaskError(
-                f"{req.ckpt}: checkpoint was made with {made} {what}, not {asked!r}; "
+            made = f"no fixed {what}" if stored is None else f"{what} {_shown(stored)}"
+            raise UsageError(
+                f"{req.ckpt}: checkpoint was made with {made}, not {_shown(asked)}; "
                 f"{what} is fixed when a checkpoint is created"
             )
     if req.method is None and req.capacity is not None and meta.method == "finetune":
@@ -109,7 +145,7 @@ def check_matches(ckpt: Checkpoint, req: TaskRequest) -> None:
     if req.task in ckpt.learned():
         order = ckpt.learned().index(req.task) + 1
         raise TaskError(
-            f"{req.ckpt}: task {req.task} is already learned (learned {order}. of {len(ckpt.learned())}); each "
+            f"{req.ckpt}: task {req.task} is already learned (learned {ordinal(order)} of {len(ckpt.learned())}); each "
             "task is learned once"
         )
     if ckpt.tampered:
