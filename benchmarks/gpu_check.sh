@@ -66,9 +66,10 @@ sys.exit(0 if ok else 1)
 PYEOF
 step graph-capture $((SECONDS - t0)) $?
 
-# 2. WSN / dense per step for every config (absolute times on the GPU)
-if [ "$DEV" = cuda ]; then SPEED=""; else SPEED="--quick --configs mlp-100-b10"; fi
-t0=$SECONDS; $PY benchmarks/speed.py --device "$DEV" $SPEED --variants dense wsn paper | grep '^{'; step speed $((SECONDS - t0)) $?
+# 2. WSN / dense per step for every config, each with and without CUDA graphs (absolute times on the GPU);
+#    without CUDA: the smoke run, with the device path (static selection) on the CPU beside the fused one
+if [ "$DEV" = cuda ]; then SPEED="--blocks 7"; else SPEED="--quick --configs mlp-100-b10 --variants dense wsn static paper"; fi
+t0=$SECONDS; $PY benchmarks/speed.py --device "$DEV" $SPEED | grep '^{'; step speed $((SECONDS - t0)) $?
 
 # 3. the full 10-task PMNIST, paper protocol, on the device, with its wall time; then a CPU eval of it
 if [ "$DEV" = cuda ]; then PM="--tasks 10 --epochs 5"; else PM="--tasks 2 --epochs 1"; fi

@@ -27,6 +27,7 @@ from wsncli.engine.nn.models import WSNNet
 from wsncli.engine.nn.selection import NonFiniteScores
 from wsncli.engine.training.batchnorm import batch_bounds, recompute_statistics
 from wsncli.engine.training.graphed import GraphedStep, graphs_pay
+from wsncli.engine.training.optim import make_optimizer
 
 if TYPE_CHECKING:
     from wsncli.engine.parallel.shard import Shard
@@ -105,11 +106,6 @@ class TrainingDiverged(TaskError):
 def task_seed(seed: int, task: int) -> int:
     """The RNG seed of one task's training, derived from the run seed and the task id."""
     return (seed * 1_000_003 + task) % (2**63)
-
-
-def _fused_ok(device: torch.device) -> bool:
-    """Fused Adam (one kernel for all parameters) exists on CPU and CUDA; it is 2-4x faster here."""
-    return device.type in ("cpu", "cuda")
 
 
 def trainable_parameters(model: WSNNet, task: int, method: str) -> list[torch.nn.Parameter]:
@@ -275,7 +271,7 @@ class _Run:
         params = trainable_parameters(model, settings.task, settings.method)
         n_weights = sum(layer.weight.numel() for layer in model.subnet_layers().values())
         graphed = shard is None and graphs_pay(device, n_weights, cuda_graphs)
-        self.optimizer = torch.optim.Adam(params, lr=settings.lr, fused=_fused_ok(device), capturable=graphed)
+        self.optimizer = make_optimizer(model, params, settings.method, settings.lr, device, graphed, shard is not None)
         self.shard, self.params, self.graphed = shard, params, graphed
         self.forward, self.step = model, self._step
         self.train, self.val = DeviceSplit(data, "train", device), DeviceSplit(data, "val", device)
