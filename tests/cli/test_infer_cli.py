@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.cli.helpers import assert_error, json_out, wsn
+from tests.cli.helpers import assert_error, assert_ok, json_out, wsn
 from tests.test_benchmarks_smoke import tiny_mnist  # noqa: F401 (a fixture)
 from wsncli.engine.store.checkpoint import load_checkpoint
 from wsncli.engine.usecases.infer import InferRequest, candidate_prep, infer_tasks, inference_inputs
@@ -160,3 +160,34 @@ def test_oneshot_per_batch_picks_the_group_whose_summed_per_sample_score_is_lowe
         summed = sample.scores[start : start + 4].sum(0)
         np.testing.assert_allclose(grouped.scores[start : start + 4].sum(0), summed, rtol=1e-4, atol=1e-6)
         assert (grouped.tasks[start : start + 4] == sample.candidates[int(np.argmin(summed))]).all()
+
+
+def test_auto_probabilities_are_padded_with_nan_past_a_smaller_head(tmp_path):
+    rng = np.random.default_rng(0)
+    root, ckpt = tmp_path / "data", tmp_path / "m.pt"
+    root.mkdir()
+    for t, n_classes in ((1, 2), (2, 3)):
+        y = np.arange(30) % n_classes
+        x = rng.normal(size=(30, 6)).astype(np.float32) + y[:, None]
+        np.savez(root / f"task{t}.npz", x_train=x, y_train=y, x_test=x[:9], y_test=y[:9])
+        args = ("-c", ckpt, "-t", t, "--benchmark", "npz", "--data-root", root, "--hidden", "8", "--epochs", 1, "-q")
+        assert_ok(wsn("train-task", *args))
+    inputs, out = tmp_path / "x.npy", tmp_path / "p.npy"
+    np.save(inputs, np.concatenate([np.load(root / f"task{t}.npz")["x_test"] for t in (1, 2)]))
+    assert_ok(wsn("predict", inputs, "-c", ckpt, "-t", "auto", "--proba", "-o", out))
+    doc = json_out(wsn("predict", inputs, "-c", ckpt, "-t", "auto", "--proba", "--json"))
+    rows = np.load(out)
+    assert rows.shape == (18, 3) and set(doc["inferred_tasks"]) == {1, 2}  # both widths occur
+    for row, probs, task in zip(rows, doc["probabilities"], doc["inferred_tasks"]):
+        assert len(probs) == (2 if task == 1 else 3) and np.allclose(row[: len(probs)], probs)
+        assert np.isnan(row[len(probs) :]).all()
+
+
+def test_auto_output_lines_and_eval_tables(digits_ckpt, mixed_inputs):
+    path, _ = mixed_inputs
+    doc = json_out(wsn("predict", path, "-c", digits_ckpt, "-t", "auto", "--json"))
+    lines = wsn("predict", path, "-c", digits_ckpt, "-t", "auto").stdout.splitlines()
+    assert [line.split()[:2] for line in lines] == [["task", str(t)] for t in doc["inferred_tasks"]]
+    table = wsn("eval", "-c", digits_ckpt, "--infer-task", "-q")
+    assert_ok(table)
+    assert "task inference (entropy), per sample" in table.stdout and "task confusion" in table.stdout
