@@ -113,3 +113,26 @@ def test_multi_dataset_script(tmp_path):
     assert set(runs) == {"wsn", "finetune"} and set(runs["wsn"]["tasks"]) == {"1", "2", "3", "4"}
     assert runs["wsn"]["bwt"] == 0.0 and runs["wsn"]["forget_free"] is True
     assert runs["wsn"]["tasks"]["1"]["reuse_of_earlier"] == 0.0 and runs["wsn"]["tasks"]["4"]["reuse_of_earlier"] > 0
+
+
+def test_task_inference_scripts(tiny_mnist, tmp_path):
+    ckpt = tmp_path / "p.pt"
+    args = (
+        "--benchmark",
+        "pmnist",
+        "--tasks",
+        "2",
+        "--epochs",
+        "1",
+        "--data-root",
+        str(tiny_mnist),
+        "--ckpt",
+        str(ckpt),
+    )
+    lines = run_script("task_inference.py", *args, "--per-batch", "8", "--timing-inputs", "16", "--blocks", "1")
+    rows = {l["method"]: l for l in lines if "method" in l}
+    assert set(rows) == {"entropy", "oneshot"} and all(0 <= r["task_inference_per_sample"] <= 1 for r in rows.values())
+    cost = next(l for l in lines if "oneshot_per_forward" in l)
+    assert cost["entropy_per_forward"] > 0 and cost["oneshot_batch_per_forward"] > 0
+    ablation = run_script("oneshot_direct_term.py", str(ckpt), "--inputs", "10")
+    assert [l["variant"] for l in ablation] == ["alpha in the masks only", "alpha in the heads too"]
