@@ -191,3 +191,20 @@ def test_auto_output_lines_and_eval_tables(digits_ckpt, mixed_inputs):
     table = wsn("eval", "-c", digits_ckpt, "--infer-task", "-q")
     assert_ok(table)
     assert "task inference (entropy), per sample" in table.stdout and "task confusion" in table.stdout
+
+
+def test_inference_on_an_image_folder_with_string_labels(tmp_path, monkeypatch):
+    """image-folder tasks (PNG files, string labels): predict --task auto on a
+    folder of images names each file's task and a label of that task."""
+    from tests.cli.test_data_cli import _image_folder
+
+    monkeypatch.setenv("WSN_CACHE_DIR", str(tmp_path / "cache"))
+    data, ckpt = _image_folder(tmp_path / "imgs"), tmp_path / "img.pt"
+    for t in (1, 2):
+        args = ("-t", t, "-c", ckpt, "--benchmark", "image-folder", "--data-root", data, "--arch", "conv4")
+        assert_ok(wsn("train-task", *args, "--epochs", 1, "--batch-size", 8, "-q"))
+    doc = json_out(wsn("eval", "-c", ckpt, "--data-root", data, "--infer-task", "--infer", "oneshot", "--json", "-q"))
+    assert [sum(r["per_sample"]["confusion"]) for r in doc["inference"]["tasks"]] == [8, 8]
+    auto = json_out(wsn("predict", data / "task2" / "test" / "dog2", "-c", ckpt, "-t", "auto", "--json"))
+    assert len(auto["files"]) == 4 and auto["task_classes"] == {"1": ["cat1", "dog1"], "2": ["cat2", "dog2"]}
+    assert all(label in auto["task_classes"][str(t)] for label, t in zip(auto["predictions"], auto["inferred_tasks"]))
