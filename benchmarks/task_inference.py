@@ -51,6 +51,9 @@ def learn(args) -> Path:
                 batch_size=args.batch_size,
                 capacity=args.capacity,
                 train_limit=args.train_limit,
+                arch=args.arch,
+                width=args.width,
+                image_size=args.image_size,
                 data_root=args.data_root,
                 device="cpu",
                 matrix=False,
@@ -114,6 +117,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--capacity", type=float, default=0.5)
     parser.add_argument("--train-limit", type=int, default=None)
+    parser.add_argument("--arch", default=None, help="default: the benchmark's (mlp)")
+    parser.add_argument("--width", type=int, default=None)
+    parser.add_argument("--image-size", type=int, default=None)
     parser.add_argument("--data-root", type=Path, default=Path.home() / ".cache" / "wsn")
     parser.add_argument("--ckpt", default=None)
     parser.add_argument("--per-batch", type=int, default=64)
