@@ -125,6 +125,7 @@ def main() -> None:
     parser.add_argument("--per-batch", type=int, default=64)
     parser.add_argument("--timing-inputs", type=int, default=512)
     parser.add_argument("--blocks", type=int, default=5)
+    parser.add_argument("--cost-only", action="store_true", help="only the cost and memory probe (no accuracy)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child-inputs", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -140,7 +141,7 @@ def main() -> None:
     print(
         f"{args.benchmark}: {len(ckpt.learned())} tasks; {machine()}; load {open('/proc/loadavg').read().split()[:3]}"
     )
-    for method in ("entropy", "oneshot"):
+    for method in () if args.cost_only else ("entropy", "oneshot"):
         report = evaluate_inference(ckpt, None, args.data_root, CPU, InferRequest(method, args.per_batch))
         sample, batch = report.overall(), report.overall(batch=True)
         row = {
