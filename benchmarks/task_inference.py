@@ -8,15 +8,14 @@ file, measures for each rule: task-inference accuracy per sample, accuracy with 
 (class-incremental), accuracy with the true task, and the same with one task per --per-batch test
 inputs of one task. Cost per input is a ratio: the rule's wall time over one plain forward with the
 true task (`predict`), measured in the same process in alternating blocks on the same inputs.
-Memory: how much each rule grows a fresh process's peak resident memory (ru_maxrss), beside the
-plain forward's growth.
+Memory: how far a fresh process's peak resident memory (Linux VmHWM, reset just before the run) rises
+above its resident memory while the rule runs, beside the plain forward's.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -87,8 +86,8 @@ def timing(ckpt, x, task: int, blocks: int, per_batch: int) -> dict:
 
 
 def peak_memory(ckpt_path: Path, mode: str, inputs: Path) -> int:
-    """How much a fresh process's peak resident memory (ru_maxrss, KiB) grows while it runs `mode` once
-    on the saved inputs, after loading the checkpoint and the inputs (no dataset)."""
+    """How much a fresh process's peak resident memory (VmHWM, reset just before; KiB) exceeds its
+    resident memory while it runs `mode` once on the saved inputs (checkpoint and inputs loaded first)."""
     cmd = [sys.executable, __file__, "--ckpt", str(ckpt_path), "--child", mode, "--child-inputs", str(inputs)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return int(out.stdout.split()[-1])
@@ -101,12 +100,18 @@ def child(args) -> None:
     task = ckpt.learned()[0]
     saved = np.load(args.child_inputs)
     raw, inputs = saved["raw"], saved["inputs"]
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    Path("/proc/self/clear_refs").write_text("5")  # Linux: the peak (VmHWM) restarts from the current RSS
+    before = _status_kib("VmRSS")
     if args.child == "predict":
         predict_task(ckpt, task, raw, CPU, False, "x")
     else:
         infer_tasks(ckpt, inputs, InferRequest(args.child), CPU)
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)  # the peak's growth while it ran
+    print(_status_kib("VmHWM") - before)  # the peak's growth while it ran
+
+
+def _status_kib(field: str) -> int:
+    line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(field + ":"))
+    return int(line.split()[1])
 
 
 def main() -> None:
