@@ -7,6 +7,7 @@ import math
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -198,3 +199,23 @@ def progress_bar(enabled: bool, live: Callable[[], str] | None = None) -> Iterat
 
 def pct(x: float | None) -> str:
     return "-" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{100 * x:.2f}%"
+
+
+ArchModuleOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--arch-module",
+        metavar="PKG.MODULE:FACTORY",
+        help="Your own trunk: FACTORY(input_shape) returns an nn.Module (B, *input) -> (B, features); wsn masks "
+        "it and adds heads. Needed again by every command that builds the network (docs/API.md).",
+    ),
+]
+
+
+def arch_module(name: str | None):
+    """The --arch-module's factory, imported now (None without the option); import errors are one line."""
+    if name is None:
+        return None
+    from wsncli.engine.nn.user import load_arch_module
+
+    return load_arch_module(name)

@@ -8,7 +8,18 @@ from typing import TYPE_CHECKING, Annotated, Literal, Optional
 import typer
 from rich.table import Table
 
-from wsncli.commands.console import fail, handle_errors, pct, print_json, progress_bar, show_progress, stdout, warn
+from wsncli.commands.console import (
+    ArchModuleOpt,
+    arch_module,
+    fail,
+    handle_errors,
+    pct,
+    print_json,
+    progress_bar,
+    show_progress,
+    stdout,
+    warn,
+)
 from wsncli.engine.limits import DEVICES, MAX_TASK_ID
 
 if TYPE_CHECKING:
@@ -130,6 +141,7 @@ def eval_command(
         typer.Option(envvar="WSN_DATA_ROOT", help="Folder with the datasets (env WSN_DATA_ROOT; default: recorded)."),
     ] = None,
     device: Annotated[Literal[DEVICES], typer.Option(help="Where to evaluate.")] = "auto",
+    arch_module_name: ArchModuleOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
 ) -> None:
@@ -140,7 +152,7 @@ def eval_command(
     from wsncli.engine.usecases.evaluate import evaluate_checkpoint
 
     dev = resolve_device(device)
-    checkpoint = load_checkpoint(ckpt)
+    checkpoint = load_checkpoint(ckpt, arch=arch_module(arch_module_name))
     configure_threads(sum(l.weight.numel() for l in checkpoint.model.subnet_layers().values()), None)
     root = resolve_data_root(data_root)
     if root is None and checkpoint.meta.data_root:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from wsncli.commands.console import handle_errors, not_stdout, print_json, stdout
+from wsncli.commands.console import ArchModuleOpt, arch_module, handle_errors, not_stdout, print_json, stdout
 from wsncli.engine.limits import MAX_TASK_ID
 
 
@@ -36,6 +36,7 @@ def export_command(
         ),
     ],
     force: Annotated[bool, typer.Option(help="Overwrite an existing file of another kind.")] = False,
+    arch_module_name: ArchModuleOpt = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print a summary as one JSON object.")] = False,
 ) -> None:
     """Export task TASK of CKPT: loadable with plain torch, no wsn needed (docs/EXPORT.md)."""
@@ -52,7 +53,7 @@ def export_command(
         _is_pt2_export if suffix == ".pt2" else (lambda p: b'"wsn-task-export"' in file_prefix(p, 4096))
     )  # never a checkpoint
     target = plan_output(output, what=f"{suffix} export", inputs=[ckpt], force=force, is_own_kind=own)
-    result = export_task(load_checkpoint(ckpt), task, suffix)
+    result = export_task(load_checkpoint(ckpt, arch=arch_module(arch_module_name)), task, suffix)
     size = write_output(target, result.data)
     if json_out:
         print_json(

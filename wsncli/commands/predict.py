@@ -7,7 +7,7 @@ from typing import Annotated, Literal, Optional
 
 import typer
 
-from wsncli.commands.console import handle_errors, not_stdout, print_json, stdout
+from wsncli.commands.console import ArchModuleOpt, arch_module, handle_errors, not_stdout, print_json, stdout
 from wsncli.engine.limits import DEVICES, MAX_TASK_ID
 
 
@@ -31,6 +31,7 @@ def predict_command(
     proba: Annotated[bool, typer.Option("--proba", help="Class probabilities (softmax of the head) too.")] = False,
     force: Annotated[bool, typer.Option(help="Overwrite an existing file that is not a .npy.")] = False,
     device: Annotated[Literal[DEVICES], typer.Option(help="Where to run.")] = "auto",
+    arch_module_name: ArchModuleOpt = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the predictions as one JSON object.")] = False,
 ) -> None:
     """Predict with task TASK of CKPT: the task's own transform, subnetwork and head; labels as learned."""
@@ -56,7 +57,7 @@ def predict_command(
             is_own_kind=lambda p: file_prefix(p, 6) == b"\x93NUMPY",
         )
     dev = resolve_device(device)
-    checkpoint = load_checkpoint(ckpt)
+    checkpoint = load_checkpoint(ckpt, arch=arch_module(arch_module_name))
     configure_threads(sum(l.weight.numel() for l in checkpoint.model.subnet_layers().values()), None)
     result = predict_task(checkpoint, task, read_inputs(inputs, checkpoint), dev, proba, str(inputs))
     files = [str(f) for f in image_files(inputs)] if is_image_input(inputs) else None

@@ -14,6 +14,8 @@ from typing import Annotated, Literal, Optional
 import typer
 
 from wsncli.commands.console import (
+    ArchModuleOpt,
+    arch_module,
     handle_errors,
     pct,
     positive_up_to,
@@ -56,6 +58,7 @@ def train_task_command(
     arch: Annotated[
         Optional[Literal[ARCHS]], typer.Option(help="Network of a new checkpoint (default: the benchmark's).")
     ] = None,
+    arch_module_name: ArchModuleOpt = None,
     hidden: Annotated[Optional[str], typer.Option(help="MLP hidden sizes of a new checkpoint, e.g. 100-100.")] = None,
     width: Annotated[Optional[int], typer.Option(min=1, max=1024, help="resnet18 base width nf (default 20).")] = None,
     bias: Annotated[
@@ -150,6 +153,7 @@ def train_task_command(
         task=task,
         benchmark=benchmark,
         arch=arch,
+        arch_module=arch_module(arch_module_name),
         hidden=parse_hidden(hidden) if hidden is not None else None,
         width=width,
         bias=bias,

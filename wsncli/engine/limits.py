@@ -17,6 +17,7 @@ BENCHMARKS = (
     "image-folder",
 )
 ARCHS = ("mlp", "conv", "resnet18", "lenet", "conv4")
+CUSTOM_ARCH = "custom"  # meta.model.arch of a network built by --arch-module (nn.user)
 DEVICES = ("auto", "cpu", "cuda")
 PACK_CODECS = (
     "auto",

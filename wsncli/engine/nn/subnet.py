@@ -75,8 +75,9 @@ class SubnetLayer(nn.Module):
     weight: nn.Parameter
     scores: nn.Parameter
 
-    def _init_parameters(self) -> None:
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+    def _init_parameters(self, keep_weight: bool = False) -> None:
+        if not keep_weight:  # a user's layer (nn.masking) keeps its own weights
+            nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
         nn.init.kaiming_uniform_(self.scores, a=math.sqrt(5))
         self.selector = TopKSelector()
         self.static_selection = False  # the device path's selection on any device (set_static_selection)

@@ -18,6 +18,7 @@ import msgspec
 from wsncli.engine.limits import (
     ARCHS,
     BENCHMARKS,
+    CUSTOM_ARCH,
     MAX_BATCH_SIZE,
     MAX_CLASSES,
     MAX_EPOCHS,
@@ -58,6 +59,8 @@ class ModelSpec(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     hidden: Annotated[list[Annotated[int, msgspec.Meta(ge=1, le=65536)]], msgspec.Meta(max_length=64)] = []
     width: Annotated[int, msgspec.Meta(ge=1, le=1024)] | None = None
     bias: bool = False  # per-task biases: tensors bias/<task>/<layer> (absent in files written before them)
+    module: Short | None = None  # arch "custom": the arch module's name, PKG.MODULE:FACTORY (never imported)
+    fingerprint: Digest | None = None  # arch "custom": sha256 of its layer names, kinds and shapes
 
 
 class LayerSpec(msgspec.Struct, forbid_unknown_fields=True):
@@ -185,8 +188,13 @@ def check_meta(meta: CheckpointMeta, version: int = 3) -> None:
     """The rules that span fields (docs/CHECKPOINT.md section 3) in a file of format `version`."""
     if meta.benchmark not in BENCHMARKS:
         raise CheckpointError(f"meta.benchmark must be one of {', '.join(BENCHMARKS)}, got {meta.benchmark[:60]!r}")
-    if meta.model.arch not in ARCHS:
-        raise CheckpointError(f"meta.model.arch must be one of {', '.join(ARCHS)}, got {meta.model.arch[:60]!r}")
+    if meta.model.arch not in (*ARCHS, CUSTOM_ARCH):
+        raise CheckpointError(
+            f"meta.model.arch must be one of {', '.join((*ARCHS, CUSTOM_ARCH))}, got {meta.model.arch[:60]!r}"
+        )
+    custom = meta.model.arch == CUSTOM_ARCH
+    if custom != (meta.model.module is not None) or custom != (meta.model.fingerprint is not None):
+        raise CheckpointError("meta.model.module and .fingerprint are given exactly when meta.model.arch is custom")
     if meta.method not in METHODS:
         raise CheckpointError(f"meta.method must be one of {', '.join(METHODS)}, got {meta.method[:60]!r}")
     names = [layer.name for layer in meta.layers]
@@ -243,10 +251,18 @@ def to_model_config(spec: ModelSpec):
     from wsncli.engine.nn.models import ModelConfig
 
     extra = {"width": spec.width} if spec.width is not None else {}
-    return ModelConfig(spec.arch, tuple(spec.input_shape), tuple(spec.hidden), bias=spec.bias, **extra)
+    return ModelConfig(
+        spec.arch, tuple(spec.input_shape), tuple(spec.hidden), bias=spec.bias, module=spec.module, **extra
+    )
 
 
-def from_model_config(config) -> ModelSpec:
+def from_model_config(config, fingerprint: str | None = None) -> ModelSpec:
     return ModelSpec(
-        config.arch, list(config.input_shape), list(config.hidden), getattr(config, "width", None), config.bias
+        config.arch,
+        list(config.input_shape),
+        list(config.hidden),
+        getattr(config, "width", None),
+        config.bias,
+        getattr(config, "module", None),
+        fingerprint,
     )

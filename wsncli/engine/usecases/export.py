@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from wsncli import __version__
+from wsncli.engine.nn.user import UserNet
 from wsncli.engine.store.checkpoint import Checkpoint, task_input_shape
 from wsncli.engine.usecases.predict import task_transform
 from wsncli.errors import TaskError, UsageError, WsnError
@@ -53,6 +54,8 @@ class TaskProgram(nn.Module):
             model.task_norms = nn.ModuleDict({str(task): model.task_norms[str(task)]})
         if str(task) in model.task_biases:
             model.task_biases = nn.ModuleDict({str(task): model.task_biases[str(task)]})
+        if isinstance(model, UserNet):
+            model.prune_to(task)
         self.net = model.eval()
         self.task = task
         prep = task_transform(ckpt, task, np.zeros(1, sample_dtype))

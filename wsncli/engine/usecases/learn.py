@@ -15,6 +15,7 @@ from wsncli import __version__
 from wsncli.engine.data.registry import TaskData, benchmark_info, check_options_apply, load_task, resolve_data_root
 from wsncli.engine.nn.models import ModelConfig, build_model
 from wsncli.engine.nn.subnet import k_for_capacity
+from wsncli.engine.nn.user import CUSTOM_ARCH
 from wsncli.engine.parallel.shard import Shard, world_size_from_env
 from wsncli.engine.runtime import configure_threads, resolve_device
 from wsncli.engine.store.checkpoint import Checkpoint, check_model_size, load_checkpoint, save_checkpoint
@@ -58,6 +59,9 @@ def _new_checkpoint(req: TaskRequest, data: TaskData, data_root: Path | None) ->
     extra = {"width": req.width} if req.width is not None else {}
     bias = info.default_bias if req.bias is None else req.bias
     config = ModelConfig(arch, tuple(data.input_shape), tuple(req.hidden or (100, 100)), bias=bias, **extra)
+    if req.arch_module is not None:  # the user's trunk; its own layers decide the biases
+        module = req.arch_module
+        config = ModelConfig(CUSTOM_ARCH, tuple(data.input_shape), module=module.name, factory=module.factory)
     try:
         check_model_size(config)
     except CheckpointError as exc:
@@ -68,7 +72,7 @@ def _new_checkpoint(req: TaskRequest, data: TaskData, data_root: Path | None) ->
     method = req.method or "wsn"
     meta = CheckpointMeta(
         benchmark=benchmark,
-        model=from_model_config(config),
+        model=from_model_config(config, getattr(model, "fingerprint", None)),
         seed=seed,
         method=method,
         n_tasks=req.n_tasks,
@@ -131,7 +135,7 @@ def _prepare(req: TaskRequest, real: Path, device: torch.device, status, on_prog
         check_options_apply(benchmark, options)
     else:
         status(f"loading {req.ckpt}")
-        ckpt = load_checkpoint(real, ADOPT if req.adopt_unsigned else REQUIRE)
+        ckpt = load_checkpoint(real, ADOPT if req.adopt_unsigned else REQUIRE, req.arch_module)
         if ckpt.signature == "unverified":  # signed, and no key here: the new file would silently lose it
             raise CheckpointError(
                 f"{req.ckpt}: the checkpoint is signed; set {KEY_ENV} to the key it was signed with "

@@ -19,6 +19,7 @@ from wsncli.engine.limits import (
     METHODS,
 )
 from wsncli.engine.nn.models import ARCHS
+from wsncli.engine.nn.user import ArchModule
 from wsncli.engine.store.checkpoint import Checkpoint
 from wsncli.engine.store.container import KEY_ENV, signing_key
 from wsncli.engine.store.schema import to_model_config
@@ -38,6 +39,7 @@ class TaskRequest:
     task: int
     benchmark: str | None = None
     arch: str | None = None
+    arch_module: ArchModule | None = None  # a new checkpoint's trunk, or an existing custom one's (nn.user)
     hidden: tuple[int, ...] | None = None
     width: int | None = None
     bias: bool | None = None  # per-task biases in a new checkpoint (None: the benchmark's default)
@@ -93,6 +95,8 @@ def check_request(req: TaskRequest) -> None:
             raise UsageError(f"unknown {what} {value!r}; choose one of: {', '.join(choices)}")
     if req.hidden is not None and any(not 1 <= h <= 65536 for h in req.hidden):
         raise UsageError(f"--hidden sizes must be 1..65536, got {'-'.join(map(str, req.hidden))}")
+    if req.arch_module is not None and (req.arch is not None or req.hidden is not None or req.width is not None):
+        raise UsageError("--arch-module builds the whole trunk: it takes no --arch, --hidden or --width")
     if req.method == "finetune" and req.capacity is not None:
         raise UsageError("--capacity has no meaning for --method finetune (the dense baseline uses every weight)")
     if req.adopt_unsigned and signing_key() is None:
