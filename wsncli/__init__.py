@@ -34,6 +34,8 @@ __all__ = ["__version__", *_HOMES]
 
 
 def __getattr__(name: str) -> Any:
+    if name == "errors":  # the exception hierarchy: wsn.errors.TaskError, ...
+        return importlib.import_module("wsncli.errors")
     home = _HOMES.get(name)
     if home is None:
         raise AttributeError(f"module 'wsncli' has no attribute {name!r}")
