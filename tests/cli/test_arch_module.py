@@ -23,6 +23,24 @@ def cnn(input_shape):
         nn.Flatten(), nn.Linear(8 * 4 * 4, 16), nn.ReLU(),
     )
 
+def cnn_wider(input_shape):
+    """cnn with a wider Linear: the same layer names and kinds, another shape."""
+    return nn.Sequential(
+        nn.Unflatten(1, (1, 8, 8)),
+        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+        nn.Conv2d(4, 8, 3, stride=2, padding=1), nn.ReLU(),
+        nn.Flatten(), nn.Linear(8 * 4 * 4, 20), nn.ReLU(),
+    )
+
+def cnn_dilated(input_shape):
+    """cnn with a dilated first conv: the same names, kinds and shapes, another function."""
+    return nn.Sequential(
+        nn.Unflatten(1, (1, 8, 8)),
+        nn.Conv2d(1, 4, 3, padding=2, dilation=2), nn.BatchNorm2d(4), nn.ReLU(),
+        nn.Conv2d(4, 8, 3, stride=2, padding=1), nn.ReLU(),
+        nn.Flatten(), nn.Linear(8 * 4 * 4, 16), nn.ReLU(),
+    )
+
 def wider(input_shape):
     return nn.Sequential(nn.Flatten(), nn.Linear(input_shape[0], 24), nn.ReLU())
 
@@ -69,7 +87,8 @@ def test_later_commands_need_the_same_network(trunks):
     ckpt = trunks / "run.wsn"
     json_out(_train(ckpt, 1))
     assert_error(wsn("eval", "-c", ckpt), 2, "--arch-module wsn_test_trunks:cnn", "never makes wsn import")
-    assert_error(wsn("eval", "-c", ckpt, "--arch-module", f"{MOD}:wider"), 2, "different network")
+    for other in ("wider", "cnn_wider", "cnn_dilated"):
+        assert_error(wsn("eval", "-c", ckpt, "--arch-module", f"{MOD}:{other}"), 2, "different network")
     assert_error(_train(ckpt, 2, f"{MOD}:wider"), 2, "different network")
     assert_error(wsn("train-task", "-t", 2, "-c", ckpt, "--epochs", 1), 2, "pass --arch-module again")
 
