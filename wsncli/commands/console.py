@@ -22,8 +22,16 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from wsncli.engine.journal import installed
 from wsncli.errors import Interrupted, OutputError, WsnError
-from wsncli.interrupts import Terminated, command_finished, command_started, interrupted_message, written
+from wsncli.interrupts import (
+    CommandJournal,
+    Terminated,
+    command_finished,
+    command_started,
+    interrupted_message,
+    written,
+)
 
 BROKEN_PIPE = 141  # as a shell reports a process ended by SIGPIPE: the reader (`| head`) has gone
 
@@ -121,7 +129,8 @@ def handle_errors(fn: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         try:
             command_started()
-            return fn(*args, **kwargs)
+            with installed(CommandJournal()):  # the engine reports written files and clean-ups here
+                return fn(*args, **kwargs)
         except OutputError as exc:
             raise fail(_after_writing(str(exc)), exc.exit_code) from None
         except WsnError as exc:
