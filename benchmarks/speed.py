@@ -33,7 +33,7 @@ from common import emit, machine  # noqa: E402
 
 from wsncli.engine.nn.models import ModelConfig, build_model  # noqa: E402
 from wsncli.engine.nn.selection import kernels_available  # noqa: E402
-from wsncli.engine.runtime import configure_threads  # noqa: E402
+from wsncli.engine.runtime import choose_threads  # noqa: E402
 
 CONFIGS = {
     "mlp-100-b10": (ModelConfig("mlp", (784,), (100, 100)), 10),
@@ -68,7 +68,8 @@ class Setup:
         self.variant, self.device = variant, device
         torch.manual_seed(0)
         self.model = build_model(config)
-        self.threads = configure_threads(sum(l.weight.numel() for l in self.model.subnet_layers().values()), None)
+        self.threads = choose_threads(sum(l.weight.numel() for l in self.model.subnet_layers().values()), None)
+        torch.set_num_threads(self.threads)
         self.model.add_task(1, 10)
         self.model.add_task(2, 10)
         self.model.to(device)

@@ -228,3 +228,10 @@ def arch_module(name: str | None):
     from wsncli.engine.nn.user import load_arch_module
 
     return load_arch_module(name)
+
+
+def set_threads(count: int) -> None:
+    """The command sets torch's CPU thread count (the engine only chooses it: engine.runtime.choose_threads)."""
+    import torch
+
+    torch.set_num_threads(count)

@@ -16,6 +16,7 @@ from wsncli.commands.console import (
     pct,
     print_json,
     progress_bar,
+    set_threads,
     show_progress,
     stdout,
     warn,
@@ -147,13 +148,13 @@ def eval_command(
 ) -> None:
     """Re-evaluate learned tasks on their test sets; exit 3 if any task's subnetwork changed."""
     from wsncli.engine.data.registry import resolve_data_root
-    from wsncli.engine.runtime import configure_threads, resolve_device
+    from wsncli.engine.runtime import choose_threads, resolve_device
     from wsncli.engine.store.checkpoint import load_checkpoint
     from wsncli.engine.usecases.evaluate import evaluate_checkpoint
 
     dev = resolve_device(device)
     checkpoint = load_checkpoint(ckpt, arch=arch_module(arch_module_name))
-    configure_threads(sum(l.weight.numel() for l in checkpoint.model.subnet_layers().values()), None)
+    set_threads(choose_threads(sum(l.weight.numel() for l in checkpoint.model.subnet_layers().values()), None))
     root = resolve_data_root(data_root)
     if root is None and checkpoint.meta.data_root:
         root = Path(checkpoint.meta.data_root)

@@ -7,7 +7,15 @@ from typing import Annotated, Literal, Optional
 
 import typer
 
-from wsncli.commands.console import ArchModuleOpt, arch_module, handle_errors, not_stdout, print_json, stdout
+from wsncli.commands.console import (
+    ArchModuleOpt,
+    arch_module,
+    handle_errors,
+    not_stdout,
+    print_json,
+    set_threads,
+    stdout,
+)
 from wsncli.engine.limits import DEVICES, MAX_TASK_ID
 
 
@@ -40,7 +48,7 @@ def predict_command(
     import numpy as np
 
     from wsncli.commands.schemas import PredictDoc, schema_id
-    from wsncli.engine.runtime import configure_threads, resolve_device
+    from wsncli.engine.runtime import choose_threads, resolve_device
     from wsncli.engine.store.checkpoint import load_checkpoint
     from wsncli.engine.store.paths import file_prefix, plan_output, write_output
     from wsncli.engine.usecases.predict import image_files, is_image_input, predict_task, read_inputs
@@ -58,7 +66,7 @@ def predict_command(
         )
     dev = resolve_device(device)
     checkpoint = load_checkpoint(ckpt, arch=arch_module(arch_module_name))
-    configure_threads(sum(l.weight.numel() for l in checkpoint.model.subnet_layers().values()), None)
+    set_threads(choose_threads(sum(l.weight.numel() for l in checkpoint.model.subnet_layers().values()), None))
     result = predict_task(checkpoint, task, read_inputs(inputs, checkpoint), dev, proba, str(inputs))
     files = [str(f) for f in image_files(inputs)] if is_image_input(inputs) else None
     if target is not None:

@@ -21,6 +21,7 @@ from wsncli.commands.console import (
     positive_up_to,
     print_json,
     progress_bar,
+    set_threads,
     show_progress,
     stderr,
     stdout,
@@ -202,7 +203,7 @@ def train_task_command(
         )
         # status lines only on a terminal: a refusal in a script or pipe stays one line on stderr
         status = (lambda msg: stderr.print(msg)) if show_progress(quiet) else None
-        result = learn_task(request, callbacks, status, on_decode)
+        result = learn_task(request, callbacks, status, on_decode, on_threads=set_threads)
     if result.record is None:
         return
     for message in result.warnings:

@@ -170,6 +170,7 @@ def _with_arch(config, arch: ArchModule | None):
     return replace(config, factory=arch.factory)
 
 
+@torch.random.fork_rng(devices=[])  # building draws initial values, all overwritten: the caller's generator is kept
 def build_checkpoint(found: CheckpointFile, arch: ArchModule | None = None) -> Checkpoint:
     """The torch network and masks from a checked file; every tensor's dtype and shape is checked
     against a network built on the meta device before the real one is allocated."""
