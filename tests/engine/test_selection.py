@@ -134,7 +134,7 @@ def test_the_fused_step_gives_torchs_bits(monkeypatch, frozen_share):
                             y.detach().clone(),
                             layer.weight.grad.clone(),
                             layer.scores.grad.clone(),
-                            layer._last_mask.clone(),
+                            layer.current_mask().clone(),
                         )
                     )
                     layer.weight.grad = layer.scores.grad = None

@@ -33,11 +33,13 @@ from wsncli.engine.limits import (
     DEVICES,
     MAX_BATCH_SIZE,
     MAX_EPOCHS,
+    MAX_IMAGE_SIZE,
     MAX_LR,
     MAX_SEED,
     MAX_TASK_ID,
     MAX_THREADS,
     MAX_TRAIN_LIMIT,
+    MAX_WIDTH,
     METHODS,
 )
 from wsncli.interrupts import add_interrupt_hint
@@ -61,7 +63,9 @@ def train_task_command(
     ] = None,
     arch_module_name: ArchModuleOpt = None,
     hidden: Annotated[Optional[str], typer.Option(help="MLP hidden sizes of a new checkpoint, e.g. 100-100.")] = None,
-    width: Annotated[Optional[int], typer.Option(min=1, max=1024, help="resnet18 base width nf (default 20).")] = None,
+    width: Annotated[
+        Optional[int], typer.Option(min=1, max=MAX_WIDTH, help="resnet18 base width nf (default 20).")
+    ] = None,
     bias: Annotated[
         Optional[bool],
         typer.Option(
@@ -100,7 +104,8 @@ def train_task_command(
         Optional[Path], typer.Option(envvar="WSN_DATA_ROOT", help="Folder with the datasets (env WSN_DATA_ROOT).")
     ] = None,
     image_size: Annotated[
-        Optional[int], typer.Option(min=1, max=4096, help="Images: resize to NxN (MNIST-style: zero-pad, e.g. 32).")
+        Optional[int],
+        typer.Option(min=1, max=MAX_IMAGE_SIZE, help="Images: resize to NxN (MNIST-style: zero-pad, e.g. 32)."),
     ] = None,
     channels: Annotated[Optional[int], typer.Option(min=1, max=3, help="image-folder: 1 or 3 channels.")] = None,
     train_limit: Annotated[

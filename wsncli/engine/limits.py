@@ -43,6 +43,9 @@ MAX_BATCH_SIZE = 1 << 24
 MAX_LR = 1e3
 MAX_THREADS = 4096
 MAX_TRAIN_LIMIT = 1 << 40  # --train-limit: training samples of a task
+MAX_WIDTH = 1024  # resnet18's base width nf (--width; meta.model.width)
+MAX_HIDDEN = 65536  # an mlp hidden layer's size (--hidden; meta.model.hidden)
+MAX_IMAGE_SIZE = 4096  # --image-size; meta.image_size
 
 
 def env_limit(var: str, default, unit: str, error: type[Exception]):

@@ -29,25 +29,6 @@ class ModelConfig:
     module: str | None = None  # arch "custom": the arch module's name (nn.user), stored
     factory: Callable | None = field(default=None, compare=False, repr=False)  # its trunk factory, never stored
 
-    def to_dict(self) -> dict:
-        d = {"arch": self.arch, "input_shape": list(self.input_shape), "hidden": list(self.hidden)}
-        if self.width is not None:  # absent in checkpoints written before widths existed
-            d["width"] = self.width
-        if self.bias:  # absent in checkpoints written before per-task biases existed
-            d["bias"] = True
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ModelConfig:
-        width = d.get("width")
-        return cls(
-            d["arch"],
-            tuple(int(v) for v in d["input_shape"]),
-            tuple(int(v) for v in d["hidden"]),
-            None if width is None else int(width),
-            bool(d.get("bias", False)),
-        )
-
 
 def image_input(config: ModelConfig, min_side: int) -> tuple[int, int, int]:
     """(C, H, W) of config's inputs; refuses other ranks and images smaller than min_side (DataError:

@@ -12,11 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wsncli.engine.limits import ARCHS
+from wsncli.engine.limits import ARCHS, MAX_HIDDEN
 from wsncli.engine.nn.base import ModelConfig, WSNNet, image_input, shift
 from wsncli.engine.nn.convnets import Conv4Net, ConvNet, LeNet
 from wsncli.engine.nn.masking import MaskedConv2d
-from wsncli.engine.nn.resnet import DEFAULT_WIDTH, MAX_WIDTH, ResNet18
+from wsncli.engine.nn.resnet import DEFAULT_WIDTH, ResNet18
 from wsncli.engine.nn.subnet import SubnetConv2d, SubnetLinear
 from wsncli.engine.nn.user import CUSTOM_ARCH, UserNet
 from wsncli.errors import UsageError
@@ -24,7 +24,6 @@ from wsncli.errors import UsageError
 __all__ = [
     "ARCHS",
     "DEFAULT_WIDTH",
-    "MAX_WIDTH",
     "WIDTH_ARCHS",
     "Conv4Net",
     "ConvNet",
@@ -51,8 +50,8 @@ def parse_hidden(text: str) -> tuple[int, ...]:
         raise UsageError(f"--hidden must be sizes like 100-100, got {text!r}") from None
     if not sizes:
         raise UsageError(f"--hidden must be sizes like 100-100, got {text!r}")
-    if any(s < 1 or s > 65536 for s in sizes):
-        raise UsageError(f"--hidden sizes must be 1..65536, got {text!r}")
+    if any(s < 1 or s > MAX_HIDDEN for s in sizes):
+        raise UsageError(f"--hidden sizes must be 1..{MAX_HIDDEN}, got {text!r}")
     return sizes
 
 

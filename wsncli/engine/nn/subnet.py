@@ -58,7 +58,6 @@ class _FusedMaskedWeight(torch.autograd.Function):
         mask, trainable, w_eff = layer.selector.fused_select(
             scores.detach(), weight.detach(), free, layer.k, layer._work
         )
-        layer._last_mask = mask.view(weight.shape)
         ctx.save_for_backward(weight, scores, trainable)
         return w_eff.view(weight.shape)
 
@@ -83,18 +82,15 @@ class SubnetLayer(nn.Module):
         self.static_selection = False  # the device path's selection on any device (set_static_selection)
         self.mode = "dense"
         self.k = self.weight.numel()
-        self.frozen: torch.Tensor | None = None  # bool, weight shape: weights earlier tasks use
         self._free_f: torch.Tensor | None = None
         self._free: torch.Tensor | None = None  # bool (n,): ~frozen, for the fused kernel
         self._work: torch.Tensor | None = None  # float (n,): the kernel's scratch buffer
         self.fixed_mask: torch.Tensor | None = None
         self._cached_weight: torch.Tensor | None = None
-        self._last_mask: torch.Tensor | None = None
 
     # modes ---------------------------------------------------------------------------------
     def train_subnet(self, k: int, frozen: torch.Tensor | None) -> None:
         self.mode, self.k = "subnet", k
-        self.frozen = frozen
         self._free_f = None if frozen is None else (~frozen).to(self.weight.dtype)  # 1 where trainable
         self._free = None if frozen is None else (~frozen).reshape(-1).contiguous()
         self._work = None
@@ -137,7 +133,6 @@ class SubnetLayer(nn.Module):
                 self._work = torch.empty(self.weight.numel(), dtype=torch.float32)
             return _FusedMaskedWeight.apply(self.weight, self.scores, self)
         mask = self.current_mask()
-        self._last_mask = mask
         mask_f = mask.to(self.weight.dtype)
         trainable_f = mask_f if self._free_f is None else mask_f * self._free_f
         return _MaskedWeight.apply(self.weight, self.scores, mask_f, trainable_f)

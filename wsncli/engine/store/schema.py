@@ -10,7 +10,6 @@ here whatever the checksums say. Failures raise CheckpointError with a short rea
 from __future__ import annotations
 
 import json
-import re
 from typing import Annotated
 
 import msgspec
@@ -22,17 +21,19 @@ from wsncli.engine.limits import (
     MAX_BATCH_SIZE,
     MAX_CLASSES,
     MAX_EPOCHS,
+    MAX_HIDDEN,
+    MAX_IMAGE_SIZE,
     MAX_INPUT_DIM,
     MAX_INPUT_DIMS,
     MAX_LABEL_CHARS,
     MAX_LR,
     MAX_SEED,
     MAX_TASK_ID,
+    MAX_WIDTH,
     METHODS,
 )
 from wsncli.errors import CheckpointError
 
-HEX64 = re.compile(r"[0-9a-f]{64}")
 _INT64 = 2**63
 _NAME = 256  # characters of a layer name or short string field
 
@@ -56,8 +57,8 @@ class ModelSpec(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
         list[Annotated[int, msgspec.Meta(ge=1, le=MAX_INPUT_DIM)]],
         msgspec.Meta(min_length=1, max_length=MAX_INPUT_DIMS),
     ]
-    hidden: Annotated[list[Annotated[int, msgspec.Meta(ge=1, le=65536)]], msgspec.Meta(max_length=64)] = []
-    width: Annotated[int, msgspec.Meta(ge=1, le=1024)] | None = None
+    hidden: Annotated[list[Annotated[int, msgspec.Meta(ge=1, le=MAX_HIDDEN)]], msgspec.Meta(max_length=64)] = []
+    width: Annotated[int, msgspec.Meta(ge=1, le=MAX_WIDTH)] | None = None
     bias: bool = False  # per-task biases: tensors bias/<task>/<layer> (absent in files written before them)
     module: Short | None = None  # arch "custom": the arch module's name, PKG.MODULE:FACTORY (never imported)
     fingerprint: Digest | None = None  # arch "custom": sha256 of its layer names, kinds and shapes
@@ -139,7 +140,7 @@ class CheckpointMeta(msgspec.Struct, forbid_unknown_fields=True):
     data_root: Annotated[str, msgspec.Meta(max_length=4096)] | None = None
     default_capacity: Capacity | None = None
     wsn_version: Short | None = None
-    image_size: Annotated[int, msgspec.Meta(ge=1, le=4096)] | None = None
+    image_size: Annotated[int, msgspec.Meta(ge=1, le=MAX_IMAGE_SIZE)] | None = None
     channels: Annotated[int, msgspec.Meta(ge=1, le=4)] | None = None
 
 

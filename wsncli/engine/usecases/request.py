@@ -11,11 +11,14 @@ from wsncli.engine.data.registry import BENCHMARKS
 from wsncli.engine.limits import (
     MAX_BATCH_SIZE,
     MAX_EPOCHS,
+    MAX_HIDDEN,
+    MAX_IMAGE_SIZE,
     MAX_LR,
     MAX_SEED,
     MAX_TASK_ID,
     MAX_THREADS,
     MAX_TRAIN_LIMIT,
+    MAX_WIDTH,
     METHODS,
 )
 from wsncli.engine.nn.models import ARCHS
@@ -77,8 +80,8 @@ def check_request(req: TaskRequest) -> None:
     _in("--batch-size", req.batch_size, 1, MAX_BATCH_SIZE)
     _in("--threads", req.threads, 1, MAX_THREADS)
     _in("--n-tasks", req.n_tasks, 1, MAX_TASK_ID)
-    _in("--width", req.width, 1, 4096)
-    _in("--image-size", req.image_size, 1, 4096)
+    _in("--width", req.width, 1, MAX_WIDTH)
+    _in("--image-size", req.image_size, 1, MAX_IMAGE_SIZE)
     _in("--train-limit", req.train_limit, 1, MAX_TRAIN_LIMIT)
     if req.channels is not None and req.channels not in (1, 3):
         raise UsageError(f"--channels must be 1 or 3, got {req.channels}")
@@ -93,8 +96,8 @@ def check_request(req: TaskRequest) -> None:
     ):
         if value is not None and value not in choices:
             raise UsageError(f"unknown {what} {value!r}; choose one of: {', '.join(choices)}")
-    if req.hidden is not None and any(not 1 <= h <= 65536 for h in req.hidden):
-        raise UsageError(f"--hidden sizes must be 1..65536, got {'-'.join(map(str, req.hidden))}")
+    if req.hidden is not None and any(not 1 <= h <= MAX_HIDDEN for h in req.hidden):
+        raise UsageError(f"--hidden sizes must be 1..{MAX_HIDDEN}, got {'-'.join(map(str, req.hidden))}")
     if req.arch_module is not None and (req.arch is not None or req.hidden is not None or req.width is not None):
         raise UsageError("--arch-module builds the whole trunk: it takes no --arch, --hidden or --width")
     if req.method == "finetune" and req.capacity is not None:
