@@ -147,24 +147,16 @@ def eval_command(
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
 ) -> None:
     """Re-evaluate learned tasks on their test sets; exit 3 if any task's subnetwork changed."""
-    from wsncli.engine.data.registry import resolve_data_root
-    from wsncli.engine.runtime import choose_threads, resolve_device
-    from wsncli.engine.store.checkpoint import load_checkpoint
-    from wsncli.engine.usecases.evaluate import evaluate_checkpoint
+    from wsncli.engine.usecases.evaluate import EvalRequest, evaluate_file
 
-    dev = resolve_device(device)
-    checkpoint = load_checkpoint(ckpt, arch=arch_module(arch_module_name))
-    set_threads(choose_threads(sum(l.weight.numel() for l in checkpoint.model.subnet_layers().values()), None))
-    root = resolve_data_root(data_root)
-    if root is None and checkpoint.meta.data_root:
-        root = Path(checkpoint.meta.data_root)
+    request = EvalRequest(ckpt, task, data_root, device, arch_module(arch_module_name))
     with progress_bar(show_progress(quiet)) as progress:
-        bar = progress.add_task("evaluating", total=len(task or checkpoint.learned()))
+        bar = progress.add_task("evaluating", total=None)
 
         def on_task(t: int, i: int, n: int) -> None:
-            progress.update(bar, completed=i, description=f"task {t}")
+            progress.update(bar, completed=i, total=n, description=f"task {t}")
 
-        report = evaluate_checkpoint(checkpoint, task, root, dev, on_task)
+        report = evaluate_file(request, on_task, on_threads=set_threads)
     if json_out:
         print_json(eval_doc(ckpt, report))
     else:

@@ -43,36 +43,12 @@ def predict_command(
     json_out: Annotated[bool, typer.Option("--json", help="Print the predictions as one JSON object.")] = False,
 ) -> None:
     """Predict with task TASK of CKPT: the task's own transform, subnetwork and head; labels as learned."""
-    import io
-
-    import numpy as np
-
     from wsncli.commands.schemas import PredictDoc, schema_id
-    from wsncli.engine.runtime import choose_threads, resolve_device
-    from wsncli.engine.store.checkpoint import load_checkpoint
-    from wsncli.engine.store.paths import file_prefix, plan_output, write_output
-    from wsncli.engine.usecases.predict import image_files, is_image_input, predict_task, read_inputs
+    from wsncli.engine.usecases.predict import PredictRequest, predict_file
 
-    target = None
-    if output is not None and str(output) != "-" and output.suffix.lower() != ".npy":
-        output = output.with_name(output.name + ".npy")  # a .npy file is named so, as numpy.save names it
-    if output is not None:
-        target = plan_output(
-            output,
-            what=".npy file",
-            inputs=[ckpt, inputs],
-            force=force,
-            is_own_kind=lambda p: file_prefix(p, 6) == b"\x93NUMPY",
-        )
-    dev = resolve_device(device)
-    checkpoint = load_checkpoint(ckpt, arch=arch_module(arch_module_name))
-    set_threads(choose_threads(sum(l.weight.numel() for l in checkpoint.model.subnet_layers().values()), None))
-    result = predict_task(checkpoint, task, read_inputs(inputs, checkpoint), dev, proba, str(inputs))
-    files = [str(f) for f in image_files(inputs)] if is_image_input(inputs) else None
-    if target is not None:
-        buffer = io.BytesIO()
-        np.save(buffer, result.probabilities if proba else result.labels, allow_pickle=False)
-        write_output(target, buffer.getvalue())
+    request = PredictRequest(ckpt, task, inputs, output, force, proba, device, arch_module(arch_module_name))
+    done = predict_file(request, on_threads=set_threads)
+    result, files, output = done.predictions, done.files, done.output
     if json_out:
         print_json(
             PredictDoc(

@@ -26,6 +26,7 @@ from wsncli.engine.store.schema import CheckpointMeta, TaskRecord, from_model_co
 from wsncli.engine.training import snapshot as resume
 from wsncli.engine.training.loop import TrainCallbacks, TrainResult, TrainSettings, train_task
 from wsncli.engine.usecases.adopt import adopt
+from wsncli.engine.usecases.evaluate import checkpoint_data_root
 from wsncli.engine.usecases.record import accuracy_row, data_options, task_record
 from wsncli.engine.usecases.request import (
     DEFAULT_BENCHMARK,
@@ -143,8 +144,7 @@ def _prepare(req: TaskRequest, real: Path, device: torch.device, status, on_prog
             )
         check_matches(ckpt, req)
         benchmark, options = ckpt.meta.benchmark, data_options(ckpt, on_progress)
-        if data_root is None and ckpt.meta.data_root:
-            data_root = Path(ckpt.meta.data_root)
+        data_root = checkpoint_data_root(ckpt, req.data_root)
         if ckpt.signature in ("unsigned", "invalid") and signing_key() is not None:  # --adopt-unsigned
             status(f"re-verifying every task of {req.ckpt} before adopting it")
             adopted = adopt(ckpt, req.ckpt, data_root, device)
