@@ -169,3 +169,27 @@ def test_ruff_format_is_clean():
         [str(ruff), "format", "--check", "--no-cache", "."], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# What a command may take from the engine besides its use case (wsncli.engine.usecases): names and
+# limits for parsing, the journal, the arch-module import, callback types; and three helpers still
+# reached directly (listed so that no new one creeps in).
+COMMAND_ENGINE_ALLOWED = {
+    "wsncli.engine.limits",
+    "wsncli.engine.journal",
+    "wsncli.engine.nn.user",
+    "wsncli.engine.nn.models",  # parse_hidden
+    "wsncli.engine.training.loop",  # EpochStats, TrainCallbacks (progress callbacks)
+    "wsncli.engine.training.snapshot",  # snapshot_path, for train-task's interrupt hint
+    "wsncli.engine.store.paths",  # resolve, for train-task's interrupt hint
+    "wsncli.engine.store.container",  # FORMAT_NAME, for inspect's output
+}
+
+
+def test_commands_reach_the_engine_through_use_cases(graph):
+    for name, deps in graph.items():
+        if not name.startswith(("wsncli.commands", "wsncli.app")):
+            continue
+        engine = {d for d in deps if d.startswith("wsncli.engine.") and not d.startswith("wsncli.engine.usecases")}
+        modules = {d for d in engine if d in _modules()}
+        assert modules <= COMMAND_ENGINE_ALLOWED, f"{name} reaches into {sorted(modules - COMMAND_ENGINE_ALLOWED)}"
