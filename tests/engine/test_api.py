@@ -139,3 +139,16 @@ def test_an_all_ones_mask_computes_the_users_layers_with_a_zero_bias():
         got = module(x)
     conv = nn.functional.conv2d(x, net[0].weight, stride=2, padding=1)  # per-task bias is zero
     assert torch.equal(got, nn.functional.linear(conv.flatten(1), net[2].weight))
+
+
+def test_errors_name_fields_and_the_command_layer_names_options(tmp_path):
+    from tests.cli.helpers import assert_error, wsn
+    from wsncli.engine.usecases.learn import TaskRequest, learn_task
+    from wsncli.errors import FieldError
+
+    with pytest.raises(FieldError, match=r"^channels must be 1 or 3, got 2$"):
+        learn_task(TaskRequest(ckpt=tmp_path / "x.wsn", task=1, channels=2))
+    with pytest.raises(FieldError, match=r"^batch_size must be between"):
+        learn_task(TaskRequest(ckpt=tmp_path / "x.wsn", task=1, batch_size=0))
+    assert_error(wsn("train-task", "-t", 1, "-c", tmp_path / "x.wsn", "--channels", 2), 2, "--channels must be 1 or 3")
+    assert not (tmp_path / "x.wsn").exists()

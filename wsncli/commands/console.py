@@ -23,7 +23,7 @@ from rich.progress import (
 from rich.text import Text
 
 from wsncli.engine.journal import installed
-from wsncli.errors import Interrupted, OutputError, WsnError
+from wsncli.errors import FieldError, Interrupted, OutputError, WsnError
 from wsncli.interrupts import (
     CommandJournal,
     Terminated,
@@ -133,6 +133,8 @@ def handle_errors(fn: Callable) -> Callable:
                 return fn(*args, **kwargs)
         except OutputError as exc:
             raise fail(_after_writing(str(exc)), exc.exit_code) from None
+        except FieldError as exc:  # the engine names the field; the user typed the option
+            raise fail(exc.as_option(), exc.exit_code) from None
         except WsnError as exc:
             raise fail(str(exc), exc.exit_code) from None
         except BrokenPipeError:

@@ -24,7 +24,7 @@ from torch import nn
 from wsncli.engine.nn.masking import masking_report, set_task, shared_parameters, task_parts
 from wsncli.engine.nn.selection import k_for_capacity
 from wsncli.engine.nn.subnet import SubnetLayer
-from wsncli.errors import ForgettingDetected, TaskError, UsageError
+from wsncli.errors import FieldError, ForgettingDetected, TaskError, UsageError
 
 
 @dataclass(frozen=True)
@@ -180,4 +180,4 @@ class Learner:
 
 def _check_capacity(capacity: float) -> None:
     if not isinstance(capacity, (int, float)) or not 0.0 < float(capacity) <= 1.0:
-        raise UsageError(f"capacity must be a fraction in (0, 1], got {capacity!r}")
+        raise FieldError("capacity", f"must be a fraction in (0, 1], got {capacity!r}")
