@@ -28,6 +28,21 @@ _HOMES = {
     "Checkpoint": "wsncli.engine.store.checkpoint",
     "TaskFunction": "wsncli.engine.store.checkpoint",
     "open_checkpoint": "wsncli.engine.store.checkpoint",
+    "ArchModule": "wsncli.engine.nn.user",
+    "load_arch_module": "wsncli.engine.nn.user",
+    # the use cases the commands run, one call each
+    "TaskRequest": "wsncli.engine.usecases.learn",
+    "learn_task": "wsncli.engine.usecases.learn",
+    "EvalRequest": "wsncli.engine.usecases.evaluate",
+    "evaluate_file": "wsncli.engine.usecases.evaluate",
+    "PredictRequest": "wsncli.engine.usecases.predict",
+    "predict_file": "wsncli.engine.usecases.predict",
+    "ExportRequest": "wsncli.engine.usecases.export",
+    "export_file": "wsncli.engine.usecases.export",
+    "report_folder": "wsncli.engine.usecases.report",
+    "pack_file": "wsncli.engine.usecases.pack",
+    "unpack_masks_file": "wsncli.engine.usecases.pack",
+    "inspect_file": "wsncli.engine.usecases.inspect",
 }
 
 __all__ = ["__version__", *_HOMES]

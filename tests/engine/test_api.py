@@ -152,3 +152,15 @@ def test_errors_name_fields_and_the_command_layer_names_options(tmp_path):
         learn_task(TaskRequest(ckpt=tmp_path / "x.wsn", task=1, batch_size=0))
     assert_error(wsn("train-task", "-t", 1, "-c", tmp_path / "x.wsn", "--channels", 2), 2, "--channels must be 1 or 3")
     assert not (tmp_path / "x.wsn").exists()
+
+
+def test_every_public_name_resolves_and_importing_wsncli_loads_no_torch():
+    import subprocess
+    import sys
+
+    for name in wsn.__all__:
+        assert getattr(wsn, name) is not None, name
+    code = "import sys, wsncli; wsncli.__version__; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+    with pytest.raises(AttributeError):
+        wsn.no_such_name  # noqa: B018
