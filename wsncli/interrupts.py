@@ -169,6 +169,7 @@ def command_finished() -> None:
     """Called once a command's work is done: a signal while the interpreter shuts down is ignored
     (leaving takes well under a second), so it can neither print a traceback nor turn success into 130."""
     _FINISHED.set()
+    _WRITTEN.clear()  # what it wrote has been reported: nothing outlives the command
     for signum in (signal.SIGINT, signal.SIGTERM):
         if signal.getsignal(signum) in (_raise_interrupted, _at_startup):
             signal.signal(signum, signal.SIG_IGN)

@@ -26,12 +26,12 @@ def _learn_and_eval(path):
 def test_two_learn_eval_calls_in_one_process_leave_no_state_behind(tmp_path):
     torch.set_num_threads(1)  # the caller's choice (the command chooses 1 for small networks too)
     torch.manual_seed(1234)
-    rng = torch.get_rng_state()
+    rng, written = torch.get_rng_state(), interrupts.written()
     first = _learn_and_eval(tmp_path / "a.wsn")
     assert torch.equal(torch.get_rng_state(), rng)  # the global generator is as the caller left it
     second = _learn_and_eval(tmp_path / "b.wsn")
     assert torch.equal(torch.get_rng_state(), rng) and torch.get_num_threads() == 1
-    assert interrupts.written() == []  # nothing in the command layer's registry of written files
+    assert interrupts.written() == written == []  # nothing in the command layer's registry of written files
     assert (first.outputs_digest, first.subnet_digest) == (second.outputs_digest, second.subnet_digest)
 
     env = {k: v for k, v in os.environ.items() if k != "WSN_CHECKPOINT_KEY"}
