@@ -10,7 +10,8 @@ setup(
         Extension(
             "wsncli.engine.nn._kernels",
             ["wsncli/engine/nn/_kernels.c"],
-            extra_compile_args=["-O3", "-ffp-contract=off", "-fno-fast-math"],
+            extra_compile_args=["-O3", "-ffp-contract=off", "-fno-fast-math", "-fno-math-errno", "-pthread"],
+            extra_link_args=["-pthread"],
             optional=True,
         )
     ]

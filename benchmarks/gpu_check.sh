@@ -21,6 +21,11 @@ DATA=${WSN_GPU_DATA:-$PWD/.gpucarry}
 CUDA=$($PY -c "import torch; print(int(torch.cuda.is_available()))")
 DEV=$([ "$CUDA" = 1 ] && echo cuda || echo cpu)
 step() { echo "{\"kind\": \"gpu_check\", \"step\": \"$1\", \"seconds\": $2, \"exit\": $3}"; }
+# every step runs under `timeout`, capped by what is left of $GPU_CHECK_BUDGET seconds (default 540), so one
+# device call of 600 s always returns its JSON lines; exit 124 in a step's line means it ran out of time
+BUDGET=${GPU_CHECK_BUDGET:-540}
+capped() { local cap=$1; shift; local left=$((BUDGET - SECONDS - 5)); [ "$left" -lt "$cap" ] && cap=$left
+  [ "$cap" -lt 1 ] && return 124; timeout --kill-after 5 "$cap" "$@"; }
 $PY - <<'PYEOF'
 import json, torch
 info = {"kind": "gpu_check", "step": "machine", "torch": torch.__version__, "cuda": torch.cuda.is_available()}
@@ -32,12 +37,12 @@ PYEOF
 # 1. the CUDA-marked tests: train_task of every architecture, eager and graphed, under
 #    set_sync_debug_mode("error") (the GPU twin of tests/engine/test_sync_free.py); graphed steps against
 #    eager bits; a capture forced to fail restores the stream; a CUDA checkpoint proven on the CPU
-t0=$SECONDS; $PY -m pytest -q -p no:cacheprovider -m cuda tests/engine/test_cuda.py tests/engine/test_selection.py > "$OUT/cuda-tests.log" 2>&1; rc=$?
+t0=$SECONDS; capped 170 $PY -m pytest -q -p no:cacheprovider -m cuda tests/engine/test_cuda.py tests/engine/test_selection.py > "$OUT/cuda-tests.log" 2>&1; rc=$?
 tail -1 "$OUT/cuda-tests.log" | sed 's/^/# /'; step cuda-tests $((SECONDS - t0)) $rc
 
 # 1b. CUDA-graph capture succeeds (mlp and conv): a failed capture would only warn, so assert it here
 t0=$SECONDS
-$PY - <<'PYEOF'
+capped 60 $PY - <<'PYEOF'
 import json, sys, torch
 import torch.nn.functional as F
 if not torch.cuda.is_available():
@@ -66,18 +71,15 @@ sys.exit(0 if ok else 1)
 PYEOF
 step graph-capture $((SECONDS - t0)) $?
 
-# 2. WSN / dense per step for every config (absolute times on the GPU)
-if [ "$DEV" = cuda ]; then SPEED=""; else SPEED="--quick --configs mlp-100-b10"; fi
-t0=$SECONDS; $PY benchmarks/speed.py --device "$DEV" $SPEED --variants dense wsn paper | grep '^{'; step speed $((SECONDS - t0)) $?
-
 # 3. the full 10-task PMNIST, paper protocol, on the device, with its wall time; then a CPU eval of it
 if [ "$DEV" = cuda ]; then PM="--tasks 10 --epochs 5"; else PM="--tasks 2 --epochs 1"; fi
 if [ -d "$DATA/mnist" ]; then
   t0=$SECONDS
-  $PY benchmarks/pmnist.py --device "$DEV" --capacity 0.3 --seeds 0 $PM --data-root "$DATA" --keep "$OUT" | grep '^{'
-  step pmnist $((SECONDS - t0)) $?
+  capped 200 $PY benchmarks/pmnist.py --device "$DEV" --capacity 0.3 --seeds 0 $PM --data-root "$DATA" --keep "$OUT" \
+    | grep --line-buffered '^{'
+  step pmnist $((SECONDS - t0)) "${PIPESTATUS[0]}"
   ck=$(ls "$OUT"/pmnist-c0.3-s0.pt 2>/dev/null)
-  t0=$SECONDS; $PY -m wsncli eval --ckpt "$ck" --device cpu --data-root "$DATA" --json -q > "$OUT/eval-cpu.json"; rc=$?
+  t0=$SECONDS; capped 60 $PY -m wsncli eval --ckpt "$ck" --device cpu --data-root "$DATA" --json -q > "$OUT/eval-cpu.json"; rc=$?
   $PY -c "import json,sys; d=json.load(open('$OUT/eval-cpu.json')); print(json.dumps({'kind':'gpu_check','step':'cpu-eval-of-device-checkpoint','forget_free':d['forget_free'],'outputs_match':d['outputs_match'],'acc':d['acc'],'differing':[t['differing_outputs'] for t in d['tasks']]}))"
   step cpu-eval $((SECONDS - t0)) $rc
 else
@@ -87,7 +89,7 @@ fi
 # 4. one-GPU torchrun (nccl on CUDA, gloo on the CPU) on split-digits, then eval
 rm -f "$OUT/ddp.pt"
 t0=$SECONDS
-$PY -m torch.distributed.run --nproc-per-node 1 --master-addr 127.0.0.1 --master-port 29533 -m wsncli train-task --task 1 \
+capped 60 $PY -m torch.distributed.run --nproc-per-node 1 --master-addr 127.0.0.1 --master-port 29533 -m wsncli train-task --task 1 \
     --ckpt "$OUT/ddp.pt" --epochs 2 --device "$DEV" -q > "$OUT/ddp.log" 2>&1; rc=$?
 step torchrun-1 $((SECONDS - t0)) $rc
 $PY -m wsncli eval --ckpt "$OUT/ddp.pt" --json -q | $PY -c "import json,sys; d=json.load(sys.stdin); print(json.dumps({'kind':'gpu_check','step':'torchrun-eval','forget_free':d['forget_free']}))"
@@ -109,9 +111,14 @@ NPROC=$([ "$DEV" = cuda ] && echo 1 || echo 2)
 for ARCH in conv resnet18; do
   rm -f "$OUT/bn-$ARCH.pt"
   t0=$SECONDS
-  $PY -m torch.distributed.run --nproc-per-node "$NPROC" --master-addr 127.0.0.1 --master-port 29534 -m wsncli train-task \
+  capped 60 $PY -m torch.distributed.run --nproc-per-node "$NPROC" --master-addr 127.0.0.1 --master-port 29534 -m wsncli train-task \
       --task 1 --ckpt "$OUT/bn-$ARCH.pt" --benchmark npz --data-root "$OUT/images" --arch "$ARCH" --epochs 1 \
       --batch-size 32 --device "$DEV" -q > "$OUT/bn-$ARCH.log" 2>&1; rc=$?
   step "torchrun-batchnorm-$ARCH" $((SECONDS - t0)) $rc
   $PY -m wsncli eval --ckpt "$OUT/bn-$ARCH.pt" --data-root "$OUT/images" --json -q | $PY -c "import json,sys; d=json.load(sys.stdin); print(json.dumps({'kind':'gpu_check','step':'torchrun-batchnorm-eval','arch':'$ARCH','forget_free':d['forget_free']}))"
 done
+
+# 6. (last: it takes what time is left) WSN / dense per step for every config, each with and without CUDA graphs (absolute times on the GPU);
+#    without CUDA: the smoke run, with the device path (static selection) on the CPU beside the fused one
+if [ "$DEV" = cuda ]; then SPEED="--blocks 7"; else SPEED="--quick --configs mlp-100-b10 --variants dense wsn static paper"; fi
+t0=$SECONDS; capped 600 $PY benchmarks/speed.py --device "$DEV" $SPEED | grep --line-buffered '^{'; step speed $((SECONDS - t0)) "${PIPESTATUS[0]}"

@@ -11,6 +11,7 @@ paper: fraction of weights used by any task + mask storage (bits per weight per 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import statistics
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
@@ -87,7 +88,9 @@ def main() -> None:
         args.data_root = ensure_mnist().parent
     print(f"# {machine()}")
     runs = [(c, s) for c in args.capacity for s in args.seeds]
-    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+    # CUDA cannot be used in a forked child of a process that touched it: spawn the workers there
+    context = multiprocessing.get_context("spawn" if args.device.startswith("cuda") else None)
+    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=context) as pool:
         futures = [pool.submit(one_run, c, s, args) for c, s in runs]
         results = []
         for f in futures:

@@ -3,7 +3,12 @@ process per task, WSN against `--method finetune`, back to back (the two alterna
 both see the same load), then `wsn eval` of each. Quoted as the ratio WSN / finetune of the summed
 wall times; every process's start-up, data loading, accuracy-matrix re-measurement and save counted.
 
-    python benchmarks/whole_run.py [--tasks 10] [--epochs 5] [--data-root ~/.cache/wsn]
+    python benchmarks/whole_run.py [--tasks 10] [--epochs 5] [--data-root ~/.cache/wsn] [--flush-denormal]
+
+On PMNIST some first-layer weights see a nonzero gradient only now and then (pixels that are almost
+always 0): between those steps their Adam moments decay through the subnormal range, where the CPU
+computes far slower. wsn's own Adam flushes such moments (nn/adam.py); torch's, which fine-tune uses,
+does not. `--flush-denormal` runs both with subnormals flushed, the baseline at its fastest.
 """
 
 from __future__ import annotations
@@ -20,10 +25,15 @@ from pathlib import Path
 
 from common import emit, machine
 
+FLUSH_DENORMAL = (
+    "import sys, torch; torch.set_flush_denormal(True); sys.argv[0] = 'wsn'; from wsncli.cli import main; main()"
+)
 
-def wsn(*args, env, ok=(0,)) -> tuple[float, subprocess.CompletedProcess]:
+
+def wsn(*args, env, ok=(0,), flush_denormal=False) -> tuple[float, subprocess.CompletedProcess]:
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "wsncli", *map(str, args)], env=env, capture_output=True, text=True)
+    entry = ["-c", FLUSH_DENORMAL] if flush_denormal else ["-m", "wsncli"]
+    proc = subprocess.run([sys.executable, *entry, *map(str, args)], env=env, capture_output=True, text=True)
     if proc.returncode not in ok:
         raise SystemExit(f"wsn {' '.join(map(str, args))} failed: {proc.stderr.strip()[-500:]}")
     return time.perf_counter() - start, proc
@@ -38,6 +48,12 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--data-root", type=Path, default=None)
     p.add_argument("--keep", type=Path, default=None, help="copy both checkpoints into this folder")
+    p.add_argument(
+        "--flush-denormal",
+        action="store_true",
+        help="run every train-task with subnormal floats flushed to zero (torch.set_flush_denormal): the "
+        "fine-tune baseline's Adam then never slows down on subnormal moments",
+    )
     args = p.parse_args()
     if args.data_root is None:
         from fetch_data import ensure_mnist
@@ -74,6 +90,7 @@ def main() -> None:
                     "-q",
                     *extra,
                     env=env,
+                    flush_denormal=args.flush_denormal,
                 )
                 seconds[method].append(took)
                 print(f"task {t:>2} {method:<9} {took:8.1f} s", flush=True)
@@ -109,6 +126,7 @@ def main() -> None:
             "seconds": seconds,
             "total": total,
             "ratio_wsn_over_finetune": ratio,
+            "flush_denormal": args.flush_denormal,
             "eval": evals,
             "load_after": os.getloadavg()[0],
         }

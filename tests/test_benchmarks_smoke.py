@@ -74,14 +74,27 @@ def test_forgetting_script():
 def test_speed_script():
     lines = run_script("speed.py", "--quick", "--configs", "mlp-100-b10")
     (r,) = lines
-    assert r["config"] == "mlp-100-b10" and set(r["ratios"]) == {"wsn", "wsn-torch", "floor", "paper"}
+    assert r["config"] == "mlp-100-b10" and set(r["ratios"]) == {"wsn", "wsn-torch", "static", "scores", "paper"}
     assert all(v > 0 for v in r["ratios"].values()) and r["wsn_faster_than_paper"] > 0
+    assert r["threads"] == 1 and r["clock"] == "cpu" and set(r["ratios_wall"]) == set(r["ratios"])
 
 
 def test_codec_script():
     lines = run_script("bench_codecs.py", "--weights", "20000", "--repeat", "1")
     codecs = {l.get("codec") for l in lines}
     assert {"context", "ascii7", "ascii7-huffman", "paper-huffman", "packbits"} <= codecs
+
+
+def test_whole_run_script_with_subnormals_flushed(tiny_mnist):
+    lines = run_script(
+        "whole_run.py",
+        *("--tasks", "1", "--epochs", "1", "--batch-size", "64", "--flush-denormal"),
+        *("--data-root", str(tiny_mnist)),
+    )
+    (r,) = lines
+    assert r["kind"] == "whole_run" and r["flush_denormal"] is True and r["ratio_wsn_over_finetune"] > 0
+    assert len(r["seconds"]["wsn"]) == len(r["seconds"]["finetune"]) == 1
+    assert r["eval"]["wsn"]["forget_free"] is True and set(r["eval"]["wsn"]["per_task"]) == {"1"}
 
 
 def test_multi_dataset_script(tmp_path):

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from wsncli.engine.nn.models import ModelConfig, build_model
-from wsncli.engine.training.batchnorm import _batches, recompute_statistics
+from wsncli.engine.training.batchnorm import batch_bounds, recompute_statistics
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
@@ -71,10 +71,10 @@ def test_only_the_tasks_own_statistics_change_and_the_pass_is_deterministic():
     assert not model.training  # left in eval mode, dropout off
 
 
-def test_batches_join_a_lone_last_sample_to_the_batch_before():
-    assert _batches(33, 16) == [(0, 16), (16, 33)]
-    assert _batches(37, 16) == [(0, 16), (16, 32), (32, 37)]
-    assert _batches(1, 16) == [(0, 1)]
+def testbatch_bounds_join_a_lone_last_sample_to_the_batch_before():
+    assert batch_bounds(33, 16) == [(0, 16), (16, 33)]
+    assert batch_bounds(37, 16) == [(0, 16), (16, 32), (32, 37)]
+    assert batch_bounds(1, 16) == [(0, 1)]
 
 
 def test_nets_without_batchnorm_are_left_alone():
@@ -101,3 +101,17 @@ def test_small_image_task_at_the_defaults_is_learned_beyond_chance(tmp_path):
     )
     assert result.record.accuracy >= 0.9, result.train.history
     assert np.isclose(result.record.accuracy * 40, round(result.record.accuracy * 40))
+
+
+def test_a_last_training_batch_of_one_sample_joins_the_batch_before(images, tmp_path):
+    """Issue 15's finding: conv (BatchNorm1d) with a last batch of exactly one sample raised a ValueError
+    traceback. The images' 58 training samples in batches of 19 leave one over."""
+    from wsncli.engine.training.loop import TrainCallbacks
+    from wsncli.engine.usecases.learn import TaskRequest, learn_task
+
+    starts: list[int] = []
+    request = TaskRequest(
+        ckpt=tmp_path / "m.pt", task=1, benchmark="npz", data_root=images, arch="conv", epochs=1, batch_size=19
+    )
+    result = learn_task(request, TrainCallbacks(on_epoch_start=lambda epoch, n_batches: starts.append(n_batches)))
+    assert result.record.accuracy >= 0.0 and starts == [3]  # 19 + 19 + 20, not 19 + 19 + 19 + 1

@@ -114,13 +114,14 @@ def test_train_task_steps_never_synchronise_on_cuda(arch, graphs, monkeypatch):
     model.to(CUDA)
     data = image_task(1, n_train=70, shape=shapes[arch])  # 7 full batches of 10: warm-up, capture, replays
 
-    def host_read(fn):
+    def host_read(fn):  # nested reads (_check_loss inside _end_epoch) restore the mode they found
         def wrapped(*args, **kwargs):
+            before = torch.cuda.get_sync_debug_mode()
             torch.cuda.set_sync_debug_mode("default")
             try:
                 return fn(*args, **kwargs)
             finally:
-                torch.cuda.set_sync_debug_mode("error")
+                torch.cuda.set_sync_debug_mode(before)
 
         return wrapped
 
@@ -174,6 +175,7 @@ def test_a_failed_capture_on_cuda_restores_the_stream_and_goes_on_eagerly(monkey
         if graphed:
             assert step.failed is not None and step.graph is None
             assert torch.cuda.current_stream() == torch.cuda.default_stream()
+            torch.rand(4, device=CUDA)  # the default generator is out of capture mode (this raised before)
         results.append((losses, [p.detach().cpu().clone() for p in params]))
     (la, pa), (lb, pb) = results
     assert la == lb and all(torch.equal(a, b) for a, b in zip(pa, pb))

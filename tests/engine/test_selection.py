@@ -43,9 +43,16 @@ def _fused(values: torch.Tensor, k: int, selector: TopKSelector | None = None) -
     selector = selector or TopKSelector()
     n = values.numel()
     scores = values * torch.where(torch.arange(n) % 3 == 0, -1.0, 1.0)  # |scores| == values, signs mixed
-    mask, trainable, w_eff = selector.fused_select(scores, torch.ones(n), None, k, torch.empty(n))
-    assert torch.equal(trainable, mask) and torch.equal(w_eff, mask.float())
+    weight = torch.arange(n, dtype=torch.float32) - n / 2  # w_eff must be weight where kept, 0 elsewhere
+    mask, w_eff = _fused_select(selector, scores, weight, k)
+    assert torch.equal(w_eff, weight * mask.float())
     return mask
+
+
+def _fused_select(selector, scores, weight, k, threads=1):
+    n = scores.numel()
+    buffers = (torch.empty(n, dtype=torch.bool), torch.empty(n), torch.empty(n))
+    return selector.fused_select(scores, weight, k, buffers[2], buffers[0], buffers[1], threads)
 
 
 KINDS = ["random", "heavy-ties", "all-equal", "with-zeros"]
@@ -97,7 +104,7 @@ def test_all_implementations_agree_over_many_drifting_steps(seed):
         expected = static_topk_mask(values, k)
         assert torch.equal(band.select(values, k), expected), step
         if selection._kernels is not None:
-            mask, *_ = fused.fused_select(scores, torch.ones(n), None, k, torch.empty(n))
+            mask, _ = _fused_select(fused, scores, torch.ones(n), k)
             assert torch.equal(mask, expected), step
         if step % 25 == 0:
             assert torch.equal(expected, reference_mask(values, k)), step
@@ -134,7 +141,7 @@ def test_the_fused_step_gives_torchs_bits(monkeypatch, frozen_share):
                             y.detach().clone(),
                             layer.weight.grad.clone(),
                             layer.scores.grad.clone(),
-                            layer.current_mask().clone(),
+                            layer._last_mask.clone(),
                         )
                     )
                     layer.weight.grad = layer.scores.grad = None
@@ -151,7 +158,7 @@ def test_non_finite_scores_are_refused_by_the_kernel():
     scores = torch.randn(100)
     scores[7] = float("nan")
     with pytest.raises(selection.NonFiniteScores, match="1 scores are NaN or infinite"):
-        TopKSelector().fused_select(scores, torch.ones(100), None, 30, torch.empty(100))
+        _fused_select(TopKSelector(), scores, torch.ones(100), 30)
 
 
 @pytest.mark.cuda

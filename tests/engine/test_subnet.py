@@ -158,7 +158,7 @@ def test_linear_mask_keeps_exactly_round_c_n(out_f, in_f, capacity, levels, seed
     n = out_f * in_f
     layer.train_subnet(k_for_capacity(n, capacity), None)
     layer(torch.randn(3, in_f))
-    assert int(layer.current_mask().sum()) == round(capacity * n)
+    assert int(layer._last_mask.sum()) == round(capacity * n)
     assert torch.equal(
         layer.current_mask().reshape(-1), reference_top_k(layer.scores.detach().abs().reshape(-1), round(capacity * n))
     )
@@ -172,8 +172,8 @@ def test_conv_mask_keeps_exactly_round_c_n(capacity):
     layer.train_subnet(k_for_capacity(n, capacity), None)
     out = layer(torch.randn(2, 3, 6, 6))
     assert out.shape == (2, 8, 4, 4)
-    assert int(layer.current_mask().sum()) == round(capacity * n)
-    assert layer.current_mask().shape == layer.weight.shape
+    assert int(layer._last_mask.sum()) == round(capacity * n)
+    assert layer._last_mask.shape == layer.weight.shape
 
 
 # ---- straight-through estimator ----------------------------------------------------------------
@@ -198,7 +198,7 @@ def test_straight_through_gradients(kind):
     out = layer(x)
     r = torch.randn(out.shape)
     (out * r).sum().backward()
-    mask = layer.current_mask()
+    mask = layer._last_mask
     grad_w_eff = _reference_grad(apply, x, layer.weight, mask, r)
     # scores: the mask is a function of |score|; its gradient grad_w_eff ⊙ weight passes straight
     # through to |score|, hence ⊙ sign(score) for the score itself, for every weight

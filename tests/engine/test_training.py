@@ -102,24 +102,28 @@ def test_checkpoint_masks_keep_exactly_round_c_n_per_layer(digits_run):
 
 
 def test_each_task_gets_a_fresh_adam_without_weight_decay(tmp_path, monkeypatch):
+    from wsncli.engine.training import loop
+    from wsncli.engine.training.optim import MaskedAdam
+
     made = []
 
-    class RecordingAdam(torch.optim.Adam):
-        def __init__(self, params, **kwargs):
-            super().__init__(params, **kwargs)
-            made.append(self)
-            self.state_at_creation = len(self.state)
-            self.param_ids = {id(p) for g in self.param_groups for p in g["params"]}
+    def recording(*args, **kwargs):
+        opt = loop_make_optimizer(*args, **kwargs)
+        # at creation: every moment zero and no step taken (nothing carried from an earlier task)
+        fresh = all(
+            float(s["step"]) == 0 and not s["exp_avg"].any() and not s["exp_avg_sq"].any() for s in opt.state.values()
+        )
+        made.append((opt, fresh))
+        return opt
 
-    monkeypatch.setattr(torch.optim, "Adam", RecordingAdam)
+    loop_make_optimizer = loop.make_optimizer
+    monkeypatch.setattr(loop, "make_optimizer", recording)
     path = tmp_path / "m.pt"
-    heads = {}
     for task in (1, 2):
         learn_task(TaskRequest(ckpt=path, task=task, epochs=1, device="cpu"))
-        heads[task] = {id(p) for p in load_checkpoint(path).model.heads[str(task)].parameters()}
-    assert len(made) == 2 and made[0] is not made[1]
-    for opt in made:
-        assert opt.state_at_creation == 0  # no moments carried from an earlier task
+    assert len(made) == 2 and made[0][0] is not made[1][0]
+    for opt, fresh in made:
+        assert isinstance(opt, MaskedAdam) and fresh
         assert all(g["weight_decay"] == 0 and g["lr"] == 1e-3 for g in opt.param_groups)
 
 

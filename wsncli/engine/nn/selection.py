@@ -3,8 +3,8 @@
 One definition, three implementations that give the same mask for the same scores:
 - `TopKSelector.select`: torch operations with a band around the last threshold (no sort per step;
   the k-th value is found among the few entries near it), used on the CPU without the fused kernel;
-- `fused_select` (the C kernel `_kernels.select`): the same band search and the mask, trainable mask
-  and masked weight in one pass, on the CPU;
+- `fused_select` (the C kernel `_kernels.select`): the same band search, then the mask and the masked
+  weight in one pass, on the CPU;
 - `static_topk_mask`: no host synchronisation and static shapes (a two-pass radix select on the
   float bits, ties by index with a cumulative sum), for CUDA and graph capture; a layer uses it on the
   CPU too when told to (`subnet.set_static_selection`), which is how tests/engine/test_sync_free.py
@@ -22,7 +22,7 @@ try:  # built by `pip install` where a C compiler exists; wsn works without it
 except ImportError:  # pragma: no cover - depends on the machine
     _kernels = None
 
-_MIN_BAND = 64  # target size of the candidate band around the threshold
+_MIN_BAND = 16  # target size of the candidate band around the threshold
 
 
 class NonFiniteScores(ValueError):
@@ -111,27 +111,37 @@ class TopKSelector:
         return threshold
 
     def fused_select(
-        self, scores: torch.Tensor, weight: torch.Tensor, free: torch.Tensor | None, k: int, work: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(mask, trainable, w_eff), flat, from the C kernel: the same selection and band as `select`."""
+        self,
+        scores: torch.Tensor,
+        weight: torch.Tensor,
+        k: int,
+        work: torch.Tensor,
+        mask: torch.Tensor,
+        w_eff: torch.Tensor,
+        threads: int = 1,
+        prescan: tuple[int, int, int] | None = None,
+        positions: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mask, w_eff), flat, written by the C kernel into the given buffers (bool and float, n each;
+        work: float, n): the same selection and band as `select`. `prescan`: (band, above, nonfinite)
+        of the band scan the Adam kernel made of these scores, its values in work and their positions
+        in `positions` (int32, n); mask and w_eff are then right outside the band and only it is set."""
         n = scores.numel()
-        mask = torch.empty(n, dtype=torch.bool)
-        trainable = torch.empty(n, dtype=torch.bool)
-        w_eff = torch.empty(n, dtype=weight.dtype)
-        banded = self.lo is not None
+        mode = 2 if prescan is not None else 1 if self.lo is not None else 0
         t, band, _ties, used_band, nonfinite = _kernels.select(
             scores.data_ptr(),
             weight.data_ptr(),
-            0 if free is None else free.data_ptr(),
             n,
             k,
-            self.lo if banded else 0.0,
-            self.hi if banded else 0.0,
-            banded,
+            self.lo if self.lo is not None else 0.0,
+            self.hi if self.hi is not None else 0.0,
+            mode,
             mask.data_ptr(),
-            trainable.data_ptr(),
             w_eff.data_ptr(),
             work.data_ptr(),
+            threads,
+            0 if positions is None else positions.data_ptr(),
+            *(prescan or (0, 0, 0)),
         )
         if nonfinite:
             raise NonFiniteScores(f"{nonfinite} scores are NaN or infinite")
@@ -139,23 +149,30 @@ class TopKSelector:
             self._centre(t, band)
         else:
             self._widen(t)
-        return mask, trainable, w_eff
+        return mask, w_eff
 
 
 def fused_grads(
-    grad: torch.Tensor, weight: torch.Tensor, scores: torch.Tensor, trainable: torch.Tensor
+    grad: torch.Tensor,
+    weight: torch.Tensor,
+    scores: torch.Tensor,
+    mask: torch.Tensor,
+    free: torch.Tensor | None,
+    threads: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(grad_weight, grad_scores) from the C kernel: grad·trainable and (grad·weight)·sign(scores)."""
-    grad = grad.contiguous()
+    """(grad_weight, grad_scores) from the C kernel: grad·(mask & free) and (grad·weight)·sign(scores);
+    grad contiguous, mask and free (None: nothing frozen) flat bool."""
     gw, gs = torch.empty_like(weight), torch.empty_like(scores)
     _kernels.grads(
         grad.data_ptr(),
         weight.data_ptr(),
         scores.data_ptr(),
-        trainable.data_ptr(),
+        mask.data_ptr(),
+        0 if free is None else free.data_ptr(),
         grad.numel(),
         gw.data_ptr(),
         gs.data_ptr(),
+        threads,
     )
     return gw, gs
 

@@ -19,15 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wsncli.engine.nn.selection import TopKSelector, fused_grads, kernels_available, static_topk_mask
+from wsncli.engine.nn.adam import LayerAdam
+from wsncli.engine.nn.fused import FusedLayer
+from wsncli.engine.nn.selection import TopKSelector, kernels_available, static_topk_mask
 from wsncli.engine.nn.selection import exact_top_k as exact_top_k  # re-exported for callers of 0.1
 from wsncli.engine.nn.selection import k_for_capacity as k_for_capacity
-
-# The fused CPU kernels run on one thread: measured here they beat torch's elementwise operations on
-# 1 and 2 threads for every network (conv-b64: 1.32x dense against 1.68x); with more threads, layers
-# over this many weights are left to torch's multithreaded operations.
-FUSED_MAX_WEIGHTS_MANY_THREADS = 1 << 22
-FEW_THREADS = 2
 
 
 class _MaskedWeight(torch.autograd.Function):
@@ -49,25 +45,6 @@ class _MaskedWeight(torch.autograd.Function):
         return grad * trainable_f, (grad * weight).mul_(scores.sign()), None, None  # one temporary, same bits
 
 
-class _FusedMaskedWeight(torch.autograd.Function):
-    """_MaskedWeight with the selection, masks and both products in the C kernels (same bits)."""
-
-    @staticmethod
-    def forward(ctx, weight, scores, layer):
-        free = None if layer._free is None else layer._free
-        mask, trainable, w_eff = layer.selector.fused_select(
-            scores.detach(), weight.detach(), free, layer.k, layer._work
-        )
-        ctx.save_for_backward(weight, scores, trainable)
-        return w_eff.view(weight.shape)
-
-    @staticmethod
-    def backward(ctx, grad):
-        weight, scores, trainable = ctx.saved_tensors
-        gw, gs = fused_grads(grad, weight.detach(), scores.detach(), trainable)
-        return gw, gs, None
-
-
 class SubnetLayer(nn.Module):
     """Shared machinery of masked layers; subclasses define `_apply_weight(x, w)`."""
 
@@ -84,24 +61,42 @@ class SubnetLayer(nn.Module):
         self.k = self.weight.numel()
         self._free_f: torch.Tensor | None = None
         self._free: torch.Tensor | None = None  # bool (n,): ~frozen, for the fused kernel
-        self._work: torch.Tensor | None = None  # float (n,): the kernel's scratch buffer
         self.fixed_mask: torch.Tensor | None = None
         self._cached_weight: torch.Tensor | None = None
+        self._torch_mask: torch.Tensor | None = None  # the torch path's last mask
+        self.fused: FusedLayer | None = None  # train_subnet's choice: the C kernels run this layer's step
 
     # modes ---------------------------------------------------------------------------------
     def train_subnet(self, k: int, frozen: torch.Tensor | None) -> None:
         self.mode, self.k = "subnet", k
         self._free_f = None if frozen is None else (~frozen).to(self.weight.dtype)  # 1 where trainable
         self._free = None if frozen is None else (~frozen).reshape(-1).contiguous()
-        self._work = None
-        self.fixed_mask = self._cached_weight = None
+        self.fixed_mask = self._cached_weight = self._torch_mask = None
         self.selector.reset()
+        w = self.weight
+        kernels = kernels_available() and not self.static_selection and w.device.type == "cpu"
+        kernels = kernels and w.dtype == torch.float32 and 0 < k < w.numel()
+        kernels = kernels and w.is_contiguous() and self.scores.is_contiguous()
+        self.fused = FusedLayer(w, self.scores, k, self._free, self.selector) if kernels else None
+
+    def attach_adam(self, adam: LayerAdam | None) -> None:
+        """Let the optimizer's Adam state of this layer take over its update (nn.fused)."""
+        if self.fused is None:
+            raise RuntimeError("internal error: Adam attached to a layer not trained by the C kernels")
+        self.fused.attach(adam)
 
     def use_mask(self, mask: torch.Tensor) -> None:
-        self.mode, self.fixed_mask, self._cached_weight = "fixed", mask, None
+        self.mode, self.fixed_mask, self._cached_weight, self.fused = "fixed", mask, None, None
 
     def dense(self) -> None:
-        self.mode, self.fixed_mask, self._cached_weight = "dense", None, None
+        self.mode, self.fixed_mask, self._cached_weight, self.fused = "dense", None, None, None
+
+    @property
+    def _last_mask(self) -> torch.Tensor | None:
+        """The mask of the last training forward (bool, weight's shape)."""
+        if self.fused is not None:
+            return self.fused.mask.view(self.weight.shape)
+        return self._torch_mask
 
     # masks ---------------------------------------------------------------------------------
     def current_mask(self) -> torch.Tensor:
@@ -112,13 +107,8 @@ class SubnetLayer(nn.Module):
         return self.selector.select(flat, self.k).view_as(self.weight)
 
     def _fused(self) -> bool:
-        w = self.weight
-        if self.static_selection or not (
-            w.device.type == "cpu" and w.dtype == torch.float32 and 0 < self.k < w.numel() and kernels_available()
-        ):
-            return False
-        few = torch.get_num_threads() <= FEW_THREADS or w.numel() <= FUSED_MAX_WEIGHTS_MANY_THREADS
-        return few and w.is_contiguous() and self.scores.is_contiguous()
+        """The C kernels run this layer's step (chosen by train_subnet; still on the CPU)."""
+        return self.fused is not None and not self.static_selection and self.weight.is_cpu
 
     def effective_weight(self) -> torch.Tensor:
         if self.mode == "dense":
@@ -129,10 +119,8 @@ class SubnetLayer(nn.Module):
                 self._cached_weight = torch.where(self.fixed_mask, self.weight.detach(), zero)
             return self._cached_weight
         if self._fused():
-            if self._work is None:
-                self._work = torch.empty(self.weight.numel(), dtype=torch.float32)
-            return _FusedMaskedWeight.apply(self.weight, self.scores, self)
-        mask = self.current_mask()
+            return self.fused.masked_weight()  # type: ignore[union-attr]
+        mask = self._torch_mask = self.current_mask()
         mask_f = mask.to(self.weight.dtype)
         trainable_f = mask_f if self._free_f is None else mask_f * self._free_f
         return _MaskedWeight.apply(self.weight, self.scores, mask_f, trainable_f)
@@ -176,8 +164,9 @@ class SubnetConv2d(SubnetLayer):
 
 
 def set_static_selection(model: nn.Module, on: bool = True) -> None:
-    """Make every masked layer of `model` select as on CUDA (the static radix select, no C
-    kernels) on any device: the CPU then runs the device path, as tests/engine/test_sync_free.py does."""
+    """Make every masked layer of `model` select as on CUDA (the static, sync-free radix select, no C
+    kernels, and torch's Adam: training.optim) on any device: the CPU then runs the device path. Call it
+    before train_subnet."""
     for module in model.modules():
         if isinstance(module, SubnetLayer):
             module.static_selection = on

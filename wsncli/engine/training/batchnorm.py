@@ -67,9 +67,9 @@ def _batch_normalised(moments: _Moments):
     return hook
 
 
-def _batches(n: int, batch_size: int) -> list[tuple[int, int]]:
+def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
     """[start, end) of each batch; a last batch of one sample joins the one before (a BatchNorm of
-    one value per channel has no batch variance)."""
+    one value per channel has no batch variance). Training and this pass both batch this way."""
     bounds = [(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
     if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
         bounds[-2:] = [(bounds[-2][0], n)]
@@ -88,7 +88,7 @@ def recompute_statistics(model: WSNNet, task: int, split, batch_size: int) -> bo
     moments = [_Moments() for _ in norms]
     hooks = [norm.register_forward_hook(_batch_normalised(m)) for norm, m in zip(norms, moments)]
     try:
-        for start, end in _batches(len(split), batch_size):
+        for start, end in batch_bounds(len(split), batch_size):
             model.trunk(split.inputs(split.x[start:end]), task)
     finally:
         for hook in hooks:

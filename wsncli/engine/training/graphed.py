@@ -73,6 +73,7 @@ class GraphedStep:
             fresh = torch.Generator(device=draw.generator.device)
             fresh.set_state(draw.generator.get_state())
             draw.generator = fresh
+        _release_default_generator()
         torch.cuda.synchronize()
 
     def _capture(self, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -102,3 +103,17 @@ def graphs_pay(device: torch.device, n_weights: int, asked: bool | None) -> bool
     if device.type != "cuda":
         return False
     return asked if asked is not None else n_weights < 2_000_000
+
+
+def _release_default_generator() -> None:
+    """torch.cuda.graph registers the device's default generator; a capture that fails before its end
+    leaves it in capture mode, and every later CUDA random draw of the process then fails ("Offset
+    increment outside graph capture"). Give it a fresh state object holding the same seed and offset."""
+    if not torch.cuda.is_available():
+        return
+    default = torch.cuda.default_generators[torch.cuda.current_device()]
+    if not hasattr(default, "graphsafe_set_state"):
+        return
+    fresh = torch.Generator(device=default.device)
+    fresh.set_state(default.get_state())
+    default.graphsafe_set_state(fresh.graphsafe_get_state())

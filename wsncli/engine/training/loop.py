@@ -25,8 +25,9 @@ from wsncli.engine.data.registry import TaskData
 from wsncli.engine.nn.dropout import DropoutDraw, dropout_seed, use_draw
 from wsncli.engine.nn.models import WSNNet
 from wsncli.engine.nn.selection import NonFiniteScores
-from wsncli.engine.training.batchnorm import recompute_statistics
+from wsncli.engine.training.batchnorm import batch_bounds, recompute_statistics
 from wsncli.engine.training.graphed import GraphedStep, graphs_pay
+from wsncli.engine.training.optim import make_optimizer
 
 if TYPE_CHECKING:
     from wsncli.engine.parallel.shard import Shard
@@ -105,11 +106,6 @@ class TrainingDiverged(TaskError):
 def task_seed(seed: int, task: int) -> int:
     """The RNG seed of one task's training, derived from the run seed and the task id."""
     return (seed * 1_000_003 + task) % (2**63)
-
-
-def _fused_ok(device: torch.device) -> bool:
-    """Fused Adam (one kernel for all parameters) exists on CPU and CUDA; it is 2-4x faster here."""
-    return device.type in ("cpu", "cuda")
 
 
 def trainable_parameters(model: WSNNet, task: int, method: str) -> list[torch.nn.Parameter]:
@@ -275,7 +271,7 @@ class _Run:
         params = trainable_parameters(model, settings.task, settings.method)
         n_weights = sum(layer.weight.numel() for layer in model.subnet_layers().values())
         graphed = shard is None and graphs_pay(device, n_weights, cuda_graphs)
-        self.optimizer = torch.optim.Adam(params, lr=settings.lr, fused=_fused_ok(device), capturable=graphed)
+        self.optimizer = make_optimizer(model, params, settings.method, settings.lr, device, graphed, shard is not None)
         self.shard, self.params, self.graphed = shard, params, graphed
         self.forward, self.step = model, self._step
         self.train, self.val = DeviceSplit(data, "train", device), DeviceSplit(data, "val", device)
@@ -319,8 +315,8 @@ class _Run:
 
     def epoch(self, epoch: int) -> None:
         s, cb = self.settings, self.cb
-        n, bs = len(self.train), s.batch_size
-        n_batches = (n + bs - 1) // bs
+        bounds = batch_bounds(len(self.train), s.batch_size)  # a lone last sample joins the batch before
+        n_batches = len(bounds)
         self.model.train()
         if cb.on_epoch_start:
             cb.on_epoch_start(epoch, n_batches)
@@ -330,15 +326,13 @@ class _Run:
         checked, checked_n = torch.zeros((), device=self.device), 0  # loss_sum and samples at the last check
         b = -1  # the batch under way, read (late-bound) by the running-loss reader
         if cb.on_running_loss:
-            cb.on_running_loss(s.epochs, lambda: float(loss_sum) / min((b + 1) * bs, n) if b >= 0 else math.nan)
-        for b in range(n_batches):
-            batch_loss, batch_correct = self.step(
-                self.train.inputs(xs[b * bs : (b + 1) * bs]), ys[b * bs : (b + 1) * bs]
-            )
+            cb.on_running_loss(s.epochs, lambda: float(loss_sum) / bounds[b][1] if b >= 0 else math.nan)
+        for b, (lo, hi) in enumerate(bounds):
+            batch_loss, batch_correct = self.step(self.train.inputs(xs[lo:hi]), ys[lo:hi])
             loss_sum += batch_loss
             correct += batch_correct
             if (b + 1) % CHECK_EVERY == 0:
-                seen = min((b + 1) * bs, n)
+                seen = hi
                 total = self._global(loss_sum)
                 _check_loss(total - checked, seen - checked_n, s, epoch, self.hint, self.model)
                 checked, checked_n = total, seen
