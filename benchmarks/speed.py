@@ -39,7 +39,7 @@ from common import emit, machine  # noqa: E402
 from wsncli.engine.nn.models import ModelConfig, build_model  # noqa: E402
 from wsncli.engine.nn.selection import kernels_available  # noqa: E402
 from wsncli.engine.nn.subnet import set_static_selection  # noqa: E402
-from wsncli.engine.runtime import configure_threads  # noqa: E402
+from wsncli.engine.runtime import choose_threads  # noqa: E402
 from wsncli.engine.training.graphed import GraphedStep  # noqa: E402
 from wsncli.engine.training.optim import make_optimizer  # noqa: E402
 
@@ -80,7 +80,8 @@ class Setup:
         torch.manual_seed(0)
         self.model = build_model(config)
         n_weights = sum(l.weight.numel() for l in self.model.subnet_layers().values())
-        self.threads = configure_threads(n_weights, threads)
+        self.threads = choose_threads(n_weights, threads)
+        torch.set_num_threads(self.threads)  # the caller sets the count (the engine only chooses it)
         self.model.add_task(1, 10)
         self.model.add_task(2, 10)
         self.model.to(device)

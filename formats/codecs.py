@@ -17,7 +17,6 @@ from formats.huffman import decode_symbols, encode_symbols, read_table, table_fr
 CODECS: tuple[str, ...] = ("context", "ascii7", "ascii7-huffman", "paper-huffman", "packbits")  # in files
 AUTO = "auto"  # pack() only: the smallest of CODECS; never written to a file
 PACK_CODECS: tuple[str, ...] = (*CODECS, AUTO)
-DEFAULT_CODEC = "context"
 GROUP = 7  # bits per ASCII symbol / tasks per paper group
 
 

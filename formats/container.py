@@ -50,7 +50,6 @@ MAGIC = b"WSNM\x89\r\n\x1a"
 VERSION = 1
 PREFIX = struct.Struct("<8sHI")  # magic, version, header length
 TRAILER = struct.Struct("<I")
-MIN_FILE_BYTES = PREFIX.size + TRAILER.size
 
 
 @dataclass

@@ -13,6 +13,18 @@ class UsageError(WsnError):
     exit_code = 2
 
 
+class FieldError(UsageError):
+    """A request field whose value cannot work. The message names the field as the Python API knows it
+    (`capacity must be ...`); the command layer names the option instead (`--capacity must be ...`)."""
+
+    def __init__(self, field: str, rest: str) -> None:
+        super().__init__(f"{field} {rest}")
+        self.field, self.rest = field, rest
+
+    def as_option(self) -> str:
+        return f"--{self.field.replace('_', '-')} {self.rest}"
+
+
 class DataError(WsnError):
     """Task data is missing, malformed, or does not fit the network."""
 
@@ -61,6 +73,7 @@ __all__ = [
     "WsnError",
     "FormatError",
     "UsageError",
+    "FieldError",
     "DataError",
     "CheckpointError",
     "TaskError",

@@ -11,6 +11,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from wsncli.engine import journal as journal_
+
 INTERRUPTED = "interrupted; files are as they were before the command"
 TERMINATED = "terminated (SIGTERM); files are as they were before the command"
 
@@ -88,7 +90,7 @@ def _importing(frame) -> bool:
     return False
 
 
-IGNORE = "ignore"  # what a signal hook returns when the process is already leaving for another reason
+IGNORE = journal_.IGNORE  # what a signal hook returns when the process is already leaving for another reason
 _SIGNAL_HOOK: list[Callable[[int], BaseException | str | None]] = []
 
 
@@ -167,6 +169,7 @@ def command_finished() -> None:
     """Called once a command's work is done: a signal while the interpreter shuts down is ignored
     (leaving takes well under a second), so it can neither print a traceback nor turn success into 130."""
     _FINISHED.set()
+    _WRITTEN.clear()  # what it wrote has been reported: nothing outlives the command
     for signum in (signal.SIGINT, signal.SIGTERM):
         if signal.getsignal(signum) in (_raise_interrupted, _at_startup):
             signal.signal(signum, signal.SIG_IGN)
@@ -175,7 +178,27 @@ def command_finished() -> None:
 def command_started() -> None:
     """Called as a command begins: Ctrl-C raises KeyboardInterrupt again, SIGTERM raises Terminated."""
     _HINTS.clear()
+    _WRITTEN.clear()  # a second command in one process names only its own files
     if signal.getsignal(signal.SIGINT) is _at_startup:
         signal.signal(signal.SIGINT, _raise_interrupted)
     if signal.getsignal(signal.SIGTERM) is _at_startup:
         signal.signal(signal.SIGTERM, _raise_interrupted)
+
+
+class CommandJournal(journal_.Journal):
+    """The command layer's journal (engine.journal): the engine's reports go to this module's bookkeeping."""
+
+    def written(self, path) -> None:
+        record_written(path)
+
+    def removed(self, path) -> None:
+        record_removed(path)
+
+    def on_abrupt_exit(self, key: int, cleanup: Callable[[], None] | None) -> None:
+        on_abrupt_exit(key, cleanup)
+
+    def on_signal(self, hook) -> None:
+        on_signal(hook)
+
+    def start_watchdog(self, describe) -> None:
+        start_watchdog(describe)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,6 +10,7 @@ import torch.nn.functional as F
 from tests.conftest import CONV_SHAPE
 from wsncli.engine.nn.models import ConvNet, MLPNet, ModelConfig, build_model, parse_hidden
 from wsncli.engine.nn.subnet import k_for_capacity
+from wsncli.engine.store.schema import ModelSpec, from_model_config, to_model_config
 from wsncli.errors import DataError, UsageError
 
 MLP = ModelConfig("mlp", (64,), (30, 20))
@@ -112,8 +114,8 @@ def test_conv_task_output_depends_only_on_its_own_batchnorm():
 
 
 def test_config_round_trip_and_validation():
-    assert ModelConfig.from_dict(MLP.to_dict()) == MLP
-    assert ModelConfig.from_dict(CONV.to_dict()) == CONV
+    assert to_model_config(from_model_config(MLP)) == MLP
+    assert to_model_config(from_model_config(CONV)) == CONV
     assert parse_hidden("100-100") == (100, 100) == parse_hidden("100,100")
     for bad in ("", "a-b", "0-5", "100-70000"):
         with pytest.raises(UsageError, match="--hidden"):
@@ -125,13 +127,17 @@ def test_config_round_trip_and_validation():
 
 
 def test_width_is_stored_only_when_set_and_old_configs_load():
-    old = {"arch": "conv", "input_shape": [1, 20, 20], "hidden": [100, 100]}  # written before widths
-    assert ModelConfig.from_dict(old) == CONV and CONV.width is None
-    assert CONV.to_dict() == old  # no "width" key: unchanged checkpoint meta
+    old = b'{"arch":"conv","input_shape":[1,20,20],"hidden":[100,100]}'  # written before widths
+    assert to_model_config(msgspec.json.decode(old, type=ModelSpec)) == CONV and CONV.width is None
+    assert msgspec.json.encode(from_model_config(CONV)) == old  # no "width" key: unchanged checkpoint meta
     wide = ModelConfig("resnet18", (3, 32, 32), width=8)
-    assert wide.to_dict() == {"arch": "resnet18", "input_shape": [3, 32, 32], "hidden": [100, 100], "width": 8}
-    assert ModelConfig.from_dict(wide.to_dict()) == wide
-    assert ModelConfig.from_dict({**old, "width": None}).width is None
+    assert msgspec.to_builtins(from_model_config(wide)) == {
+        "arch": "resnet18",
+        "input_shape": [3, 32, 32],
+        "hidden": [100, 100],
+        "width": 8,
+    }
+    assert to_model_config(from_model_config(wide)) == wide
 
 
 def test_conv_minimum_image_size_is_what_the_message_says():
@@ -149,3 +155,25 @@ def test_mlp_forward_matches_a_hand_written_one():
         model.dense()
         expected = model.heads["1"](F.relu(F.relu(x @ l0.weight.T) @ l1.weight.T))
         assert torch.allclose(model(x, 1), expected, rtol=0, atol=1e-6)
+
+
+def test_each_size_limit_has_one_home_that_the_request_and_the_schema_share():
+    from pathlib import Path
+
+    from tests.cli.helpers import wsn
+    from wsncli.engine.limits import MAX_HIDDEN, MAX_IMAGE_SIZE, MAX_WIDTH
+    from wsncli.engine.usecases.request import TaskRequest, check_request
+
+    for field, most in (("width", MAX_WIDTH), ("image_size", MAX_IMAGE_SIZE), ("hidden", MAX_HIDDEN)):
+        value = (most,) if field == "hidden" else most
+        over = (most + 1,) if field == "hidden" else most + 1
+        check_request(TaskRequest(ckpt=Path("x.wsn"), task=1, **{field: value}))
+        with pytest.raises(UsageError, match=f"^{field} "):
+            check_request(TaskRequest(ckpt=Path("x.wsn"), task=1, **{field: over}))
+    spec = {"arch": "resnet18", "input_shape": [3, 32, 32]}
+    msgspec.convert({**spec, "width": MAX_WIDTH, "hidden": [MAX_HIDDEN]}, ModelSpec)
+    for bad in ({"width": MAX_WIDTH + 1}, {"hidden": [MAX_HIDDEN + 1]}):
+        with pytest.raises(msgspec.ValidationError):
+            msgspec.convert({**spec, **bad}, ModelSpec)
+    for flag, most in (("--width", MAX_WIDTH), ("--image-size", MAX_IMAGE_SIZE)):
+        assert wsn("train-task", "-t", 1, "-c", "never.wsn", flag, most + 1).exit_code == 2

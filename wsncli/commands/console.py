@@ -7,6 +7,7 @@ import math
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -21,8 +22,16 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from wsncli.errors import Interrupted, OutputError, WsnError
-from wsncli.interrupts import Terminated, command_finished, command_started, interrupted_message, written
+from wsncli.engine.journal import installed
+from wsncli.errors import FieldError, Interrupted, OutputError, WsnError
+from wsncli.interrupts import (
+    CommandJournal,
+    Terminated,
+    command_finished,
+    command_started,
+    interrupted_message,
+    written,
+)
 
 BROKEN_PIPE = 141  # as a shell reports a process ended by SIGPIPE: the reader (`| head`) has gone
 
@@ -120,9 +129,12 @@ def handle_errors(fn: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         try:
             command_started()
-            return fn(*args, **kwargs)
+            with installed(CommandJournal()):  # the engine reports written files and clean-ups here
+                return fn(*args, **kwargs)
         except OutputError as exc:
             raise fail(_after_writing(str(exc)), exc.exit_code) from None
+        except FieldError as exc:  # the engine names the field; the user typed the option
+            raise fail(exc.as_option(), exc.exit_code) from None
         except WsnError as exc:
             raise fail(str(exc), exc.exit_code) from None
         except BrokenPipeError:
@@ -198,3 +210,30 @@ def progress_bar(enabled: bool, live: Callable[[], str] | None = None) -> Iterat
 
 def pct(x: float | None) -> str:
     return "-" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{100 * x:.2f}%"
+
+
+ArchModuleOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--arch-module",
+        metavar="PKG.MODULE:FACTORY",
+        help="Your own trunk: FACTORY(input_shape) returns an nn.Module (B, *input) -> (B, features); wsn masks "
+        "it and adds heads. Needed again by every command that builds the network (docs/API.md).",
+    ),
+]
+
+
+def arch_module(name: str | None):
+    """The --arch-module's factory, imported now (None without the option); import errors are one line."""
+    if name is None:
+        return None
+    from wsncli.engine.nn.user import load_arch_module
+
+    return load_arch_module(name)
+
+
+def set_threads(count: int) -> None:
+    """The command sets torch's CPU thread count (the engine only chooses it: engine.runtime.choose_threads)."""
+    import torch
+
+    torch.set_num_threads(count)

@@ -8,7 +8,19 @@ from typing import TYPE_CHECKING, Annotated, Literal, Optional
 import typer
 from rich.table import Table
 
-from wsncli.commands.console import fail, handle_errors, pct, print_json, progress_bar, show_progress, stdout, warn
+from wsncli.commands.console import (
+    ArchModuleOpt,
+    arch_module,
+    fail,
+    handle_errors,
+    pct,
+    print_json,
+    progress_bar,
+    set_threads,
+    show_progress,
+    stdout,
+    warn,
+)
 from wsncli.engine.limits import DEVICES, MAX_TASK_ID
 
 if TYPE_CHECKING:
@@ -118,16 +130,6 @@ def _summary(report: EvalReport) -> str:
     return f"ACC {pct(report.acc)}  BWT {bwt}{capacity}  forget-free: {verdict} ({len(report.tasks)} tasks re-measured)"
 
 
-def _infer(checkpoint, tasks, root, dev, method: str, per_batch: int | None, progress, bar):
-    from wsncli.engine.usecases.infer import InferRequest
-    from wsncli.engine.usecases.infer_eval import evaluate_inference
-
-    def on_task(t: int, i: int, n: int) -> None:
-        progress.update(bar, completed=i, total=n, description=f"inferring tasks: task {t}")
-
-    return evaluate_inference(checkpoint, tasks, root, dev, InferRequest(method, per_batch), on_task)
-
-
 @handle_errors
 def eval_command(
     ckpt: Annotated[Path, typer.Option("--ckpt", "-c", help="Checkpoint to evaluate.")],
@@ -140,6 +142,7 @@ def eval_command(
         typer.Option(envvar="WSN_DATA_ROOT", help="Folder with the datasets (env WSN_DATA_ROOT; default: recorded)."),
     ] = None,
     device: Annotated[Literal[DEVICES], typer.Option(help="Where to evaluate.")] = "auto",
+    arch_module_name: ArchModuleOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
     infer_task: Annotated[
@@ -155,25 +158,23 @@ def eval_command(
     With --infer-task, also infer each test input's task among all learned tasks (per sample)."""
     if not infer_task and (infer != "entropy" or infer_per_batch is not None):
         raise fail("--infer and --infer-per-batch apply with --infer-task only", 2)
-    from wsncli.engine.data.registry import resolve_data_root
-    from wsncli.engine.runtime import configure_threads, resolve_device
-    from wsncli.engine.store.checkpoint import load_checkpoint
-    from wsncli.engine.usecases.evaluate import evaluate_checkpoint
+    from wsncli.engine.usecases.evaluate import EvalRequest, evaluate_file
 
-    dev = resolve_device(device)
-    checkpoint = load_checkpoint(ckpt)
-    configure_threads(sum(l.weight.numel() for l in checkpoint.model.subnet_layers().values()), None)
-    root = resolve_data_root(data_root)
-    if root is None and checkpoint.meta.data_root:
-        root = Path(checkpoint.meta.data_root)
+    request = EvalRequest(ckpt, task, data_root, device, arch_module(arch_module_name))
     with progress_bar(show_progress(quiet)) as progress:
-        bar = progress.add_task("evaluating", total=len(task or checkpoint.learned()))
+        bar = progress.add_task("evaluating", total=None)
 
         def on_task(t: int, i: int, n: int) -> None:
-            progress.update(bar, completed=i, description=f"task {t}")
+            progress.update(bar, completed=i, total=n, description=f"task {t}")
 
-        report = evaluate_checkpoint(checkpoint, task, root, dev, on_task)
-        inference = _infer(checkpoint, task, root, dev, infer, infer_per_batch, progress, bar) if infer_task else None
+        report = evaluate_file(request, on_task, on_threads=set_threads)
+        inference = None
+        if infer_task:
+            from wsncli.engine.usecases.infer_eval import InferEvalRequest, evaluate_inference_file
+
+            asked = InferEvalRequest(ckpt, task, data_root, device, request.arch, infer, infer_per_batch)
+            progress.update(bar, description="inferring tasks")
+            inference = evaluate_inference_file(asked, on_task, on_threads=set_threads)
     if json_out:
         doc = eval_doc(ckpt, report)
         if inference is not None:

@@ -7,19 +7,8 @@ from typing import Annotated
 
 import typer
 
-from wsncli.commands.console import handle_errors, not_stdout, print_json, stdout
+from wsncli.commands.console import ArchModuleOpt, arch_module, handle_errors, not_stdout, print_json, stdout
 from wsncli.engine.limits import MAX_TASK_ID
-
-
-def _is_pt2_export(path: Path) -> bool:
-    """A .pt2 archive that wsn export wrote (it holds the extra file wsn.json)."""
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(path) as zf:
-            return any(name.endswith("wsn.json") for name in zf.namelist())
-    except (OSError, zipfile.BadZipFile):
-        return False
 
 
 @handle_errors
@@ -36,24 +25,15 @@ def export_command(
         ),
     ],
     force: Annotated[bool, typer.Option(help="Overwrite an existing file of another kind.")] = False,
+    arch_module_name: ArchModuleOpt = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print a summary as one JSON object.")] = False,
 ) -> None:
     """Export task TASK of CKPT: loadable with plain torch, no wsn needed (docs/EXPORT.md)."""
     from wsncli.commands.schemas import ExportDoc, schema_id
-    from wsncli.engine.store.checkpoint import load_checkpoint
-    from wsncli.engine.store.paths import file_prefix, plan_output, write_output
-    from wsncli.engine.usecases.export import SUFFIXES, export_task, output_suffix
-    from wsncli.errors import UsageError
+    from wsncli.engine.usecases.export import ExportRequest, export_file
 
-    suffix = output_suffix(output)
-    if suffix not in SUFFIXES:
-        raise UsageError(f"{output}: export writes .pt2 (torch.export program) or .safetensors files")
-    own = (
-        _is_pt2_export if suffix == ".pt2" else (lambda p: b'"wsn-task-export"' in file_prefix(p, 4096))
-    )  # never a checkpoint
-    target = plan_output(output, what=f"{suffix} export", inputs=[ckpt], force=force, is_own_kind=own)
-    result = export_task(load_checkpoint(ckpt), task, suffix)
-    size = write_output(target, result.data)
+    result = export_file(ExportRequest(ckpt, task, output, force, arch_module(arch_module_name)))
+    size = result.bytes
     if json_out:
         print_json(
             ExportDoc(

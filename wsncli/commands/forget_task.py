@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from wsncli.commands.console import handle_errors, pct, print_json, stdout
+from wsncli.commands.console import ArchModuleOpt, arch_module, handle_errors, pct, print_json, stdout
 from wsncli.engine.limits import MAX_TASK_ID
 
 
@@ -15,6 +15,7 @@ from wsncli.engine.limits import MAX_TASK_ID
 def forget_task_command(
     ckpt: Annotated[Path, typer.Option("--ckpt", "-c", help="Checkpoint holding the task (rewritten in place).")],
     task: Annotated[int, typer.Option("--task", "-t", min=1, max=MAX_TASK_ID, help="The learned task to remove.")],
+    arch_module_name: ArchModuleOpt = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")] = False,
 ) -> None:
     """Remove task TASK from CKPT: its mask, head, statistics, transform, records; release the weights
@@ -22,7 +23,7 @@ def forget_task_command(
     from wsncli.commands.schemas import ForgetTaskDoc, schema_id
     from wsncli.engine.usecases.forget import ForgetRequest, forget_task
 
-    result = forget_task(ForgetRequest(ckpt, task))
+    result = forget_task(ForgetRequest(ckpt, task, arch_module(arch_module_name)))
     if json_out:
         print_json(
             ForgetTaskDoc(

@@ -195,15 +195,13 @@ def inspect_command(
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
 ) -> None:
     """Show what a checkpoint or a packed-mask file holds, and verify its checksums."""
-    from wsncli.engine.store.reader import read_checkpoint_data
-    from wsncli.engine.usecases.inspect import describe_checkpoint
-    from wsncli.engine.usecases.unpack import describe_file, file_kind, read_packed_file
+    from wsncli.engine.usecases.inspect import inspect_file
 
-    data = read_packed_file(path, accept_checkpoints=True)
-    if file_kind(data) == "packed-masks":
-        doc, render = packed_doc(path, describe_file(path, data)), _render_packed
+    kind, description = inspect_file(path)
+    if kind == "packed-masks":
+        doc, render = packed_doc(path, description), _render_packed
     else:
-        doc, render = checkpoint_doc(describe_checkpoint(read_checkpoint_data(path, data), path)), _render_checkpoint
+        doc, render = checkpoint_doc(description), _render_checkpoint
     if json_out:
         print_json(doc)
     else:

@@ -72,26 +72,12 @@ def pack_masks_command(
 ) -> None:
     """Pack every task's mask into a .wsnm file, verify it decodes bit for bit, report the savings."""
     from wsncli.commands.schemas import PackDoc, schema_id
-    from wsncli.engine.store.paths import file_prefix, plan_output, write_output
-    from wsncli.engine.store.reader import read_checkpoint_file
-    from wsncli.engine.usecases.pack import pack_checkpoint_masks
-    from wsncli.engine.usecases.unpack import file_kind
+    from wsncli.engine.usecases.pack import pack_file
 
     to_stdout = output == "-"
-    target = None
-    if not to_stdout:  # checked before any work: never the checkpoint itself, never a file of another kind
-        target = plan_output(
-            Path(output),
-            what="packed-mask file",
-            inputs=[ckpt],
-            force=force,
-            is_own_kind=lambda p: file_kind(file_prefix(p, 16)) == "packed-masks",
-        )
-    result = pack_checkpoint_masks(read_checkpoint_file(ckpt), codec, source=Path(ckpt).name)
+    result = pack_file(ckpt, None if to_stdout else Path(output), codec, force)
     if to_stdout:
         standard_output.write_bytes(result.data)
-    else:
-        write_output(target, result.data)
     if json_out:
         doc = PackDoc(
             schema=schema_id("pack-masks"),

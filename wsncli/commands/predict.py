@@ -7,7 +7,15 @@ from typing import Annotated, Literal, Optional
 
 import typer
 
-from wsncli.commands.console import handle_errors, not_stdout, print_json, stdout
+from wsncli.commands.console import (
+    ArchModuleOpt,
+    arch_module,
+    handle_errors,
+    not_stdout,
+    print_json,
+    set_threads,
+    stdout,
+)
 from wsncli.engine.limits import DEVICES, MAX_TASK_ID
 from wsncli.errors import UsageError
 
@@ -50,6 +58,7 @@ def predict_command(
     proba: Annotated[bool, typer.Option("--proba", help="Class probabilities (softmax of the head) too.")] = False,
     force: Annotated[bool, typer.Option(help="Overwrite an existing file that is not a .npy.")] = False,
     device: Annotated[Literal[DEVICES], typer.Option(help="Where to run.")] = "auto",
+    arch_module_name: ArchModuleOpt = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the predictions as one JSON object.")] = False,
     infer: Annotated[
         Literal["entropy", "oneshot"],
@@ -67,42 +76,24 @@ def predict_command(
     """Predict with task TASK of CKPT: the task's own transform, subnetwork and head; labels as learned.
     With --task auto, each input's task is inferred first (inputs as the task's data gives them; pmnist:
     permuted)."""
-    import io
-
-    import numpy as np
-
     from wsncli.commands.schemas import PredictDoc, schema_id
-    from wsncli.engine.runtime import configure_threads, resolve_device
-    from wsncli.engine.store.checkpoint import load_checkpoint
-    from wsncli.engine.store.paths import file_prefix, plan_output, write_output
-    from wsncli.engine.usecases.predict import image_files, is_image_input, predict_task, read_inputs
+    from wsncli.engine.usecases.predict import PredictRequest, predict_file
 
     task_id = parse_task(task, infer, infer_per_batch)  # usage errors before any file is opened
-    target = None
-    if output is not None and str(output) != "-" and output.suffix.lower() != ".npy":
-        output = output.with_name(output.name + ".npy")  # a .npy file is named so, as numpy.save names it
-    if output is not None:
-        target = plan_output(
-            output,
-            what=".npy file",
-            inputs=[ckpt, inputs],
-            force=force,
-            is_own_kind=lambda p: file_prefix(p, 6) == b"\x93NUMPY",
-        )
-    dev = resolve_device(device)
-    checkpoint = load_checkpoint(ckpt)
-    configure_threads(sum(l.weight.numel() for l in checkpoint.model.subnet_layers().values()), None)
     if task_id is None:
-        from wsncli.commands.predict_auto import predict_auto
+        from wsncli.commands.predict_auto import render_auto
+        from wsncli.engine.usecases.predict_auto import AutoPredictRequest, predict_auto_file
 
-        predict_auto(checkpoint, ckpt, inputs, infer, infer_per_batch, proba, target, output, json_out, dev)
+        auto = AutoPredictRequest(
+            ckpt, inputs, infer, infer_per_batch, output, force, proba, device, arch_module(arch_module_name)
+        )
+        render_auto(
+            predict_auto_file(auto, on_threads=set_threads), ckpt, inputs, infer, infer_per_batch, proba, json_out
+        )
         return
-    result = predict_task(checkpoint, task_id, read_inputs(inputs, checkpoint), dev, proba, str(inputs))
-    files = [str(f) for f in image_files(inputs)] if is_image_input(inputs) else None
-    if target is not None:
-        buffer = io.BytesIO()
-        np.save(buffer, result.probabilities if proba else result.labels, allow_pickle=False)
-        write_output(target, buffer.getvalue())
+    request = PredictRequest(ckpt, task_id, inputs, output, force, proba, device, arch_module(arch_module_name))
+    done = predict_file(request, on_threads=set_threads)
+    result, files, output = done.predictions, done.files, done.output
     if json_out:
         print_json(
             PredictDoc(

@@ -14,11 +14,14 @@ from typing import Annotated, Literal, Optional
 import typer
 
 from wsncli.commands.console import (
+    ArchModuleOpt,
+    arch_module,
     handle_errors,
     pct,
     positive_up_to,
     print_json,
     progress_bar,
+    set_threads,
     show_progress,
     stderr,
     stdout,
@@ -30,11 +33,13 @@ from wsncli.engine.limits import (
     DEVICES,
     MAX_BATCH_SIZE,
     MAX_EPOCHS,
+    MAX_IMAGE_SIZE,
     MAX_LR,
     MAX_SEED,
     MAX_TASK_ID,
     MAX_THREADS,
     MAX_TRAIN_LIMIT,
+    MAX_WIDTH,
     METHODS,
 )
 from wsncli.interrupts import add_interrupt_hint
@@ -56,8 +61,11 @@ def train_task_command(
     arch: Annotated[
         Optional[Literal[ARCHS]], typer.Option(help="Network of a new checkpoint (default: the benchmark's).")
     ] = None,
+    arch_module_name: ArchModuleOpt = None,
     hidden: Annotated[Optional[str], typer.Option(help="MLP hidden sizes of a new checkpoint, e.g. 100-100.")] = None,
-    width: Annotated[Optional[int], typer.Option(min=1, max=1024, help="resnet18 base width nf (default 20).")] = None,
+    width: Annotated[
+        Optional[int], typer.Option(min=1, max=MAX_WIDTH, help="resnet18 base width nf (default 20).")
+    ] = None,
     bias: Annotated[
         Optional[bool],
         typer.Option(
@@ -96,7 +104,8 @@ def train_task_command(
         Optional[Path], typer.Option(envvar="WSN_DATA_ROOT", help="Folder with the datasets (env WSN_DATA_ROOT).")
     ] = None,
     image_size: Annotated[
-        Optional[int], typer.Option(min=1, max=4096, help="Images: resize to NxN (MNIST-style: zero-pad, e.g. 32).")
+        Optional[int],
+        typer.Option(min=1, max=MAX_IMAGE_SIZE, help="Images: resize to NxN (MNIST-style: zero-pad, e.g. 32)."),
     ] = None,
     channels: Annotated[Optional[int], typer.Option(min=1, max=3, help="image-folder: 1 or 3 channels.")] = None,
     train_limit: Annotated[
@@ -150,6 +159,7 @@ def train_task_command(
         task=task,
         benchmark=benchmark,
         arch=arch,
+        arch_module=arch_module(arch_module_name),
         hidden=parse_hidden(hidden) if hidden is not None else None,
         width=width,
         bias=bias,
@@ -198,7 +208,7 @@ def train_task_command(
         )
         # status lines only on a terminal: a refusal in a script or pipe stays one line on stderr
         status = (lambda msg: stderr.print(msg)) if show_progress(quiet) else None
-        result = learn_task(request, callbacks, status, on_decode)
+        result = learn_task(request, callbacks, status, on_decode, on_threads=set_threads)
     if result.record is None:
         return
     for message in result.warnings:

@@ -26,33 +26,10 @@ def unpack_masks_command(
     json_out: Annotated[bool, typer.Option("--json", help="Print a summary as one JSON object.")] = False,
 ) -> None:
     """Decode a .wsnm file back into per-task, per-layer masks (and optionally check a checkpoint)."""
-    import io
-
-    import numpy as np
-
     from wsncli.commands.schemas import UnpackDoc, schema_id
-    from wsncli.engine.store.paths import file_prefix, plan_output, write_output
-    from wsncli.engine.store.reader import read_checkpoint_file
-    from wsncli.engine.usecases.pack import check_masks_equal, checkpoint_layer_masks, masks_to_arrays
-    from wsncli.engine.usecases.unpack import file_kind, unpack_file
+    from wsncli.engine.usecases.pack import unpack_masks_file
 
-    target = None
-    if output is not None:
-        target = plan_output(
-            output,
-            what="masks .npz",
-            inputs=[p for p in (packed, ckpt) if p is not None],
-            force=force,
-            is_own_kind=lambda p: file_kind(file_prefix(p, 4096)) == "npz",
-        )
-    decoded = unpack_file(packed)
-    if ckpt is not None:
-        layers, tasks = checkpoint_layer_masks(read_checkpoint_file(ckpt))
-        check_masks_equal(layers, tasks, decoded)
-    if target is not None:
-        buffer = io.BytesIO()
-        np.savez_compressed(buffer, **masks_to_arrays(decoded))
-        write_output(target, buffer.getvalue())
+    decoded = unpack_masks_file(packed, output, ckpt, force)
     if json_out:
         print_json(
             UnpackDoc(

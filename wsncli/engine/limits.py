@@ -17,6 +17,7 @@ BENCHMARKS = (
     "image-folder",
 )
 ARCHS = ("mlp", "conv", "resnet18", "lenet", "conv4")
+CUSTOM_ARCH = "custom"  # meta.model.arch of a network built by --arch-module (nn.user)
 DEVICES = ("auto", "cpu", "cuda")
 PACK_CODECS = (
     "auto",
@@ -42,6 +43,9 @@ MAX_BATCH_SIZE = 1 << 24
 MAX_LR = 1e3
 MAX_THREADS = 4096
 MAX_TRAIN_LIMIT = 1 << 40  # --train-limit: training samples of a task
+MAX_WIDTH = 1024  # resnet18's base width nf (--width; meta.model.width)
+MAX_HIDDEN = 65536  # an mlp hidden layer's size (--hidden; meta.model.hidden)
+MAX_IMAGE_SIZE = 4096  # --image-size; meta.image_size
 
 
 def env_limit(var: str, default, unit: str, error: type[Exception]):

@@ -1,4 +1,5 @@
-"""Where and how torch runs: device choice and CPU thread count."""
+"""Where and how torch runs: device choice and the CPU thread count to use (the caller sets it: the
+engine never changes a process-wide setting)."""
 
 from __future__ import annotations
 
@@ -22,12 +23,11 @@ def resolve_device(name: str) -> torch.device:
 SMALL_MODEL_WEIGHTS = 2_000_000
 
 
-def configure_threads(n_weights: int, threads: int | None) -> int:
+def choose_threads(n_weights: int, threads: int | None) -> int:
     """CPU threads for torch: as asked, else 1 for small models (thread hand-offs cost more than
-    they save there, and hurt badly on a busy machine), else torch's default. Returns the count."""
+    they save there, and hurt badly on a busy machine), else torch's current count."""
     if threads is None:
         threads = 1 if n_weights < SMALL_MODEL_WEIGHTS else torch.get_num_threads()
     if threads < 1:
         raise UsageError(f"--threads must be at least 1, got {threads}")
-    torch.set_num_threads(threads)
     return threads

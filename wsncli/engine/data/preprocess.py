@@ -57,22 +57,6 @@ class Preprocess:
                 out = np.concatenate([out, np.zeros((len(out), self.padding), np.float32)], axis=1)  # (N, D + padding)
         return out
 
-    def same_as(self, other: Preprocess) -> bool:
-        """Bit-identical transform (what eval compares with the stored one)."""
-        perms = (self.permutation is None) == (other.permutation is None) and (
-            self.permutation is None or np.array_equal(self.permutation, other.permutation)
-        )
-        return (
-            perms
-            and self.scale == other.scale
-            and self.divide == other.divide
-            and self.mean.shape == other.mean.shape
-            and self.std.shape == other.std.shape
-            and np.array_equal(self.mean, other.mean)
-            and np.array_equal(self.std, other.std)
-            and self.padding == other.padding
-        )
-
 
 def scaled(scale: float, divide: bool = False, mean=None, std=None, permutation=None) -> Preprocess:
     """A fixed transform: a scale, then fixed (mean, std) constants (scalars or per channel)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -25,25 +26,8 @@ class ModelConfig:
     hidden: tuple[int, ...] = field(default=(100, 100))
     width: int | None = None
     bias: bool = False
-
-    def to_dict(self) -> dict:
-        d = {"arch": self.arch, "input_shape": list(self.input_shape), "hidden": list(self.hidden)}
-        if self.width is not None:  # absent in checkpoints written before widths existed
-            d["width"] = self.width
-        if self.bias:  # absent in checkpoints written before per-task biases existed
-            d["bias"] = True
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ModelConfig:
-        width = d.get("width")
-        return cls(
-            d["arch"],
-            tuple(int(v) for v in d["input_shape"]),
-            tuple(int(v) for v in d["hidden"]),
-            None if width is None else int(width),
-            bool(d.get("bias", False)),
-        )
+    module: str | None = None  # arch "custom": the arch module's name (nn.user), stored
+    factory: Callable | None = field(default=None, compare=False, repr=False)  # its trunk factory, never stored
 
 
 def image_input(config: ModelConfig, min_side: int) -> tuple[int, int, int]:
@@ -84,6 +68,7 @@ class WSNNet(nn.Module):
         self.feature_dim = 0
         self._no_biases: list[None] | None = None
         self.needs_task_mode = False  # set by the checkpoint loader: forward refuses until a mode is chosen
+        self.mode_owner = 0  # which store.checkpoint.TaskFunction set the current mode (0: none)
 
     def subnet_layers(self) -> dict[str, SubnetLayer]:
         """Masked layers by stable name, in forward order."""
@@ -125,17 +110,17 @@ class WSNNet(nn.Module):
 
     # modes over all masked layers ------------------------------------------------------------
     def train_subnet(self, capacity: float, frozen: dict[str, torch.Tensor] | None) -> None:
-        self.needs_task_mode = False
+        self.needs_task_mode, self.mode_owner = False, 0
         for name, layer in self.subnet_layers().items():
             layer.train_subnet(k_for_capacity(layer.weight.numel(), capacity), None if frozen is None else frozen[name])
 
     def use_masks(self, masks: dict[str, torch.Tensor]) -> None:
-        self.needs_task_mode = False
+        self.needs_task_mode, self.mode_owner = False, 0
         for name, layer in self.subnet_layers().items():
             layer.use_mask(masks[name])
 
     def dense(self) -> None:
-        self.needs_task_mode = False
+        self.needs_task_mode, self.mode_owner = False, 0
         for layer in self.subnet_layers().values():
             layer.dense()
 

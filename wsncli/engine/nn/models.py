@@ -12,17 +12,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wsncli.engine.limits import ARCHS
+from wsncli.engine.limits import ARCHS, MAX_HIDDEN
 from wsncli.engine.nn.base import ModelConfig, WSNNet, image_input, shift
 from wsncli.engine.nn.convnets import Conv4Net, ConvNet, LeNet
-from wsncli.engine.nn.resnet import DEFAULT_WIDTH, MAX_WIDTH, ResNet18
+from wsncli.engine.nn.masking import MaskedConv2d
+from wsncli.engine.nn.resnet import DEFAULT_WIDTH, ResNet18
 from wsncli.engine.nn.subnet import SubnetConv2d, SubnetLinear
+from wsncli.engine.nn.user import CUSTOM_ARCH, UserNet
 from wsncli.errors import UsageError
 
 __all__ = [
     "ARCHS",
     "DEFAULT_WIDTH",
-    "MAX_WIDTH",
     "WIDTH_ARCHS",
     "Conv4Net",
     "ConvNet",
@@ -49,8 +50,8 @@ def parse_hidden(text: str) -> tuple[int, ...]:
         raise UsageError(f"--hidden must be sizes like 100-100, got {text!r}") from None
     if not sizes:
         raise UsageError(f"--hidden must be sizes like 100-100, got {text!r}")
-    if any(s < 1 or s > 65536 for s in sizes):
-        raise UsageError(f"--hidden sizes must be 1..65536, got {text!r}")
+    if any(s < 1 or s > MAX_HIDDEN for s in sizes):
+        raise UsageError(f"--hidden sizes must be 1..{MAX_HIDDEN}, got {text!r}")
     return sizes
 
 
@@ -81,6 +82,8 @@ _CLASSES: dict[str, type[WSNNet]] = {
 
 def build_model(config: ModelConfig) -> WSNNet:
     """A fresh network for config; scores are initialised here, once, for the whole run."""
+    if config.arch == CUSTOM_ARCH:
+        return UserNet(config)
     if config.arch not in _CLASSES:
         raise UsageError(f"unknown architecture {config.arch!r}; choose one of: {', '.join(ARCHS)}")
     if config.width is not None and config.arch not in WIDTH_ARCHS:
@@ -113,7 +116,7 @@ def count_parameters(config: ModelConfig) -> dict:
         hook.remove()
     layers = {
         name: {
-            "kind": "conv" if isinstance(layer, SubnetConv2d) else "linear",
+            "kind": "conv" if isinstance(layer, (SubnetConv2d, MaskedConv2d)) else "linear",
             "weight_shape": list(layer.weight.shape),
             "output_shape": shapes[name],
             "weights": layer.weight.numel(),

@@ -16,12 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wsncli.engine.limits import MAX_WIDTH
 from wsncli.engine.nn.base import ModelConfig, WSNNet, image_input, shift
 from wsncli.engine.nn.subnet import SubnetConv2d
 from wsncli.errors import UsageError
 
 DEFAULT_WIDTH = 20
-MAX_WIDTH = 1024
 BLOCKS = (2, 2, 2, 2)
 POOLED_SIDE = 2  # adaptive average pooling to 2x2
 STRIDED_STEM_ABOVE = 32  # the stem strides by 2 when both sides exceed this

@@ -51,14 +51,14 @@ class SubnetLayer(nn.Module):
     weight: nn.Parameter
     scores: nn.Parameter
 
-    def _init_parameters(self) -> None:
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+    def _init_parameters(self, keep_weight: bool = False) -> None:
+        if not keep_weight:  # a user's layer (nn.masking) keeps its own weights
+            nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
         nn.init.kaiming_uniform_(self.scores, a=math.sqrt(5))
         self.selector = TopKSelector()
         self.static_selection = False  # the device path's selection on any device (set_static_selection)
         self.mode = "dense"
         self.k = self.weight.numel()
-        self.frozen: torch.Tensor | None = None  # bool, weight shape: weights earlier tasks use
         self._free_f: torch.Tensor | None = None
         self._free: torch.Tensor | None = None  # bool (n,): ~frozen, for the fused kernel
         self.fixed_mask: torch.Tensor | None = None
@@ -69,7 +69,6 @@ class SubnetLayer(nn.Module):
     # modes ---------------------------------------------------------------------------------
     def train_subnet(self, k: int, frozen: torch.Tensor | None) -> None:
         self.mode, self.k = "subnet", k
-        self.frozen = frozen
         self._free_f = None if frozen is None else (~frozen).to(self.weight.dtype)  # 1 where trainable
         self._free = None if frozen is None else (~frozen).reshape(-1).contiguous()
         self.fixed_mask = self._cached_weight = self._torch_mask = None

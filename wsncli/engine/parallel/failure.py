@@ -11,7 +11,7 @@
   exit code stay the same.
 - SIGTERM and SIGINT reach every process even when its main thread is blocked in a collective whose
   peer hangs (Python's handler cannot run there): a watchdog thread ends it a few seconds later with
-  one line (wsncli.interrupts.start_watchdog).
+  one line (the command layer's watchdog, engine.journal).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import json
 
 import torch.distributed as dist
 
-from wsncli import interrupts
+from wsncli.engine.journal import IGNORE, journal
 from wsncli.errors import ParallelFailure, WsnError
 
 KEY = "wsn/failure"
@@ -49,8 +49,8 @@ class Agreement:
         self.rank = rank
         self.agreed: ParallelFailure | None = None
         self.store = None
-        interrupts.on_signal(self._on_signal)
-        interrupts.start_watchdog(self._describe)
+        journal().on_signal(self._on_signal)
+        journal().start_watchdog(self._describe)
 
     def attach(self) -> None:
         """Share failures through the initialised process group's store."""
@@ -83,7 +83,7 @@ class Agreement:
 
     def _on_signal(self, _signum: int):
         if self.agreed is not None:
-            return interrupts.IGNORE  # already leaving with the agreed failure
+            return IGNORE  # already leaving with the agreed failure
         self.agreed = self.recorded()  # the launcher stopping this process after another one failed
         return self.agreed
 

@@ -8,8 +8,10 @@ atomically (store.paths).
 
 from __future__ import annotations
 
+import itertools
 import math
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,7 @@ import formats
 from wsncli.engine.data.preprocess import Preprocess
 from wsncli.engine.limits import MAX_WEIGHTS
 from wsncli.engine.nn.models import WSNNet, build_model
+from wsncli.engine.nn.user import CUSTOM_ARCH, ArchModule
 from wsncli.engine.store import container
 from wsncli.engine.store.paths import OutputTarget, write_output
 from wsncli.engine.store.reader import MASKS, CheckpointFile, read_checkpoint_bytes, read_checkpoint_file
@@ -31,7 +34,7 @@ from wsncli.engine.store.schema import (
     encode_meta,
     to_model_config,
 )
-from wsncli.errors import CheckpointError, DataError, UsageError
+from wsncli.errors import CheckpointError, DataError, TaskError, UsageError
 
 FORMAT_NAME, FORMAT_VERSION = container.FORMAT_NAME, container.FORMAT_VERSION
 
@@ -75,6 +78,15 @@ class Checkpoint:
                 "outside wsn); refusing to use it"
             )
 
+    def task(self, task: int) -> TaskFunction:
+        """An nn.Module computing exactly `task`'s function: its masks (or the dense network of a
+        finetune checkpoint), head, BatchNorm and biases; what `wsn predict` and `wsn export` use.
+        Refuses a task not learned, and one whose record digest fails."""
+        if task not in self.learned():
+            raise TaskError(f"task {task} is not learned; learned: {', '.join(map(str, self.learned())) or 'none'}")
+        self.require_intact_record(task)
+        return TaskFunction(self.model, task, self.masks.get(task))
+
     def used_weights(self, tasks: list[int] | None = None) -> dict[str, torch.Tensor]:
         """Union of the masks of `tasks` (default: all learned), per layer (bool, weight shape)."""
         layers = self.model.subnet_layers()
@@ -83,6 +95,40 @@ class Checkpoint:
             for name in union:
                 union[name] |= self.masks[task][name].to(union[name].device)
         return union
+
+
+class TaskFunction(torch.nn.Module):
+    """One task's function of a checkpoint's network: network inputs (B, *input_shape) -> logits
+    (B, n_classes). Several may share one network: each call puts the network in its task's mode
+    (the masked weights are cached until another task's function runs)."""
+
+    _tokens = itertools.count(1)
+
+    def __init__(self, model: WSNNet, task: int, masks: dict[str, torch.Tensor] | None) -> None:
+        super().__init__()
+        self.model, self.task, self.masks = model, task, masks
+        self._token = next(TaskFunction._tokens)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.model.mode_owner != self._token:
+            if self.masks is None:
+                self.model.dense()
+            else:
+                self.model.use_masks(self.masks)
+            self.model.mode_owner = self._token
+        self.model.eval()
+        return self.model(x, self.task)  # (B, n_classes)
+
+
+def open_checkpoint(
+    path: str | Path, arch: ArchModule | Callable | None = None, signatures: str = container.REQUIRE
+) -> Checkpoint:
+    """Load a checkpoint file (format 1, 2 or 3). A network from an arch module needs `arch`: the same
+    trunk factory (a callable taking the input shape), which the file's fingerprint must match; the
+    file itself never makes anything be imported."""
+    if arch is not None and not isinstance(arch, ArchModule):
+        arch = ArchModule(getattr(arch, "__qualname__", "factory"), arch)
+    return load_checkpoint(Path(path), signatures, arch)
 
 
 def count_weights(config) -> int:
@@ -98,23 +144,47 @@ def check_model_size(config) -> None:
         raise CheckpointError(f"the network has {n} masked weights, over the limit of {MAX_WEIGHTS}")
 
 
-def load_checkpoint(path: Path, signatures: str = container.REQUIRE) -> Checkpoint:
+def load_checkpoint(path: Path, signatures: str = container.REQUIRE, arch: ArchModule | None = None) -> Checkpoint:
     """Read, verify and rebuild a checkpoint; any failure is a one-line CheckpointError naming the file.
-    `signatures`: see store.reader.read_checkpoint_file."""
+    `signatures`: see store.reader.read_checkpoint_file; `arch`: the trunk factory of a network from an
+    arch module (refused for a built-in network)."""
     path = Path(path)
     found = read_checkpoint_file(path, signatures)
     try:
-        return build_checkpoint(found)
-    except CheckpointError as exc:
-        raise CheckpointError(f"{path}: {exc}") from None
+        return build_checkpoint(found, arch)
+    except (CheckpointError, UsageError) as exc:
+        raise type(exc)(f"{path}: {exc}") from None
 
 
-def build_checkpoint(found: CheckpointFile) -> Checkpoint:
+def _with_arch(config, arch: ArchModule | None):
+    """config with the caller's trunk factory; refuses a missing one, and one for a built-in network."""
+    if config.arch != CUSTOM_ARCH:
+        if arch is not None:
+            raise UsageError(f"the network is the built-in {config.arch!r}; --arch-module does not apply")
+        return config
+    if arch is None:
+        raise UsageError(
+            f"the network was built by --arch-module {config.module}; pass --arch-module again "
+            "(a file never makes wsn import code)"
+        )
+    return replace(config, factory=arch.factory)
+
+
+@torch.random.fork_rng(devices=[])  # building draws initial values, all overwritten: the caller's generator is kept
+def build_checkpoint(found: CheckpointFile, arch: ArchModule | None = None) -> Checkpoint:
     """The torch network and masks from a checked file; every tensor's dtype and shape is checked
     against a network built on the meta device before the real one is allocated."""
     meta = found.meta
+    config = _with_arch(to_model_config(meta.model), arch)
+    if config.arch == CUSTOM_ARCH:
+        with torch.device("meta"):
+            probe = build_model(config)  # the factory's own errors are one line (UsageError)
+        if probe.fingerprint != meta.model.fingerprint:
+            raise UsageError(
+                f"--arch-module {arch.name} builds a different network than the one the checkpoint holds "
+                f"(made by {config.module}; layer names, kinds or shapes differ)"
+            )
     try:
-        config = to_model_config(meta.model)
         check_model_size(config)
         with torch.device("meta"):  # shapes first: a small file must not make us allocate a large network
             shapes = [(n, tuple(layer.weight.shape)) for n, layer in build_model(config).subnet_layers().items()]
@@ -310,8 +380,10 @@ def save_checkpoint(ckpt: Checkpoint, target: OutputTarget) -> int:
     The bytes are read back and rebuilt by the loader first, and the masks compared bit for bit,
     so a checkpoint that could not be loaded is never written."""
     raw = encode_checkpoint(ckpt)
+    config = ckpt.model.config
+    arch = ArchModule(config.module, config.factory) if config.factory is not None else None
     try:
-        back = build_checkpoint(read_checkpoint_bytes(raw, container.ADOPT))
+        back = build_checkpoint(read_checkpoint_bytes(raw, container.ADOPT), arch)
     except CheckpointError as exc:
         raise CheckpointError(
             f"{target.path}: the new checkpoint would not load back ({exc}); nothing was written"

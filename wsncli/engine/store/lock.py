@@ -19,9 +19,9 @@ import sys
 import time
 from pathlib import Path
 
+from wsncli.engine.journal import journal
 from wsncli.engine.store.paths import resolve
 from wsncli.errors import LockError
-from wsncli.interrupts import on_abrupt_exit
 
 _ATTEMPTS = 40  # x 25 ms: how long a blocked process waits for the holder's note (or its exit)
 
@@ -46,7 +46,7 @@ class CheckpointLock:
                 if self._still_named(fd):
                     self._fd = fd
                     self._write_note(fd)
-                    on_abrupt_exit(id(self), self._unlink)
+                    journal().on_abrupt_exit(id(self), self._unlink)
                     return self
                 os.close(fd)  # its holder removed it as we locked it: lock the new one
                 continue
@@ -118,7 +118,7 @@ class CheckpointLock:
     def __exit__(self, *exc) -> None:
         if self._fd is None:
             return
-        on_abrupt_exit(id(self), None)
+        journal().on_abrupt_exit(id(self), None)
         try:
             self._unlink()
         except OSError:

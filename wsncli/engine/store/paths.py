@@ -24,8 +24,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from wsncli.engine.journal import journal
 from wsncli.errors import WsnError
-from wsncli.interrupts import on_abrupt_exit, record_written
 
 TMP_MARK = ".tmp-"
 
@@ -138,7 +138,7 @@ def _stream(target: OutputTarget, data: bytes | memoryview, error: type[WsnError
         view, done = memoryview(data), 0
         while done < len(view):
             done += os.write(fd, view[done:])
-        record_written(target.path)
+        journal().written(target.path)
         return done
     except BrokenPipeError:
         raise error(f"{target.path}: the reader closed the pipe") from None
@@ -150,7 +150,7 @@ def _stream(target: OutputTarget, data: bytes | memoryview, error: type[WsnError
 
 def _replace(target: OutputTarget, data: bytes | memoryview, error: type[WsnError]) -> int:
     real, tmp = target.real, temp_path(target.real)
-    on_abrupt_exit(id(tmp), lambda: os.unlink(tmp) if os.path.lexists(tmp) else None)
+    journal().on_abrupt_exit(id(tmp), lambda: os.unlink(tmp) if os.path.lexists(tmp) else None)
     try:
         try:
             os.unlink(tmp)  # a stale one of ours (same pid), or a planted symlink: never follow it
@@ -167,13 +167,13 @@ def _replace(target: OutputTarget, data: bytes | memoryview, error: type[WsnErro
         finally:
             os.close(fd)
         os.replace(tmp, real)
-        record_written(target.path)
+        journal().written(target.path)
         _fsync_dir(real.parent)
         return len(data)
     except OSError as exc:
         raise error(f"{target.path}: cannot write: {exc.strerror or exc}; the old file (if any) is unchanged") from None
     finally:
-        on_abrupt_exit(id(tmp), None)
+        journal().on_abrupt_exit(id(tmp), None)
         try:
             os.unlink(tmp)
         except OSError:

@@ -15,7 +15,7 @@ import formats
 from wsncli.engine.limits import env_limit
 from wsncli.engine.store import container
 from wsncli.engine.store.legacy_v1 import ZIP_MAGIC
-from wsncli.engine.store.paths import check_unchanged_size, file_prefix, open_regular_file, read_at
+from wsncli.engine.store.paths import check_unchanged_size, open_regular_file, read_at
 from wsncli.engine.store.records import damaged_records
 from wsncli.engine.store.schema import CheckpointMeta, decode_meta
 from wsncli.errors import CheckpointError, DataError, UsageError
@@ -43,16 +43,6 @@ class CheckpointFile:
 def checkpoint_limit() -> int:
     """The largest checkpoint wsn reads: $WSN_MAX_CHECKPOINT_BYTES, else MAX_CHECKPOINT_BYTES."""
     return env_limit("WSN_MAX_CHECKPOINT_BYTES", MAX_CHECKPOINT_BYTES, "bytes", UsageError)
-
-
-def is_checkpoint(path: Path) -> bool:
-    """Whether `path` starts like a wsn checkpoint of any version (to refuse overwriting one)."""
-    prefix = file_prefix(path, 4096)
-    return (
-        prefix[:4] == ZIP_MAGIC
-        and b"data.pkl" in prefix
-        or (container.looks_like_container(prefix) and b'"wsn-checkpoint"' in prefix)
-    )
 
 
 def read_checkpoint_file(path: Path, signatures: str = container.REQUIRE) -> CheckpointFile:

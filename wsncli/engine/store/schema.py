@@ -10,7 +10,6 @@ here whatever the checksums say. Failures raise CheckpointError with a short rea
 from __future__ import annotations
 
 import json
-import re
 from typing import Annotated
 
 import msgspec
@@ -18,20 +17,23 @@ import msgspec
 from wsncli.engine.limits import (
     ARCHS,
     BENCHMARKS,
+    CUSTOM_ARCH,
     MAX_BATCH_SIZE,
     MAX_CLASSES,
     MAX_EPOCHS,
+    MAX_HIDDEN,
+    MAX_IMAGE_SIZE,
     MAX_INPUT_DIM,
     MAX_INPUT_DIMS,
     MAX_LABEL_CHARS,
     MAX_LR,
     MAX_SEED,
     MAX_TASK_ID,
+    MAX_WIDTH,
     METHODS,
 )
 from wsncli.errors import CheckpointError
 
-HEX64 = re.compile(r"[0-9a-f]{64}")
 _INT64 = 2**63
 _NAME = 256  # characters of a layer name or short string field
 
@@ -55,9 +57,11 @@ class ModelSpec(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
         list[Annotated[int, msgspec.Meta(ge=1, le=MAX_INPUT_DIM)]],
         msgspec.Meta(min_length=1, max_length=MAX_INPUT_DIMS),
     ]
-    hidden: Annotated[list[Annotated[int, msgspec.Meta(ge=1, le=65536)]], msgspec.Meta(max_length=64)] = []
-    width: Annotated[int, msgspec.Meta(ge=1, le=1024)] | None = None
+    hidden: Annotated[list[Annotated[int, msgspec.Meta(ge=1, le=MAX_HIDDEN)]], msgspec.Meta(max_length=64)] = []
+    width: Annotated[int, msgspec.Meta(ge=1, le=MAX_WIDTH)] | None = None
     bias: bool = False  # per-task biases: tensors bias/<task>/<layer> (absent in files written before them)
+    module: Short | None = None  # arch "custom": the arch module's name, PKG.MODULE:FACTORY (never imported)
+    fingerprint: Digest | None = None  # arch "custom": sha256 of its layer names, kinds and shapes
 
 
 class LayerSpec(msgspec.Struct, forbid_unknown_fields=True):
@@ -136,7 +140,7 @@ class CheckpointMeta(msgspec.Struct, forbid_unknown_fields=True):
     data_root: Annotated[str, msgspec.Meta(max_length=4096)] | None = None
     default_capacity: Capacity | None = None
     wsn_version: Short | None = None
-    image_size: Annotated[int, msgspec.Meta(ge=1, le=4096)] | None = None
+    image_size: Annotated[int, msgspec.Meta(ge=1, le=MAX_IMAGE_SIZE)] | None = None
     channels: Annotated[int, msgspec.Meta(ge=1, le=4)] | None = None
 
 
@@ -185,8 +189,13 @@ def check_meta(meta: CheckpointMeta, version: int = 3) -> None:
     """The rules that span fields (docs/CHECKPOINT.md section 3) in a file of format `version`."""
     if meta.benchmark not in BENCHMARKS:
         raise CheckpointError(f"meta.benchmark must be one of {', '.join(BENCHMARKS)}, got {meta.benchmark[:60]!r}")
-    if meta.model.arch not in ARCHS:
-        raise CheckpointError(f"meta.model.arch must be one of {', '.join(ARCHS)}, got {meta.model.arch[:60]!r}")
+    if meta.model.arch not in (*ARCHS, CUSTOM_ARCH):
+        raise CheckpointError(
+            f"meta.model.arch must be one of {', '.join((*ARCHS, CUSTOM_ARCH))}, got {meta.model.arch[:60]!r}"
+        )
+    custom = meta.model.arch == CUSTOM_ARCH
+    if custom != (meta.model.module is not None) or custom != (meta.model.fingerprint is not None):
+        raise CheckpointError("meta.model.module and .fingerprint are given exactly when meta.model.arch is custom")
     if meta.method not in METHODS:
         raise CheckpointError(f"meta.method must be one of {', '.join(METHODS)}, got {meta.method[:60]!r}")
     names = [layer.name for layer in meta.layers]
@@ -243,10 +252,18 @@ def to_model_config(spec: ModelSpec):
     from wsncli.engine.nn.models import ModelConfig
 
     extra = {"width": spec.width} if spec.width is not None else {}
-    return ModelConfig(spec.arch, tuple(spec.input_shape), tuple(spec.hidden), bias=spec.bias, **extra)
+    return ModelConfig(
+        spec.arch, tuple(spec.input_shape), tuple(spec.hidden), bias=spec.bias, module=spec.module, **extra
+    )
 
 
-def from_model_config(config) -> ModelSpec:
+def from_model_config(config, fingerprint: str | None = None) -> ModelSpec:
     return ModelSpec(
-        config.arch, list(config.input_shape), list(config.hidden), getattr(config, "width", None), config.bias
+        config.arch,
+        list(config.input_shape),
+        list(config.hidden),
+        getattr(config, "width", None),
+        config.bias,
+        getattr(config, "module", None),
+        fingerprint,
     )

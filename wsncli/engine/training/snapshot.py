@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from wsncli.engine.data.registry import TaskData
+from wsncli.engine.journal import journal
 from wsncli.engine.store import container
 from wsncli.engine.store.checkpoint import Checkpoint
 from wsncli.engine.store.paths import open_regular_file, plan_output, read_at, write_output
@@ -32,7 +33,6 @@ from wsncli.engine.store.schema import encode_meta
 from wsncli.engine.training.loop import TrainSettings, TrainState
 from wsncli.engine.training.snapshot_state import check_state
 from wsncli.errors import CheckpointError, TaskError
-from wsncli.interrupts import record_removed
 
 FORMAT_NAME = "wsn-snapshot"
 FORMAT_VERSION = 2
@@ -170,7 +170,7 @@ class Snapshots:
             pass
         except OSError as exc:
             raise TaskError(f"{self.path}: cannot remove the snapshot: {exc.strerror or exc}") from None
-        record_removed(self.path)
+        journal().removed(self.path)
 
 
 def _stated_epoch(state_json: str) -> str:

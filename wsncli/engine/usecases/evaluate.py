@@ -22,11 +22,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from wsncli.engine.store.checkpoint import Checkpoint
+from wsncli.engine.data.registry import resolve_data_root
+from wsncli.engine.nn.user import ArchModule
+from wsncli.engine.runtime import choose_threads, resolve_device
+from wsncli.engine.store.checkpoint import Checkpoint, load_checkpoint
 from wsncli.engine.usecases.outputs import outputs_digest, predict, set_task_mode, subnet_digest
 from wsncli.engine.usecases.record import recorded_task_data
 from wsncli.errors import CheckpointError, TaskError, WsnError
@@ -219,3 +223,37 @@ def _matrix(ckpt: Checkpoint, report: EvalReport) -> AccuracyMatrix:
         rows.append(row + [record.accuracy] + [None] * (len(order) - i - 1))
     now = {t.task: t.accuracy for t in report.tasks}
     return AccuracyMatrix(order, rows, [now.get(t) for t in order])
+
+
+@dataclass(frozen=True)
+class EvalRequest:
+    """What `wsn eval` was asked: the file, the tasks (None: all learned), where the data is (None: the
+    environment's, else the recorded root), the device, and the trunk factory of a custom network."""
+
+    ckpt: Path
+    tasks: list[int] | None = None
+    data_root: Path | None = None
+    device: str = "auto"
+    arch: ArchModule | None = None
+
+
+def evaluate_file(
+    req: EvalRequest,
+    on_task: Callable[[int, int, int], None] | None = None,
+    on_threads: Callable[[int], None] | None = None,
+) -> EvalReport:
+    """Load, verify and re-evaluate a checkpoint file (`wsn eval`): one call. The thread count chosen
+    for the network goes to `on_threads` (the caller sets it)."""
+    device = resolve_device(req.device)
+    ckpt = load_checkpoint(req.ckpt, arch=req.arch)
+    if on_threads is not None:
+        on_threads(choose_threads(sum(layer.weight.numel() for layer in ckpt.model.subnet_layers().values()), None))
+    return evaluate_checkpoint(ckpt, req.tasks, checkpoint_data_root(ckpt, req.data_root), device, on_task)
+
+
+def checkpoint_data_root(ckpt: Checkpoint, asked: Path | None) -> Path | None:
+    """Where a checkpoint's data is: as asked (or $WSN_DATA_ROOT), else the folder recorded at learning."""
+    root = resolve_data_root(asked)
+    if root is None and ckpt.meta.data_root:
+        root = Path(ckpt.meta.data_root)
+    return root

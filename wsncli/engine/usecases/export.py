@@ -20,7 +20,9 @@ import torch
 from torch import nn
 
 from wsncli import __version__
-from wsncli.engine.store.checkpoint import Checkpoint, task_input_shape
+from wsncli.engine.nn.user import ArchModule, UserNet
+from wsncli.engine.store.checkpoint import Checkpoint, load_checkpoint, task_input_shape
+from wsncli.engine.store.paths import file_prefix, plan_output, write_output
 from wsncli.engine.usecases.predict import task_transform
 from wsncli.errors import TaskError, UsageError, WsnError
 
@@ -53,6 +55,8 @@ class TaskProgram(nn.Module):
             model.task_norms = nn.ModuleDict({str(task): model.task_norms[str(task)]})
         if str(task) in model.task_biases:
             model.task_biases = nn.ModuleDict({str(task): model.task_biases[str(task)]})
+        if isinstance(model, UserNet):
+            model.prune_to(task)
         self.net = model.eval()
         self.task = task
         prep = task_transform(ckpt, task, np.zeros(1, sample_dtype))
@@ -220,3 +224,43 @@ def _sorted(raw: bytes) -> bytes:
 
 def output_suffix(path: Path) -> str:
     return Path(path).suffix.lower()
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    """What `wsn export` was asked: the file, the task, the output (.pt2 or .safetensors), whether to
+    overwrite a file of another kind, and the trunk factory of a custom network."""
+
+    ckpt: Path
+    task: int
+    output: Path
+    force: bool = False
+    arch: ArchModule | None = None
+
+
+@dataclass(frozen=True)
+class ExportWritten:
+    format: str  # "pt2" or "safetensors"
+    bytes: int
+
+
+def export_file(req: ExportRequest) -> ExportWritten:
+    """`wsn export` in one call: plan the output (refused before any work), load, export, write."""
+    suffix = output_suffix(req.output)
+    if suffix not in SUFFIXES:
+        raise UsageError(f"{req.output}: export writes .pt2 (torch.export program) or .safetensors files")
+    own = _is_pt2_export if suffix == ".pt2" else (lambda p: b'"wsn-task-export"' in file_prefix(p, 4096))
+    target = plan_output(req.output, what=f"{suffix} export", inputs=[req.ckpt], force=req.force, is_own_kind=own)
+    result = export_task(load_checkpoint(req.ckpt, arch=req.arch), req.task, suffix)  # never a checkpoint
+    return ExportWritten(result.format, write_output(target, result.data))
+
+
+def _is_pt2_export(path: Path) -> bool:
+    """A .pt2 archive that wsn export wrote (it holds the extra file wsn.json)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return any(name.endswith("wsn.json") for name in zf.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False

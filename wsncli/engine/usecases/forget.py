@@ -21,11 +21,11 @@ from pathlib import Path
 import torch
 
 from wsncli.engine.nn.models import build_model
+from wsncli.engine.nn.user import ArchModule
 from wsncli.engine.store.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from wsncli.engine.store.container import KEY_ENV, REQUIRE
 from wsncli.engine.store.lock import CheckpointLock
 from wsncli.engine.store.paths import plan_output, remove_stale_temps
-from wsncli.engine.store.schema import to_model_config
 from wsncli.engine.training import snapshot as resume
 from wsncli.engine.usecases.evaluate import capacity_used
 from wsncli.engine.usecases.outputs import subnet_digest
@@ -36,6 +36,7 @@ from wsncli.errors import CheckpointError, TaskError, UsageError
 class ForgetRequest:
     ckpt: Path
     task: int
+    arch: ArchModule | None = None  # the trunk factory of a network from --arch-module
 
 
 @dataclass
@@ -94,7 +95,7 @@ def _initial_parameters(ckpt: Checkpoint) -> dict[str, tuple[torch.Tensor, torch
     """Every masked layer's (weight, scores) as train-task initialised them (seeded, before task 1)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(ckpt.meta.seed)
-        fresh = build_model(to_model_config(ckpt.meta.model))
+        fresh = build_model(ckpt.model.config)  # with an arch module's factory, as train-task built it
     return {n: (layer.weight.detach(), layer.scores.detach()) for n, layer in fresh.subnet_layers().items()}
 
 
@@ -158,7 +159,7 @@ def forget_task(req: ForgetRequest) -> ForgetResult:
                 f"{req.ckpt}: a train-task in progress left {resume.snapshot_path(target.real).name}; finish it "
                 "(or train-task --restart) before forgetting a task"
             )
-        ckpt = load_checkpoint(target.real, REQUIRE)
+        ckpt = load_checkpoint(target.real, REQUIRE, req.arch)
         _check(ckpt, req)
         result = remove_task(ckpt, req.task)
         result.checkpoint_bytes = save_checkpoint(ckpt, target)

@@ -17,7 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from wsncli.engine.store.checkpoint import Checkpoint
+from wsncli.engine.nn.user import ArchModule
+from wsncli.engine.runtime import choose_threads, resolve_device
+from wsncli.engine.store.checkpoint import Checkpoint, load_checkpoint
+from wsncli.engine.usecases.evaluate import checkpoint_data_root
 from wsncli.engine.usecases.infer import InferRequest, check_request, infer_tasks, inference_inputs
 from wsncli.engine.usecases.outputs import predict, set_task_mode
 from wsncli.engine.usecases.record import recorded_task_data
@@ -103,3 +106,30 @@ def evaluate_inference(
         true_accuracy = float((predict(ckpt.model, data.x_test, task, device) == y).mean())
         report.tasks.append(TaskInferenceEval(task, len(y), true_accuracy, _scores(sample, task, y, candidates), batch))
     return report
+
+
+@dataclass(frozen=True)
+class InferEvalRequest:
+    """What `wsn eval --infer-task` was asked: as EvalRequest, plus the rule and the batch protocol."""
+
+    ckpt: Path
+    tasks: list[int] | None = None
+    data_root: Path | None = None
+    device: str = "auto"
+    arch: ArchModule | None = None
+    method: str = "entropy"
+    per_batch: int | None = None
+
+
+def evaluate_inference_file(
+    req: InferEvalRequest,
+    on_task: Callable[[int, int, int], None] | None = None,
+    on_threads: Callable[[int], None] | None = None,
+) -> InferenceReport:
+    """Load a checkpoint file and measure task inference on its tasks' test sets: one call."""
+    device = resolve_device(req.device)
+    ckpt = load_checkpoint(req.ckpt, arch=req.arch)
+    if on_threads is not None:
+        on_threads(choose_threads(sum(layer.weight.numel() for layer in ckpt.model.subnet_layers().values()), None))
+    root = checkpoint_data_root(ckpt, req.data_root)
+    return evaluate_inference(ckpt, req.tasks, root, device, InferRequest(req.method, req.per_batch), on_task)

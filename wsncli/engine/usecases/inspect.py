@@ -92,3 +92,15 @@ def describe_checkpoint(ckpt: CheckpointFile, path: Path) -> CheckpointDescripti
     return CheckpointDescription(
         str(path), ckpt.version, ckpt, tasks, rows, used / total if wsn and total else None, size, after
     )
+
+
+def inspect_file(path: Path) -> tuple[str, CheckpointDescription | dict]:
+    """`wsn inspect` in one call: ("packed-masks", the .wsnm file's description) or ("checkpoint", the
+    checkpoint's description), every checksum verified."""
+    from wsncli.engine.store.reader import read_checkpoint_data
+    from wsncli.engine.usecases.unpack import describe_file, file_kind, read_packed_file
+
+    data = read_packed_file(path, accept_checkpoints=True)
+    if file_kind(data) == "packed-masks":
+        return "packed-masks", describe_file(path, data)
+    return "checkpoint", describe_checkpoint(read_checkpoint_data(path, data), path)

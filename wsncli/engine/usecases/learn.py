@@ -15,8 +15,9 @@ from wsncli import __version__
 from wsncli.engine.data.registry import TaskData, benchmark_info, check_options_apply, load_task, resolve_data_root
 from wsncli.engine.nn.models import ModelConfig, build_model
 from wsncli.engine.nn.subnet import k_for_capacity
+from wsncli.engine.nn.user import CUSTOM_ARCH
 from wsncli.engine.parallel.shard import Shard, world_size_from_env
-from wsncli.engine.runtime import configure_threads, resolve_device
+from wsncli.engine.runtime import choose_threads, resolve_device
 from wsncli.engine.store.checkpoint import Checkpoint, check_model_size, load_checkpoint, save_checkpoint
 from wsncli.engine.store.container import ADOPT, KEY_ENV, REQUIRE, signing_key
 from wsncli.engine.store.lock import CheckpointLock
@@ -25,6 +26,7 @@ from wsncli.engine.store.schema import CheckpointMeta, TaskRecord, from_model_co
 from wsncli.engine.training import snapshot as resume
 from wsncli.engine.training.loop import TrainCallbacks, TrainResult, TrainSettings, train_task
 from wsncli.engine.usecases.adopt import adopt
+from wsncli.engine.usecases.evaluate import checkpoint_data_root
 from wsncli.engine.usecases.record import accuracy_row, data_options, task_record
 from wsncli.engine.usecases.request import (
     DEFAULT_BENCHMARK,
@@ -58,6 +60,9 @@ def _new_checkpoint(req: TaskRequest, data: TaskData, data_root: Path | None) ->
     extra = {"width": req.width} if req.width is not None else {}
     bias = info.default_bias if req.bias is None else req.bias
     config = ModelConfig(arch, tuple(data.input_shape), tuple(req.hidden or (100, 100)), bias=bias, **extra)
+    if req.arch_module is not None:  # the user's trunk; its own layers decide the biases
+        module = req.arch_module
+        config = ModelConfig(CUSTOM_ARCH, tuple(data.input_shape), module=module.name, factory=module.factory)
     try:
         check_model_size(config)
     except CheckpointError as exc:
@@ -68,7 +73,7 @@ def _new_checkpoint(req: TaskRequest, data: TaskData, data_root: Path | None) ->
     method = req.method or "wsn"
     meta = CheckpointMeta(
         benchmark=benchmark,
-        model=from_model_config(config),
+        model=from_model_config(config, getattr(model, "fingerprint", None)),
         seed=seed,
         method=method,
         n_tasks=req.n_tasks,
@@ -122,7 +127,7 @@ class _Job:
     adopted: str | None = None  # what --adopt-unsigned re-verified (said as a warning)
 
 
-def _prepare(req: TaskRequest, real: Path, device: torch.device, status, on_progress) -> _Job:
+def _prepare(req: TaskRequest, real: Path, device: torch.device, status, on_progress, on_threads=None) -> _Job:
     created = not os.path.lexists(real)
     data_root = resolve_data_root(req.data_root)
     ckpt, adopted = None, None
@@ -131,7 +136,7 @@ def _prepare(req: TaskRequest, real: Path, device: torch.device, status, on_prog
         check_options_apply(benchmark, options)
     else:
         status(f"loading {req.ckpt}")
-        ckpt = load_checkpoint(real, ADOPT if req.adopt_unsigned else REQUIRE)
+        ckpt = load_checkpoint(real, ADOPT if req.adopt_unsigned else REQUIRE, req.arch_module)
         if ckpt.signature == "unverified":  # signed, and no key here: the new file would silently lose it
             raise CheckpointError(
                 f"{req.ckpt}: the checkpoint is signed; set {KEY_ENV} to the key it was signed with "
@@ -139,8 +144,7 @@ def _prepare(req: TaskRequest, real: Path, device: torch.device, status, on_prog
             )
         check_matches(ckpt, req)
         benchmark, options = ckpt.meta.benchmark, data_options(ckpt, on_progress)
-        if data_root is None and ckpt.meta.data_root:
-            data_root = Path(ckpt.meta.data_root)
+        data_root = checkpoint_data_root(ckpt, req.data_root)
         if ckpt.signature in ("unsigned", "invalid") and signing_key() is not None:  # --adopt-unsigned
             status(f"re-verifying every task of {req.ckpt} before adopting it")
             adopted = adopt(ckpt, req.ckpt, data_root, device)
@@ -161,7 +165,8 @@ def _prepare(req: TaskRequest, real: Path, device: torch.device, status, on_prog
         seed=meta.seed,
         method=meta.method,
     )
-    configure_threads(sum(l.weight.numel() for l in ckpt.model.subnet_layers().values()), req.threads)
+    if on_threads is not None:  # the caller sets the count: the engine changes no process-wide setting
+        on_threads(choose_threads(sum(l.weight.numel() for l in ckpt.model.subnet_layers().values()), req.threads))
     _check_capacity_keeps_weights(ckpt.model, settings)
     ckpt.model.to(device)
     ckpt.masks = {t: {n: m.to(device) for n, m in lm.items()} for t, lm in ckpt.masks.items()}
@@ -238,26 +243,38 @@ def learn_task(
     callbacks: TrainCallbacks | None = None,
     on_status: Callable[[str], None] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    on_threads: Callable[[int], None] | None = None,
 ) -> LearnResult:
     """Learn one task into the checkpoint. The file changes only by one atomic rename at the end.
 
+    No process-wide state changes: torch's global random generator is forked (the run seeds its own
+    copy, as before, and the caller's state is back afterwards); the thread count for the network is
+    handed to `on_threads` (the command sets it; library callers choose their own).
     Launched by torchrun with several processes, the task is trained data-parallel (engine.parallel)."""
     status = on_status or (lambda _msg: None)
     check_request(req)
     device = resolve_device(req.device)
-    if world_size_from_env() > 1:
-        return _learn_parallel(req, device, callbacks, status, on_progress)
+    forked = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=forked):
+        if world_size_from_env() > 1:
+            return _learn_parallel(req, device, callbacks, status, on_progress, on_threads)
+        return _learn_here(req, device, callbacks, status, on_progress, on_threads)
+
+
+def _learn_here(req: TaskRequest, device: torch.device, callbacks, status, on_progress, on_threads) -> LearnResult:
     target = plan_output(req.ckpt, what="checkpoint", allow_stream=False, error=CheckpointError)
     with CheckpointLock(req.ckpt):
         remove_stale_temps(target.real)  # left by a writer that was killed (SIGKILL, power cut)
         remove_stale_temps(resume.snapshot_path(target.real))  # and by a killed snapshot writer
-        job = _prepare(req, target.real, device, status, on_progress)
+        job = _prepare(req, target.real, device, status, on_progress, on_threads)
         result, resumed = _train(job, callbacks, status)
         record, size, warnings = _record_and_save(job, result, target, status)
     return LearnResult(record, job.created, size, result, job.ckpt.learned(), resumed, warnings)
 
 
-def _learn_parallel(req: TaskRequest, device: torch.device, callbacks, status, on_progress) -> LearnResult:
+def _learn_parallel(
+    req: TaskRequest, device: torch.device, callbacks, status, on_progress, on_threads=None
+) -> LearnResult:
     """The same, one process of several: the global rank 0 locks and writes; every phase ends at a
     barrier, and a failure anywhere ends every process with the same line and exit code."""
     shard = Shard(device)
@@ -275,7 +292,9 @@ def _learn_parallel(req: TaskRequest, device: torch.device, callbacks, status, o
         _phase(shard, take_lock)
         job = _phase(
             shard,
-            lambda: _prepare(req, resolve(req.ckpt), shard.device, status if shard.is_main else _quiet, on_progress),
+            lambda: _prepare(
+                req, resolve(req.ckpt), shard.device, status if shard.is_main else _quiet, on_progress, on_threads
+            ),
         )
         result, resumed = _phase(shard, lambda: _train(job, callbacks if shard.is_main else None, status, shard))
         shard.unwrap()

@@ -4,13 +4,17 @@ Works on the file as read (numpy), so packing never needs torch."""
 
 from __future__ import annotations
 
+import io
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 import formats
-from wsncli.engine.store.reader import CheckpointFile
+from wsncli.engine.store.paths import file_prefix, plan_output, write_output
+from wsncli.engine.store.reader import CheckpointFile, read_checkpoint_file
+from wsncli.engine.usecases.unpack import file_kind, unpack_file
 from wsncli.errors import TaskError, UsageError, WsnError
 
 SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,255}")  # a layer name that is safe in an npz member name
@@ -73,3 +77,44 @@ def masks_to_arrays(packed: formats.PackedMasks) -> dict[str, np.ndarray]:
         for t, m in zip(packed.task_ids, layer.masks):
             out[f"task{t}/{layer.name}"] = np.asarray(m, bool).reshape(layer.shape)
     return out
+
+
+def pack_file(ckpt: Path, output: Path | None, codec: str, force: bool = False) -> PackResult:
+    """`wsn pack-masks` in one call: plan the output (before any work: never the checkpoint itself, never
+    a file of another kind), pack and verify, write. `output` None: the caller writes `data` (stdout)."""
+    target = None
+    if output is not None:
+        target = plan_output(
+            output,
+            what="packed-mask file",
+            inputs=[ckpt],
+            force=force,
+            is_own_kind=lambda p: file_kind(file_prefix(p, 16)) == "packed-masks",
+        )
+    result = pack_checkpoint_masks(read_checkpoint_file(ckpt), codec, source=Path(ckpt).name)
+    if target is not None:
+        write_output(target, result.data)
+    return result
+
+
+def unpack_masks_file(packed: Path, output: Path | None, ckpt: Path | None, force: bool = False) -> formats.PackedMasks:
+    """`wsn unpack-masks` in one call: decode a .wsnm file, check it bit for bit against `ckpt` when
+    given (TaskError/UsageError on any difference), write the masks as an .npz when `output` is given."""
+    target = None
+    if output is not None:
+        target = plan_output(
+            output,
+            what="masks .npz",
+            inputs=[p for p in (packed, ckpt) if p is not None],
+            force=force,
+            is_own_kind=lambda p: file_kind(file_prefix(p, 4096)) == "npz",
+        )
+    decoded = unpack_file(packed)
+    if ckpt is not None:
+        layers, tasks = checkpoint_layer_masks(read_checkpoint_file(ckpt))
+        check_masks_equal(layers, tasks, decoded)
+    if target is not None:
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **masks_to_arrays(decoded))
+        write_output(target, buffer.getvalue())
+    return decoded

@@ -3,7 +3,9 @@ transform, run its subnetwork and head, and map the predictions back to the user
 
 from __future__ import annotations
 
+import io
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,8 +16,10 @@ from wsncli.engine.data import loaders
 from wsncli.engine.data.preprocess import Preprocess, scaled
 from wsncli.engine.data.readers import data_limit, read_npz
 from wsncli.engine.data.splits import pmnist_permutation
-from wsncli.engine.store.checkpoint import Checkpoint, task_input_shape
-from wsncli.engine.store.paths import read_regular_file
+from wsncli.engine.nn.user import ArchModule
+from wsncli.engine.runtime import choose_threads, resolve_device
+from wsncli.engine.store.checkpoint import Checkpoint, load_checkpoint, task_input_shape
+from wsncli.engine.store.paths import file_prefix, plan_output, read_regular_file, write_output
 from wsncli.engine.usecases.outputs import device_transform, predict_logits, set_task_mode
 from wsncli.errors import DataError, TaskError
 
@@ -157,3 +161,52 @@ def predict_task(
     labels = np.asarray(classes)[indices] if len(indices) else np.zeros(0, np.int64)
     probs = torch.softmax(logits, 1).numpy().astype(np.float32) if probabilities else None
     return Predictions(task, classes, indices, labels, probs)
+
+
+@dataclass(frozen=True)
+class PredictRequest:
+    """What `wsn predict` was asked: the file, the task, the inputs, where to write (None: nowhere; a
+    `.npy` suffix is added when missing), whether to give probabilities, the device, the trunk factory."""
+
+    ckpt: Path
+    task: int
+    inputs: Path
+    output: Path | None = None
+    force: bool = False
+    probabilities: bool = False
+    device: str = "auto"
+    arch: ArchModule | None = None
+
+
+@dataclass(frozen=True)
+class PredictResult:
+    predictions: Predictions
+    files: list[str] | None  # image inputs: the file of each prediction, in order
+    output: Path | None  # where the labels (or probabilities) were written
+
+
+def predict_file(req: PredictRequest, on_threads: Callable[[int], None] | None = None) -> PredictResult:
+    """`wsn predict` in one call: plan the output (refused before any work), load the checkpoint, read
+    the inputs, predict, write the .npy. The thread count goes to `on_threads` (the caller sets it)."""
+    output, target = req.output, None
+    if output is not None and str(output) != "-" and output.suffix.lower() != ".npy":
+        output = output.with_name(output.name + ".npy")  # a .npy file is named so, as numpy.save names it
+    if output is not None:
+        target = plan_output(
+            output,
+            what=".npy file",
+            inputs=[req.ckpt, req.inputs],
+            force=req.force,
+            is_own_kind=lambda p: file_prefix(p, 6) == b"\x93NUMPY",
+        )
+    device = resolve_device(req.device)
+    ckpt = load_checkpoint(req.ckpt, arch=req.arch)
+    if on_threads is not None:
+        on_threads(choose_threads(sum(layer.weight.numel() for layer in ckpt.model.subnet_layers().values()), None))
+    result = predict_task(ckpt, req.task, read_inputs(req.inputs, ckpt), device, req.probabilities, str(req.inputs))
+    files = [str(f) for f in image_files(req.inputs)] if is_image_input(req.inputs) else None
+    if target is not None:
+        buffer = io.BytesIO()
+        np.save(buffer, result.probabilities if req.probabilities else result.labels, allow_pickle=False)
+        write_output(target, buffer.getvalue())
+    return PredictResult(result, files, output)

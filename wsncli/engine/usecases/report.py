@@ -12,7 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from wsncli.engine.usecases.inspect import CheckpointDescription
+from wsncli.engine.store.paths import file_prefix, plan_output, write_output
+from wsncli.engine.store.reader import read_checkpoint_file
+from wsncli.engine.usecases.inspect import CheckpointDescription, describe_checkpoint
 from wsncli.errors import WsnError
 
 FILES = (
@@ -258,3 +260,48 @@ def build_report(desc: CheckpointDescription, on_file: Callable[[str], None] | N
     files.insert(0, ReportFile("accuracy_matrix.csv", _csv(tasks, r)))
     files.insert(0, ReportFile("report.md", _markdown(desc, tasks, r, pictures)))
     return files
+
+
+_MAGIC = {".png": b"\x89PNG", ".csv": b"after_task", ".md": b"# wsn report"}
+
+
+def report_folder(
+    ckpt: Path, output: Path, force: bool = False, on_file: Callable[[str], None] | None = None
+) -> list[str]:
+    """`wsn report` in one call: check the folder and plan every file (refused before any work), draw,
+    write; returns the paths written. A folder it made stays only if something was written into it."""
+    if output.exists() and not output.is_dir():
+        raise PlotError(f"{output} exists and is not a folder")
+    parent = output.absolute().parent
+    if not output.exists() and not parent.is_dir():  # like every file wsn writes: no folders made above it
+        raise PlotError(f"{output}: cannot write: folder {parent} does not exist")
+    found = read_checkpoint_file(ckpt)
+    targets = {
+        name: plan_output(
+            output / name,
+            what=f"wsn report {Path(name).suffix} file",
+            inputs=[ckpt],
+            force=force,
+            is_own_kind=lambda p, s=Path(name).suffix: file_prefix(p, 16).startswith(_MAGIC[s]),
+        )
+        for name in FILES
+        if (output / name).exists()
+    }
+    files = build_report(describe_checkpoint(found, ckpt), on_file)
+    made = not output.exists()
+    output.mkdir(exist_ok=True)  # the report's own folder (its parent exists)
+    try:
+        for f in files:
+            write_output(targets.get(f.name) or plan_output(output / f.name, what="report file", inputs=[ckpt]), f.data)
+    except WsnError:
+        if made:
+            _remove_if_empty(output)  # a full disk leaves no empty folder behind
+        raise
+    return [str(output / f.name) for f in files]
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()  # only if empty: a file something else put there stays
+    except OSError:
+        pass

@@ -11,18 +11,22 @@ from wsncli.engine.data.registry import BENCHMARKS
 from wsncli.engine.limits import (
     MAX_BATCH_SIZE,
     MAX_EPOCHS,
+    MAX_HIDDEN,
+    MAX_IMAGE_SIZE,
     MAX_LR,
     MAX_SEED,
     MAX_TASK_ID,
     MAX_THREADS,
     MAX_TRAIN_LIMIT,
+    MAX_WIDTH,
     METHODS,
 )
 from wsncli.engine.nn.models import ARCHS
+from wsncli.engine.nn.user import ArchModule
 from wsncli.engine.store.checkpoint import Checkpoint
 from wsncli.engine.store.container import KEY_ENV, signing_key
 from wsncli.engine.store.schema import to_model_config
-from wsncli.errors import CheckpointError, TaskError, UsageError
+from wsncli.errors import CheckpointError, FieldError, TaskError, UsageError
 
 DEFAULT_BENCHMARK = "split-digits"
 DEFAULT_CAPACITY = 0.5
@@ -38,6 +42,7 @@ class TaskRequest:
     task: int
     benchmark: str | None = None
     arch: str | None = None
+    arch_module: ArchModule | None = None  # a new checkpoint's trunk, or an existing custom one's (nn.user)
     hidden: tuple[int, ...] | None = None
     width: int | None = None
     bias: bool | None = None  # per-task biases in a new checkpoint (None: the benchmark's default)
@@ -61,29 +66,30 @@ class TaskRequest:
     adopt_unsigned: bool = False  # with a key set: re-verify an unsigned checkpoint's tasks, then sign it
 
 
-def _in(name: str, value, lo, hi) -> None:
+def _in(field: str, value, lo, hi) -> None:
     if value is not None and (isinstance(value, bool) or not lo <= value <= hi):
-        raise UsageError(f"{name} must be between {lo:g} and {hi:g}, got {value!r}")
+        raise FieldError(field, f"must be between {lo:g} and {hi:g}, got {value!r}")
 
 
 def check_request(req: TaskRequest) -> None:
-    """Refuse option values that cannot work (UsageError, exit 2), before anything is loaded."""
-    _in("--task", req.task, 1, MAX_TASK_ID)
+    """Refuse field values that cannot work (FieldError, exit 2; it names the field, the command layer
+    the option), before anything is loaded."""
+    _in("task", req.task, 1, MAX_TASK_ID)
     if req.capacity is not None and not (0.0 < req.capacity <= 1.0):  # also refuses NaN
-        raise UsageError(f"--capacity must be in (0, 1], got {req.capacity}")
-    _in("--epochs", req.epochs, 1, MAX_EPOCHS)
-    _in("--batch-size", req.batch_size, 1, MAX_BATCH_SIZE)
-    _in("--threads", req.threads, 1, MAX_THREADS)
-    _in("--n-tasks", req.n_tasks, 1, MAX_TASK_ID)
-    _in("--width", req.width, 1, 4096)
-    _in("--image-size", req.image_size, 1, 4096)
-    _in("--train-limit", req.train_limit, 1, MAX_TRAIN_LIMIT)
+        raise FieldError("capacity", f"must be in (0, 1], got {req.capacity}")
+    _in("epochs", req.epochs, 1, MAX_EPOCHS)
+    _in("batch_size", req.batch_size, 1, MAX_BATCH_SIZE)
+    _in("threads", req.threads, 1, MAX_THREADS)
+    _in("n_tasks", req.n_tasks, 1, MAX_TASK_ID)
+    _in("width", req.width, 1, MAX_WIDTH)
+    _in("image_size", req.image_size, 1, MAX_IMAGE_SIZE)
+    _in("train_limit", req.train_limit, 1, MAX_TRAIN_LIMIT)
     if req.channels is not None and req.channels not in (1, 3):
-        raise UsageError(f"--channels must be 1 or 3, got {req.channels}")
+        raise FieldError("channels", f"must be 1 or 3, got {req.channels}")
     if req.seed is not None and not -MAX_SEED < req.seed < MAX_SEED:
-        raise UsageError(f"--seed must be between {-MAX_SEED + 1} and {MAX_SEED - 1}, got {req.seed}")
+        raise FieldError("seed", f"must be between {-MAX_SEED + 1} and {MAX_SEED - 1}, got {req.seed}")
     if req.lr is not None and not (0 < req.lr <= MAX_LR and math.isfinite(req.lr)):
-        raise UsageError(f"--lr must be a positive number of at most {MAX_LR:g}, got {req.lr:g}")
+        raise FieldError("lr", f"must be a positive number of at most {MAX_LR:g}, got {req.lr:g}")
     for what, value, choices in (
         ("benchmark", req.benchmark, BENCHMARKS),
         ("architecture", req.arch, ARCHS),
@@ -91,8 +97,10 @@ def check_request(req: TaskRequest) -> None:
     ):
         if value is not None and value not in choices:
             raise UsageError(f"unknown {what} {value!r}; choose one of: {', '.join(choices)}")
-    if req.hidden is not None and any(not 1 <= h <= 65536 for h in req.hidden):
-        raise UsageError(f"--hidden sizes must be 1..65536, got {'-'.join(map(str, req.hidden))}")
+    if req.hidden is not None and any(not 1 <= h <= MAX_HIDDEN for h in req.hidden):
+        raise FieldError("hidden", f"sizes must be 1..{MAX_HIDDEN}, got {'-'.join(map(str, req.hidden))}")
+    if req.arch_module is not None and (req.arch is not None or req.hidden is not None or req.width is not None):
+        raise UsageError("--arch-module builds the whole trunk: it takes no --arch, --hidden or --width")
     if req.method == "finetune" and req.capacity is not None:
         raise UsageError("--capacity has no meaning for --method finetune (the dense baseline uses every weight)")
     if req.adopt_unsigned and signing_key() is None:
