@@ -43,6 +43,16 @@ _HOMES = {
     "pack_file": "wsncli.engine.usecases.pack",
     "unpack_masks_file": "wsncli.engine.usecases.pack",
     "inspect_file": "wsncli.engine.usecases.inspect",
+    # task inference and forgetting (docs/INFERENCE.md, docs/FORGET.md)
+    "InferRequest": "wsncli.engine.usecases.infer",
+    "TaskInference": "wsncli.engine.usecases.infer",
+    "infer_tasks": "wsncli.engine.usecases.infer",
+    "AutoPredictRequest": "wsncli.engine.usecases.predict_auto",
+    "predict_auto_file": "wsncli.engine.usecases.predict_auto",
+    "InferEvalRequest": "wsncli.engine.usecases.infer_eval",
+    "evaluate_inference_file": "wsncli.engine.usecases.infer_eval",
+    "ForgetRequest": "wsncli.engine.usecases.forget",
+    "forget_task": "wsncli.engine.usecases.forget",
 }
 
 __all__ = ["__version__", *_HOMES]
