@@ -164,3 +164,33 @@ def test_forget_refuses_a_damaged_record_or_a_changed_subnetwork_instead_of_rest
     untouched = digits_ckpt.read_bytes()
     assert_error(wsn("forget-task", "-c", digits_ckpt, "-t", 2), 1, "fails its digest")
     assert digits_ckpt.read_bytes() == untouched
+
+
+def test_forget_and_inference_on_a_user_trunk(tmp_path, monkeypatch):
+    """--arch-module: forget-task re-initialises free weights through the user's trunk and proves the
+    rest; predict --task auto and eval --infer-task take the same option (entropy; oneshot is refused)."""
+    import sys
+
+    from tests.cli.test_arch_module import MOD, TRUNKS
+
+    (tmp_path / f"{MOD}.py").write_text(TRUNKS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    arch = ("--arch-module", f"{MOD}:cnn")
+    ckpt = tmp_path / "run.wsn"
+    try:
+        for task in (1, 2, 3):
+            assert_ok(wsn("train-task", "-t", task, "-c", ckpt, *arch, "--epochs", 1, "-q"))
+        trunk = __import__(MOD).cnn
+        before = __import__("wsncli").open_checkpoint(ckpt, arch=trunk)
+        _, released, _ = _brute_force(before, 1)
+        assert json_out(wsn("forget-task", "-c", ckpt, "-t", 1, *arch, "--json"))["released"] == released
+        assert json_out(wsn("eval", "-c", ckpt, *arch, "--json", "-q"))["forget_free"]
+        doc = json_out(wsn("eval", "-c", ckpt, *arch, "--infer-task", "--json", "-q"))
+        assert doc["inference"]["task_ids"] == [2, 3]
+        refused = wsn("eval", "-c", ckpt, *arch, "--infer-task", "--infer", "oneshot", "-q")
+        assert_error(refused, 2, "not available for a network from --arch-module")
+        np.save(tmp_path / "x.npy", np.random.default_rng(0).integers(0, 17, (4, 64)).astype(np.uint8))
+        auto = json_out(wsn("predict", tmp_path / "x.npy", "-c", ckpt, "-t", "auto", *arch, "--json"))
+        assert set(auto["inferred_tasks"]) <= {2, 3}
+    finally:
+        sys.modules.pop(MOD, None)

@@ -22,6 +22,7 @@ import torch
 from wsncli.engine.data.device import device_transform
 from wsncli.engine.data.preprocess import Preprocess
 from wsncli.engine.data.registry import TaskData
+from wsncli.engine.limits import CUSTOM_ARCH
 from wsncli.engine.nn.superpose import Superposed, entropy_scores, use_masks
 from wsncli.engine.store.checkpoint import Checkpoint, task_input_shape
 from wsncli.engine.usecases.predict import fit_shape, task_transform
@@ -93,6 +94,11 @@ def check_request(ckpt: Checkpoint, req: InferRequest) -> list[int]:
     if req.method == "oneshot" and ckpt.meta.method != "wsn":
         raise UsageError(
             "--infer oneshot superposes the tasks' masks; this fine-tune checkpoint has none (use entropy)"
+        )
+    if req.method == "oneshot" and ckpt.meta.model.arch == CUSTOM_ARCH:
+        raise UsageError(
+            "--infer oneshot is not available for a network from --arch-module (its per-task BatchNorm and biases "
+            "live in your layers, which cannot be superposed); use --infer entropy"
         )
     for t in candidates:
         ckpt.require_intact_record(t)
