@@ -102,6 +102,8 @@ def test_train_task_refusals_leave_the_checkpoint_unchanged(digits_ckpt, args, c
     ("args", "code", "needles"),
     [
         (("--task", 6), 1, ("split-digits has no task 6",)),
+        (("--task", 1, "--n-tasks", 9), 2, ("--n-tasks must be an integer from 1 to 5 for split-digits, got 9",)),
+        (("--task", 1, "--hidden", "-100"), 2, ("--hidden must be sizes like 100-100, got '-100'",)),
         (("--task", 1, "--benchmark", "nope"), 2, ("Invalid value for '--benchmark'",)),
         (("--task", 1, "--capacity", "1.5"), 2, ("--capacity",)),
         (("--task", 1, "--benchmark", "npz"), 1, ("npz needs a folder of task<T>.npz files",)),
@@ -112,7 +114,16 @@ def test_train_task_refusals_leave_the_checkpoint_unchanged(digits_ckpt, args, c
             ("--capacity has no meaning for --method finetune",),
         ),
     ],
-    ids=["task-6", "unknown-benchmark", "capacity-1.5", "npz-without-data-root", "too-big", "finetune-capacity"],
+    ids=[
+        "task-6",
+        "n-tasks-9",
+        "hidden-minus-100",
+        "unknown-benchmark",
+        "capacity-1.5",
+        "npz-without-data-root",
+        "too-big",
+        "finetune-capacity",
+    ],
 )
 def test_refusals_for_a_new_checkpoint_create_no_file(tmp_path, args, code, needles):
     ckpt = tmp_path / "new.pt"

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import wsncli as wsn
-from wsncli.errors import TaskError, UsageError
+from wsncli.errors import FieldError, TaskError, UsageError
 
 
 class Branchy(nn.Module):
@@ -98,6 +98,25 @@ def test_outside_a_context_the_network_runs_no_task():
             pass
 
 
+def test_a_network_has_one_learner_and_tasks_are_positive_integers():
+    """A second Learner on the same network would not know task 1 and would move its weights (found by
+    a new user's review: task 1's outputs changed by up to 510, no error)."""
+    import pickle
+
+    net = wsn.masked(Branchy())
+    learner = wsn.Learner(net)
+    _learn(learner, 1, torch.optim.SGD, steps=1, lr=0.1)
+    with pytest.raises(UsageError, match=r"already has a Learner \(tasks learned: \[1\]\)"):
+        wsn.Learner(net)
+    for bad in (0, -1, "3", True, 1.0):
+        with pytest.raises(FieldError, match="task must be an integer"):
+            with learner.learning(bad):
+                pass
+    pickle.dumps(net)  # the one-Learner rule leaves the network picklable
+    del learner
+    wsn.Learner(net)  # once the first Learner is gone, a network may get a new one
+
+
 def test_a_failed_task_is_dropped_and_changes_nothing():
     net = wsn.masked(Branchy())
     learner = wsn.Learner(net, capacity=0.5)
@@ -164,3 +183,17 @@ def test_every_public_name_resolves_and_importing_wsncli_loads_no_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
     with pytest.raises(AttributeError):
         wsn.no_such_name  # noqa: B018
+
+
+def test_a_checkpoint_task_is_a_learned_integer_task(tmp_path):
+    """`ckpt.task("2")` said 'task 2 is not learned; learned: 1, 2' and `ckpt.task(True)` gave task 1."""
+    from wsncli.engine.usecases.learn import TaskRequest, learn_task
+
+    learn_task(TaskRequest(ckpt=tmp_path / "m.pt", task=1, epochs=1, device="cpu"))
+    ckpt = wsn.open_checkpoint(tmp_path / "m.pt")
+    for bad in ("1", True, 1.0):
+        with pytest.raises(TaskError, match="a task is an integer"):
+            ckpt.task(bad)
+    with pytest.raises(TaskError, match="task 2 is not learned; learned: 1"):
+        ckpt.task(2)
+    assert isinstance(ckpt.task(1), nn.Module)

@@ -117,7 +117,7 @@ def test_config_round_trip_and_validation():
     assert to_model_config(from_model_config(MLP)) == MLP
     assert to_model_config(from_model_config(CONV)) == CONV
     assert parse_hidden("100-100") == (100, 100) == parse_hidden("100,100")
-    for bad in ("", "a-b", "0-5", "100-70000"):
+    for bad in ("", "a-b", "0-5", "100-70000", "-100", "100-100-", "100--100"):
         with pytest.raises(UsageError, match="--hidden"):
             parse_hidden(bad)
     with pytest.raises(UsageError, match="unknown architecture 'resnet'"):

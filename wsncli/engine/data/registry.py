@@ -32,7 +32,7 @@ from wsncli.engine.data.loaders import CIFAR10_FILES, CIFAR100_FILES, DEBIAN_FAS
 from wsncli.engine.data.preprocess import Preprocess, standardize
 from wsncli.engine.data.splits import pmnist_permutation, split_seed, stratified_split, stratified_subset  # noqa: F401
 from wsncli.engine.limits import BENCHMARKS
-from wsncli.errors import DataError, UsageError
+from wsncli.errors import DataError, FieldError, UsageError
 
 _MAX_PMNIST_TASKS = 1000
 
@@ -259,7 +259,7 @@ def load_task(
 
 def _check_n_tasks(name: str, n_tasks: int, most: int) -> int:
     if isinstance(n_tasks, bool) or not isinstance(n_tasks, (int, np.integer)) or not 1 <= n_tasks <= most:
-        raise DataError(f"{name}: n_tasks must be an integer from 1 to {most}, got {n_tasks!r}")
+        raise FieldError("n_tasks", f"must be an integer from 1 to {most} for {name}, got {n_tasks!r}")
     return int(n_tasks)
 
 

@@ -43,7 +43,9 @@ WIDTH_ARCHS = ("resnet18",)  # the archs `ModelConfig.width` applies to
 
 def parse_hidden(text: str) -> tuple[int, ...]:
     """'100-100' or '100,100' -> (100, 100)."""
-    parts = [p for p in text.replace(",", "-").split("-") if p.strip()]
+    parts = [p.strip() for p in text.replace(",", "-").split("-")]
+    if any(not p for p in parts):  # '-100', '100-', '100--100': an empty size is a typo, not a layer fewer
+        raise UsageError(f"--hidden must be sizes like 100-100, got {text!r}")
     try:
         sizes = tuple(int(p) for p in parts)
     except ValueError:

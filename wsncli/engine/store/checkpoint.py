@@ -82,6 +82,8 @@ class Checkpoint:
         """An nn.Module computing exactly `task`'s function: its masks (or the dense network of a
         finetune checkpoint), head, BatchNorm and biases; what `wsn predict` and `wsn export` use.
         Refuses a task not learned, and one whose record digest fails."""
+        if isinstance(task, bool) or not isinstance(task, int):
+            raise TaskError(f"a task is an integer, got {task!r}")
         if task not in self.learned():
             raise TaskError(f"task {task} is not learned; learned: {', '.join(map(str, self.learned())) or 'none'}")
         self.require_intact_record(task)

@@ -14,6 +14,7 @@ has trained them) is put back before every forward pass and when the context end
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -61,6 +62,11 @@ class _Guard:
         return same and all(torch.equal(p.detach(), s) for p, s in self.whole)
 
 
+# network -> its Learner, both held weakly (no entry outlives either; the module is not modified, so it
+# still pickles): one Learner per network while that Learner lives
+_OWNERS: weakref.WeakKeyDictionary[nn.Module, weakref.ref[Learner]] = weakref.WeakKeyDictionary()
+
+
 class Learner:
     """Masks and per-task state of a network made by `masked()`, and the contexts that learn and use tasks.
 
@@ -70,6 +76,14 @@ class Learner:
     def __init__(self, module: nn.Module, capacity: float = 0.5) -> None:
         masking_report(module)  # refuses a module that was not masked
         _check_capacity(capacity)
+        owner = _OWNERS.get(module)
+        first = owner() if owner is not None else None
+        if first is not None:  # a second Learner would not know the first's tasks and would move their weights
+            raise UsageError(
+                f"this network already has a Learner (tasks learned: {first.tasks or 'none'}); keep using "
+                "that one, or call wsn.masked on a fresh network"
+            )
+        _OWNERS[module] = weakref.ref(self)
         self.module, self.capacity = module, capacity
         self.layers: dict[str, SubnetLayer] = {n: m for n, m in module.named_modules() if isinstance(m, SubnetLayer)}
         self.parts = task_parts(module)
@@ -98,6 +112,7 @@ class Learner:
         on an exception the task is dropped and every earlier value put back."""
         capacity = self.capacity if capacity is None else capacity
         _check_capacity(capacity)
+        _check_task(task)
         if task in self.masks:
             raise TaskError(f"task {task} is already learned; learned: {self.tasks}")
         self._enter()
@@ -181,3 +196,8 @@ class Learner:
 def _check_capacity(capacity: float) -> None:
     if not isinstance(capacity, (int, float)) or not 0.0 < float(capacity) <= 1.0:
         raise FieldError("capacity", f"must be a fraction in (0, 1], got {capacity!r}")
+
+
+def _check_task(task: int) -> None:
+    if isinstance(task, bool) or not isinstance(task, int) or task < 1:
+        raise FieldError("task", f"must be an integer of 1 or more, got {task!r}")
