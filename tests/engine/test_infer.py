@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from tests.engine.test_architectures import SMALL
+from wsncli.engine.nn.base import set_task_mode
 from wsncli.engine.nn.models import ARCHS, ModelConfig, build_model
-from wsncli.engine.nn.superpose import SUPERPOSED, Superposed, entropy_scores, normalised_entropy, use_masks
+from wsncli.engine.nn.superpose import SUPERPOSED, Superposed, entropy_scores, normalised_entropy
 
 CLASSES = {1: 2, 2: 3, 3: 5}  # different class counts: the entropy is normalised per head
 
@@ -78,7 +79,7 @@ def test_a_superposition_of_one_task_is_that_task(arch):
             superposed = model.trunk(x, SUPERPOSED)
     finally:
         sup._remove()
-    use_masks(model, masks[2])
+    set_task_mode(model, masks[2])
     with torch.no_grad():
         own = model.trunk(x, 2)
     torch.testing.assert_close(superposed, own, rtol=1e-5, atol=1e-5)
@@ -90,7 +91,7 @@ def test_entropy_scores_are_each_tasks_own_normalised_entropy(arch):
     candidates = list(CLASSES)
     scores, logits = entropy_scores(model, x, candidates, masks, {t: (lambda v: v) for t in candidates})
     for i, task in enumerate(candidates):
-        use_masks(model, masks[task])
+        set_task_mode(model, masks[task])
         with torch.no_grad():
             out = model(x, task)  # (B, n_task)
         assert torch.equal(logits[i], out)

@@ -137,3 +137,12 @@ class WSNNet(nn.Module):
                     f"internal error: mask of layer {name!r} keeps {int(masks[name].sum())} weights, not {layer.k}"
                 )
         return masks
+
+
+def set_task_mode(model: WSNNet, masks: dict[str, torch.Tensor] | None) -> None:
+    """Inference mode for one task: its stored mask (cached masked weights) or dense (baseline)."""
+    if masks is None:
+        model.dense()
+    else:
+        model.use_masks(masks)
+    model.eval()

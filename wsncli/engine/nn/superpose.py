@@ -30,7 +30,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from wsncli.engine.nn.base import WSNNet
+from wsncli.engine.nn.base import WSNNet, set_task_mode
 
 SUPERPOSED = 0  # the pseudo task id of the superposed network's norms and biases (task ids are >= 1)
 Transform = Callable[[torch.Tensor], torch.Tensor]
@@ -45,14 +45,6 @@ def normalised_entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).sum(1) / math.log(n)  # (B,)
 
 
-def use_masks(model: WSNNet, masks: dict[str, torch.Tensor] | None) -> None:
-    if masks is None:
-        model.dense()
-    else:
-        model.use_masks(masks)
-    model.eval()
-
-
 @torch.no_grad()
 def entropy_scores(
     model: WSNNet,
@@ -64,7 +56,7 @@ def entropy_scores(
     """(scores (B, k), each candidate's logits (B, n_i)) for raw inputs x (B, *sample)."""
     scores, logits = [], []
     for task in candidates:
-        use_masks(model, masks[task])
+        set_task_mode(model, masks[task])
         out = model(transforms[task](x), task)  # (B, n_i)
         logits.append(out)
         scores.append(normalised_entropy(out))

@@ -23,7 +23,8 @@ from wsncli.engine.data.device import device_transform
 from wsncli.engine.data.preprocess import Preprocess
 from wsncli.engine.data.registry import TaskData
 from wsncli.engine.limits import CUSTOM_ARCH
-from wsncli.engine.nn.superpose import Superposed, entropy_scores, use_masks
+from wsncli.engine.nn.base import set_task_mode
+from wsncli.engine.nn.superpose import Superposed, entropy_scores
 from wsncli.engine.store.checkpoint import Checkpoint, task_input_shape
 from wsncli.engine.usecases.predict import fit_shape, task_transform
 from wsncli.errors import DataError, UsageError
@@ -186,7 +187,7 @@ def _predict(model, x, pick, candidates, masks, transforms, chosen_logits, req, 
             rows = (pick == j).nonzero().flatten().numpy()
             if len(rows) == 0:
                 continue
-            use_masks(model, masks[task])
+            set_task_mode(model, masks[task])
             for s in range(0, len(rows), req.batch):
                 part = rows[s : s + req.batch]
                 xb = torch.from_numpy(np.array(x[part], copy=True)).to(device)

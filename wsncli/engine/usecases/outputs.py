@@ -11,17 +11,9 @@ import torch
 
 from wsncli.engine.data.device import device_transform as device_transform  # re-exported
 from wsncli.engine.data.preprocess import Preprocess
+from wsncli.engine.nn.base import set_task_mode as set_task_mode  # re-exported
 from wsncli.engine.nn.models import WSNNet
 from wsncli.engine.store.checkpoint import task_arrays
-
-
-def set_task_mode(model: WSNNet, masks: dict[str, torch.Tensor] | None) -> None:
-    """Inference mode for one task: its stored mask (cached masked weights) or dense (baseline)."""
-    if masks is None:
-        model.dense()
-    else:
-        model.use_masks(masks)
-    model.eval()
 
 
 @torch.no_grad()

@@ -19,7 +19,7 @@ from wsncli.engine.data.splits import pmnist_permutation
 from wsncli.engine.nn.user import ArchModule
 from wsncli.engine.runtime import choose_threads, resolve_device
 from wsncli.engine.store.checkpoint import Checkpoint, load_checkpoint, task_input_shape
-from wsncli.engine.store.paths import file_prefix, plan_output, read_regular_file, write_output
+from wsncli.engine.store.paths import OutputTarget, file_prefix, plan_output, read_regular_file, write_output
 from wsncli.engine.usecases.outputs import device_transform, predict_logits, set_task_mode
 from wsncli.errors import DataError, TaskError
 
@@ -185,24 +185,49 @@ class PredictResult:
     output: Path | None  # where the labels (or probabilities) were written
 
 
-def predict_file(req: PredictRequest, on_threads: Callable[[int], None] | None = None) -> PredictResult:
-    """`wsn predict` in one call: plan the output (refused before any work), load the checkpoint, read
-    the inputs, predict, write the .npy. The thread count goes to `on_threads` (the caller sets it)."""
-    output, target = req.output, None
+@dataclass
+class PredictionSetup:
+    """What both predict use cases do first: the .npy output planned (refused before any work), the
+    device resolved, the checkpoint loaded, the thread count handed to the caller."""
+
+    output: Path | None  # the .npy path as written (a suffix added where missing)
+    target: OutputTarget | None  # None without --output
+    device: torch.device
+    ckpt: Checkpoint
+
+
+def prepare_prediction(
+    ckpt_path: Path,
+    inputs: Path,
+    output: Path | None,
+    force: bool,
+    device: str,
+    arch: ArchModule | None,
+    on_threads: Callable[[int], None] | None,
+) -> PredictionSetup:
+    target = None
     if output is not None and str(output) != "-" and output.suffix.lower() != ".npy":
         output = output.with_name(output.name + ".npy")  # a .npy file is named so, as numpy.save names it
     if output is not None:
         target = plan_output(
             output,
             what=".npy file",
-            inputs=[req.ckpt, req.inputs],
-            force=req.force,
+            inputs=[ckpt_path, inputs],
+            force=force,
             is_own_kind=lambda p: file_prefix(p, 6) == b"\x93NUMPY",
         )
-    device = resolve_device(req.device)
-    ckpt = load_checkpoint(req.ckpt, arch=req.arch)
+    resolved = resolve_device(device)
+    ckpt = load_checkpoint(ckpt_path, arch=arch)
     if on_threads is not None:
         on_threads(choose_threads(sum(layer.weight.numel() for layer in ckpt.model.subnet_layers().values()), None))
+    return PredictionSetup(output, target, resolved, ckpt)
+
+
+def predict_file(req: PredictRequest, on_threads: Callable[[int], None] | None = None) -> PredictResult:
+    """`wsn predict` in one call: plan the output (refused before any work), load the checkpoint, read
+    the inputs, predict, write the .npy. The thread count goes to `on_threads` (the caller sets it)."""
+    setup = prepare_prediction(req.ckpt, req.inputs, req.output, req.force, req.device, req.arch, on_threads)
+    output, target, device, ckpt = setup.output, setup.target, setup.device, setup.ckpt
     result = predict_task(ckpt, req.task, read_inputs(req.inputs, ckpt), device, req.probabilities, str(req.inputs))
     files = [str(f) for f in image_files(req.inputs)] if is_image_input(req.inputs) else None
     if target is not None:

@@ -11,11 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from wsncli.engine.nn.user import ArchModule
-from wsncli.engine.runtime import choose_threads, resolve_device
-from wsncli.engine.store.checkpoint import load_checkpoint
-from wsncli.engine.store.paths import file_prefix, plan_output, write_output
+from wsncli.engine.store.paths import write_output
 from wsncli.engine.usecases.infer import InferRequest, TaskInference, infer_tasks
-from wsncli.engine.usecases.predict import image_files, is_image_input, read_inputs
+from wsncli.engine.usecases.predict import image_files, is_image_input, prepare_prediction, read_inputs
 
 
 @dataclass(frozen=True)
@@ -52,21 +50,8 @@ def probability_rows(inference: TaskInference) -> np.ndarray:
 
 
 def predict_auto_file(req: AutoPredictRequest, on_threads: Callable[[int], None] | None = None) -> AutoPredictResult:
-    output, target = req.output, None
-    if output is not None and str(output) != "-" and output.suffix.lower() != ".npy":
-        output = output.with_name(output.name + ".npy")  # as predict_file names it
-    if output is not None:
-        target = plan_output(
-            output,
-            what=".npy file",
-            inputs=[req.ckpt, req.inputs],
-            force=req.force,
-            is_own_kind=lambda p: file_prefix(p, 6) == b"\x93NUMPY",
-        )
-    device = resolve_device(req.device)
-    ckpt = load_checkpoint(req.ckpt, arch=req.arch)
-    if on_threads is not None:
-        on_threads(choose_threads(sum(layer.weight.numel() for layer in ckpt.model.subnet_layers().values()), None))
+    setup = prepare_prediction(req.ckpt, req.inputs, req.output, req.force, req.device, req.arch, on_threads)
+    output, target, device, ckpt = setup.output, setup.target, setup.device, setup.ckpt
     x = read_inputs(req.inputs, ckpt)
     if tuple(x.shape) == tuple(ckpt.meta.model.input_shape):  # one sample: a batch of one
         x = x[None]
